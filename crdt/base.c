@@ -1,0 +1,198 @@
+/* base.c — assertions, error text, the growable buffer. */
+#include "crdt/base.h"
+
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+void fm__assert_fail(const char *expr, const char *file, int line)
+{
+    fprintf(stderr, "fieldmesh: assertion failed: %s (%s:%d)\n", expr, file, line);
+    abort();
+}
+
+const char *fm_strerror(int rc)
+{
+    switch (rc) {
+    case 0:
+        return "ok";
+#define FM__ERR_TEXT(name, code, text)                                                             \
+    case code:                                                                                     \
+        return text;
+        FM_ERRORS(FM__ERR_TEXT)
+#undef FM__ERR_TEXT
+    default:
+        return "unknown error";
+    }
+}
+
+void fm_bytes_free(fm_bytes *b)
+{
+    if (!b)
+        return;
+    free(b->data);
+    b->data = NULL;
+    b->len = 0;
+}
+
+void fm_hex(const uint8_t *in, size_t n, char *out)
+{
+    static const char digits[] = "0123456789abcdef";
+    for (size_t i = 0; i < n; i++) {
+        out[2 * i] = digits[in[i] >> 4];
+        out[2 * i + 1] = digits[in[i] & 15];
+    }
+    out[2 * n] = '\0';
+}
+
+void fm_buf_init(fm_buf *b)
+{
+    memset(b, 0, sizeof *b);
+}
+
+void fm_buf_free(fm_buf *b)
+{
+    free(b->data);
+    fm_buf_init(b);
+}
+
+void fm_buf_reset(fm_buf *b)
+{
+    b->len = 0;
+    b->oom = false;
+}
+
+int fm_buf_reserve(fm_buf *b, size_t extra)
+{
+    if (b->oom)
+        return FM_ENOMEM;
+    if (extra <= b->cap - b->len)
+        return 0;
+    if (extra > SIZE_MAX / 2 - b->len) {
+        b->oom = true;
+        return FM_ENOMEM;
+    }
+    size_t cap = b->cap ? b->cap : 64;
+    while (cap - b->len < extra)
+        cap *= 2;
+    uint8_t *p = realloc(b->data, cap);
+    if (!p) {
+        b->oom = true;
+        return FM_ENOMEM;
+    }
+    b->data = p;
+    b->cap = cap;
+    return 0;
+}
+
+int fm_buf_append(fm_buf *b, const void *p, size_t n)
+{
+    int rc = fm_buf_reserve(b, n);
+    if (rc)
+        return rc;
+    if (n)
+        memcpy(b->data + b->len, p, n);
+    b->len += n;
+    return 0;
+}
+
+int fm_buf_putc(fm_buf *b, uint8_t c)
+{
+    return fm_buf_append(b, &c, 1);
+}
+
+int fm_buf_printf(fm_buf *b, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    int n = vsnprintf(NULL, 0, fmt, ap);
+    va_end(ap);
+    if (n < 0)
+        return FM_EINVAL;
+    int rc = fm_buf_reserve(b, (size_t)n + 1);
+    if (rc)
+        return rc;
+    va_start(ap, fmt);
+    vsnprintf((char *)b->data + b->len, (size_t)n + 1, fmt, ap);
+    va_end(ap);
+    b->len += (size_t)n;
+    return 0;
+}
+
+char *fm_buf_take_str(fm_buf *b)
+{
+    if (fm_buf_putc(b, 0)) {
+        fm_buf_free(b);
+        return NULL;
+    }
+    char *s = (char *)b->data;
+    fm_buf_init(b);
+    return s;
+}
+
+void *fm_calloc(size_t n, size_t size)
+{
+    return calloc(n ? n : 1, size ? size : 1);
+}
+
+void *fm_reallocarray(void *p, size_t n, size_t size)
+{
+    if (size && n > SIZE_MAX / size)
+        return NULL;
+    size_t bytes = n * size;
+    return realloc(p, bytes ? bytes : 1);
+}
+
+char *fm_strndup(const char *s, size_t n)
+{
+    char *d = malloc(n + 1);
+    if (!d)
+        return NULL;
+    memcpy(d, s, n);
+    d[n] = '\0';
+    return d;
+}
+
+bool fm_utf8_valid(const uint8_t *p, size_t n)
+{
+    size_t i = 0;
+    while (i < n) {
+        uint8_t c = p[i];
+        if (c < 0x80) {
+            i++;
+            continue;
+        }
+        size_t len;
+        uint32_t cp, min;
+        if ((c & 0xe0) == 0xc0) {
+            len = 2, cp = c & 0x1f, min = 0x80;
+        } else if ((c & 0xf0) == 0xe0) {
+            len = 3, cp = c & 0x0f, min = 0x800;
+        } else if ((c & 0xf8) == 0xf0) {
+            len = 4, cp = c & 0x07, min = 0x10000;
+        } else {
+            return false;
+        }
+        if (n - i < len)
+            return false;
+        for (size_t k = 1; k < len; k++) {
+            if ((p[i + k] & 0xc0) != 0x80)
+                return false;
+            cp = (cp << 6) | (p[i + k] & 0x3f);
+        }
+        if (cp < min || cp > 0x10ffff || (cp >= 0xd800 && cp <= 0xdfff))
+            return false;
+        i += len;
+    }
+    return true;
+}
+
+int fm_bytes_cmp(const uint8_t *a, size_t alen, const uint8_t *b, size_t blen)
+{
+    size_t n = alen < blen ? alen : blen;
+    int c = n ? memcmp(a, b, n) : 0;
+    if (c)
+        return c;
+    return alen < blen ? -1 : alen > blen ? 1 : 0;
+}

@@ -1,0 +1,56 @@
+/*
+ * base.h — internal basics shared by every module: always-on assertions, the growable byte buffer
+ * and small helpers. No I/O, no globals.
+ */
+#ifndef FM_BASE_H
+#define FM_BASE_H
+
+#include "fieldmesh.h"
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+/* Invariants and programmer errors only; bad input is an error return, never an assert. */
+#define FM_ASSERT(cond)                                                                            \
+    do {                                                                                           \
+        if (__builtin_expect(!(cond), 0))                                                          \
+            fm__assert_fail(#cond, __FILE__, __LINE__);                                            \
+    } while (0)
+_Noreturn void fm__assert_fail(const char *expr, const char *file, int line);
+
+#define FM_ARRAY_LEN(a) (sizeof(a) / sizeof((a)[0]))
+#define FM_MIN(a, b) ((a) < (b) ? (a) : (b))
+#define FM_MAX(a, b) ((a) > (b) ? (a) : (b))
+
+/* Growable byte buffer. A failed append leaves the buffer as it was and sets oom (sticky), so a
+ * sequence of appends can be checked once at the end. */
+typedef struct fm_buf {
+    uint8_t *data;
+    size_t len;
+    size_t cap;
+    bool oom;
+} fm_buf;
+
+void fm_buf_init(fm_buf *b);
+void fm_buf_free(fm_buf *b);
+void fm_buf_reset(fm_buf *b); /* len = 0, keeps capacity, clears oom */
+int fm_buf_reserve(fm_buf *b, size_t extra);
+int fm_buf_append(fm_buf *b, const void *p, size_t n);
+int fm_buf_putc(fm_buf *b, uint8_t c);
+int fm_buf_printf(fm_buf *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+/* Moves the contents out as a NUL-terminated string (caller frees); NULL on oom. */
+char *fm_buf_take_str(fm_buf *b);
+
+/* Checked allocation helpers: NULL on overflow or failure. */
+void *fm_calloc(size_t n, size_t size);
+void *fm_reallocarray(void *p, size_t n, size_t size);
+char *fm_strndup(const char *s, size_t n);
+
+/* True if p[0..n) is valid UTF-8 (no overlongs, no surrogates). */
+bool fm_utf8_valid(const uint8_t *p, size_t n);
+
+/* Byte-string compare: memcmp then length. */
+int fm_bytes_cmp(const uint8_t *a, size_t alen, const uint8_t *b, size_t blen);
+
+#endif

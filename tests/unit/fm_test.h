@@ -1,0 +1,125 @@
+/*
+ * fm_test.h — a tiny test harness: each CHECK prints both sides on failure; a test file is one
+ * executable run by ctest, exiting non-zero if any check failed.
+ */
+#ifndef FM_TEST_H
+#define FM_TEST_H
+
+#include "fieldmesh.h"
+
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+static int fm_test_failures;
+static int fm_test_checks;
+
+#define CHECK(cond)                                                                                \
+    do {                                                                                           \
+        fm_test_checks++;                                                                          \
+        if (!(cond)) {                                                                             \
+            fprintf(stderr, "%s:%d: CHECK failed: %s\n", __FILE__, __LINE__, #cond);              \
+            fm_test_failures++;                                                                    \
+        }                                                                                          \
+    } while (0)
+
+#define CHECK_EQ_INT(a, b)                                                                         \
+    do {                                                                                           \
+        long long _a = (long long)(a), _b = (long long)(b);                                        \
+        fm_test_checks++;                                                                          \
+        if (_a != _b) {                                                                            \
+            fprintf(stderr, "%s:%d: CHECK_EQ_INT failed: %s == %s (%lld vs %lld)\n", __FILE__,     \
+                    __LINE__, #a, #b, _a, _b);                                                     \
+            fm_test_failures++;                                                                    \
+        }                                                                                          \
+    } while (0)
+
+/* rc checks print the error text of both sides. */
+#define CHECK_RC(a, b)                                                                             \
+    do {                                                                                           \
+        int _a = (a), _b = (b);                                                                    \
+        fm_test_checks++;                                                                          \
+        if (_a != _b) {                                                                            \
+            fprintf(stderr, "%s:%d: CHECK_RC failed: %s == %s (%d \"%s\" vs %d \"%s\")\n",         \
+                    __FILE__, __LINE__, #a, #b, _a, fm_strerror(_a), _b, fm_strerror(_b));         \
+            fm_test_failures++;                                                                    \
+        }                                                                                          \
+    } while (0)
+
+#define CHECK_OK(a) CHECK_RC(a, 0)
+
+#define CHECK_STR(a, b)                                                                            \
+    do {                                                                                           \
+        const char *_a = (a), *_b = (b);                                                           \
+        fm_test_checks++;                                                                          \
+        if (!_a || !_b || strcmp(_a, _b) != 0) {                                                   \
+            fprintf(stderr, "%s:%d: CHECK_STR failed: %s == %s\n  got:  %s\n  want: %s\n",         \
+                    __FILE__, __LINE__, #a, #b, _a ? _a : "(null)", _b ? _b : "(null)");           \
+            fm_test_failures++;                                                                    \
+        }                                                                                          \
+    } while (0)
+
+#define CHECK_MEM(a, b, n)                                                                         \
+    do {                                                                                           \
+        fm_test_checks++;                                                                          \
+        if (memcmp((a), (b), (n)) != 0) {                                                          \
+            fprintf(stderr, "%s:%d: CHECK_MEM failed: %s == %s (%zu bytes)\n", __FILE__,           \
+                    __LINE__, #a, #b, (size_t)(n));                                                \
+            fm_test_failures++;                                                                    \
+        }                                                                                          \
+    } while (0)
+
+#define RUN(test)                                                                                  \
+    do {                                                                                           \
+        int _before = fm_test_failures;                                                            \
+        test();                                                                                    \
+        fprintf(stderr, "%s %s\n", fm_test_failures == _before ? "ok  " : "FAIL", #test);          \
+    } while (0)
+
+#define TEST_MAIN_END()                                                                            \
+    do {                                                                                           \
+        fprintf(stderr, "%d checks, %d failed\n", fm_test_checks, fm_test_failures);               \
+        return fm_test_failures ? 1 : 0;                                                           \
+    } while (0)
+
+/* A deterministic environment for tests: a settable clock and a seeded xorshift stream. */
+typedef struct fm_test_env {
+    fm_env env;
+    uint64_t now;
+    uint64_t rng;
+} fm_test_env;
+
+static inline uint64_t fm_test_rand64(uint64_t *s)
+{
+    uint64_t x = *s ? *s : 0x9e3779b97f4a7c15ull;
+    x ^= x << 13;
+    x ^= x >> 7;
+    x ^= x << 17;
+    *s = x;
+    return x;
+}
+
+static inline uint64_t fm_test_env_now(void *ctx)
+{
+    return ((fm_test_env *)ctx)->now;
+}
+
+static inline void fm_test_env_random(void *ctx, void *buf, size_t len)
+{
+    fm_test_env *te = ctx;
+    for (size_t i = 0; i < len; i++)
+        ((uint8_t *)buf)[i] = (uint8_t)(fm_test_rand64(&te->rng) >> 24);
+}
+
+static inline void fm_test_env_init(fm_test_env *te, uint64_t now, uint64_t seed)
+{
+    te->env.version = FM_ENV_VERSION;
+    te->env.ctx = te;
+    te->env.now_ms = fm_test_env_now;
+    te->env.random = fm_test_env_random;
+    te->now = now;
+    te->rng = seed * 0x9e3779b97f4a7c15ull + 1;
+}
+
+#endif
