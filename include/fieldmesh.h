@@ -1,13 +1,13 @@
 /*
  * fieldmesh.h — the one public header of libfieldmesh.
  *
- * A replica holds collections of records of typed fields (lww, mv, counter, set) and replicates them
- * as signed, hash-chained batches ("feeds", one per author and collection). All handles are opaque;
- * every open has a close and every buffer handed out has an fm_*_free(). Functions return 0 on
- * success and a negative FM_E* code on failure; a failed call leaves no partial state.
+ * A replica holds collections of records of typed fields (lww, mv, counter, set) and replicates
+ * them as signed, hash-chained batches ("feeds", one per author and collection). All handles are
+ * opaque; every open has a close and every buffer handed out has an fm_*_free(). Functions return 0
+ * on success and a negative FM_E* code on failure; a failed call leaves no partial state.
  *
- * Ownership: the caller owns its inputs (the library copies what it keeps). Borrowed results say how
- * long they stay valid.
+ * Ownership: the caller owns its inputs (the library copies what it keeps). Borrowed results say
+ * how long they stay valid.
  */
 #ifndef FIELDMESH_H
 #define FIELDMESH_H
@@ -89,13 +89,14 @@ enum {
     FM_MAX_COLLECTIONS = 1024,
 };
 
-/* ---- environment: the outside world, injected (sans-I/O core) ---------------------------------- */
+/* ---- environment: the outside world, injected (sans-I/O core) ----------------------------------
+ */
 
 typedef struct fm_env {
     int version; /* FM_ENV_VERSION */
     void *ctx;
-    uint64_t (*now_ms)(void *ctx);                       /* wall clock, ms since the Unix epoch */
-    void (*random)(void *ctx, void *buf, size_t len);    /* cryptographic randomness */
+    uint64_t (*now_ms)(void *ctx);                    /* wall clock, ms since the Unix epoch */
+    void (*random)(void *ctx, void *buf, size_t len); /* cryptographic randomness */
 } fm_env;
 #define FM_ENV_VERSION 1
 
@@ -209,7 +210,8 @@ FM_API int fm_record_get(fm_replica *r, const char *collection, const char *id, 
 FM_API const char *fm_record_id(const fm_record *rec);
 FM_API size_t fm_record_field_count(const fm_record *rec);
 FM_API void fm_record_field(const fm_record *rec, size_t i, fm_field_view *out);
-/* One JSON object field -> value (counter: number; set: array; mv in conflict: {"conflict":[..]}). */
+/* One JSON object field -> value (counter: number; set: array; mv in conflict: {"conflict":[..]}).
+ */
 FM_API char *fm_record_json(const fm_record *rec);
 FM_API void fm_record_free(fm_record *rec);
 
@@ -244,13 +246,13 @@ typedef int (*fm_name_fn)(void *arg, const char *name);
 FM_API int fm_replica_collections(fm_replica *r, fm_name_fn fn, void *arg);
 
 typedef struct fm_status {
-    uint64_t ops;                       /* ops applied, all collections */
+    uint64_t ops; /* ops applied, all collections */
     uint64_t batches;
-    uint64_t records;                   /* live records */
-    uint64_t pending;                   /* batches waiting for their context */
-    uint64_t conflicts;                 /* fields in conflict */
-    uint8_t state_hash[FM_HASH_BYTES];  /* equal on replicas that applied the same batches */
-    int clock_skew;                     /* a remote HLC was beyond max_skew */
+    uint64_t records;                  /* live records */
+    uint64_t pending;                  /* batches waiting for their context */
+    uint64_t conflicts;                /* fields in conflict */
+    uint8_t state_hash[FM_HASH_BYTES]; /* equal on replicas that applied the same batches */
+    int clock_skew;                    /* a remote HLC was beyond max_skew */
 } fm_status;
 FM_API int fm_replica_status(fm_replica *r, fm_status *out);
 

@@ -19,7 +19,7 @@ static int fm_test_checks;
     do {                                                                                           \
         fm_test_checks++;                                                                          \
         if (!(cond)) {                                                                             \
-            fprintf(stderr, "%s:%d: CHECK failed: %s\n", __FILE__, __LINE__, #cond);              \
+            fprintf(stderr, "%s:%d: CHECK failed: %s\n", __FILE__, __LINE__, #cond);               \
             fm_test_failures++;                                                                    \
         }                                                                                          \
     } while (0)
@@ -64,8 +64,8 @@ static int fm_test_checks;
     do {                                                                                           \
         fm_test_checks++;                                                                          \
         if (memcmp((a), (b), (n)) != 0) {                                                          \
-            fprintf(stderr, "%s:%d: CHECK_MEM failed: %s == %s (%zu bytes)\n", __FILE__,           \
-                    __LINE__, #a, #b, (size_t)(n));                                                \
+            fprintf(stderr, "%s:%d: CHECK_MEM failed: %s == %s (%zu bytes)\n", __FILE__, __LINE__, \
+                    #a, #b, (size_t)(n));                                                          \
             fm_test_failures++;                                                                    \
         }                                                                                          \
     } while (0)

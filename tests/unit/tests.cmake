@@ -1,1 +1,2 @@
 fm_unit_test(identity)
+fm_unit_test(crdt)

@@ -1,0 +1,93 @@
+# fieldmesh — developer entry points. CMake does the building; this file only strings the steps
+# together so that on a fresh Debian 12 machine, as root, `make demo` and `make check` just work.
+# Every target that builds first runs tools/deps.sh (the one list of Debian packages), which
+# installs what is missing, or does nothing when all is installed. `make help` lists the targets.
+
+PREFIX       ?= /usr/local
+DESTDIR      ?=
+JOBS         ?= 2
+FUZZ_SECONDS ?= 60
+CMAKE        ?= cmake
+CTEST        ?= ctest
+
+BUILD_DIR := build
+ASAN_DIR  := build-asan
+FUZZ_DIR  := build-fuzz
+
+# Stamp: tools/deps.sh runs again only when it changes or a package is installed or removed.
+DEPS_STAMP := $(BUILD_DIR)/.deps-stamp
+DPKG_DB    := $(wildcard /var/lib/dpkg/status)
+
+FUZZ_TARGETS := $(basename $(notdir $(wildcard tests/fuzz/fuzz_*.c)))
+
+.DEFAULT_GOAL := build
+MAKEFLAGS += --no-print-directory
+# Each step parallelises inside cmake/ctest (JOBS); running steps side by side would overload a
+# 2-core machine and interleave their output.
+.NOTPARALLEL:
+.PHONY: help deps build demo check check-asan bench install fuzz fuzz-build fuzz-check format \
+        format-check determinism clean
+
+help: ## list the targets
+	@echo "fieldmesh make targets (variables: PREFIX=$(PREFIX) DESTDIR= JOBS=$(JOBS)" \
+	      "FUZZ_SECONDS=$(FUZZ_SECONDS)):"
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | \
+	    awk 'BEGIN {FS = ":.*## "} {printf "  make %-13s %s\n", $$1, $$2}'
+
+deps: $(DEPS_STAMP) ## install missing Debian packages (tools/deps.sh)
+
+$(DEPS_STAMP): tools/deps.sh $(DPKG_DB)
+	tools/deps.sh
+	@mkdir -p $(@D) && touch $@
+
+build: deps ## release build (RelWithDebInfo) in build/
+	$(CMAKE) -S . -B $(BUILD_DIR) -DCMAKE_BUILD_TYPE=RelWithDebInfo \
+	    -DCMAKE_INSTALL_PREFIX=$(PREFIX)
+	$(CMAKE) --build $(BUILD_DIR) -j$(JOBS)
+
+demo: build ## build and run the embedded demo (build/fieldmesh-demo)
+	$(BUILD_DIR)/fieldmesh-demo
+
+check: build check-asan ## the whole test suite: release build + ASan/UBSan Debug build and ctest
+
+check-asan: deps ## ASan+UBSan Debug build in build-asan/ and its ctest (incl. format/determinism)
+	$(CMAKE) -S . -B $(ASAN_DIR) -DCMAKE_BUILD_TYPE=Debug -DFM_SANITIZE=ON
+	$(CMAKE) --build $(ASAN_DIR) -j$(JOBS)
+	cd $(ASAN_DIR) && $(CTEST) --output-on-failure -j$(JOBS)
+
+bench: build ## run the benchmarks (build/fieldmesh-bench --json)
+	$(BUILD_DIR)/fieldmesh-bench --json
+
+install: build ## install into $(DESTDIR)$(PREFIX)
+	DESTDIR="$(DESTDIR)" $(CMAKE) --install $(BUILD_DIR) --prefix "$(PREFIX)"
+
+fuzz-build: deps ## build the libFuzzer targets with clang in build-fuzz/
+	CC=clang $(CMAKE) -S . -B $(FUZZ_DIR) -DCMAKE_BUILD_TYPE=RelWithDebInfo -DFM_FUZZ=ON
+	$(CMAKE) --build $(FUZZ_DIR) -j$(JOBS)
+
+fuzz-check: fuzz-build ## run every fuzz target once over its seed corpus (ctest -R fuzz)
+	cd $(FUZZ_DIR) && $(CTEST) --output-on-failure -j$(JOBS) -R '^fuzz\.'
+
+# Each target fuzzes a scratch copy of its corpus (build-fuzz/corpus-run/<target>/) so the repo is
+# not polluted; crashes land in build-fuzz/fuzz/artifacts/. Promote interesting inputs by hand.
+fuzz: fuzz-build ## fuzz each target for FUZZ_SECONDS (default 60) on tests/fuzz/corpus/<target>/
+	@if [ -z "$(FUZZ_TARGETS)" ]; then echo "no fuzz targets (tests/fuzz/fuzz_*.c)"; exit 1; fi
+	@set -e; for t in $(FUZZ_TARGETS); do \
+	    run=$(FUZZ_DIR)/corpus-run/$$t; rm -rf $$run; mkdir -p $$run $(FUZZ_DIR)/fuzz/artifacts; \
+	    if [ -d tests/fuzz/corpus/$$t ]; then cp -R tests/fuzz/corpus/$$t/. $$run/; fi; \
+	    echo "== $$t: $(FUZZ_SECONDS)s on $$run"; \
+	    $(FUZZ_DIR)/fuzz/$$t -max_total_time=$(FUZZ_SECONDS) -print_final_stats=1 \
+	        -artifact_prefix=$(FUZZ_DIR)/fuzz/artifacts/ $$run; \
+	done
+
+format: ## reformat every project .c/.h in place with clang-format
+	tools/check-format.sh --fix
+
+format-check: ## check formatting only (also a ctest entry)
+	tools/check-format.sh
+
+determinism: ## check STYLE.md rule 8 only (also a ctest entry)
+	tools/check-determinism.sh
+
+clean: ## remove every build directory
+	rm -rf $(BUILD_DIR) $(ASAN_DIR) $(FUZZ_DIR)

@@ -1,0 +1,361 @@
+/*
+ * record.c — per-record CRDT merge and its canonical encoding. Register, counter and set logic
+ * are the three small functions apply_reg, apply_ctr and apply_set; everything else is plumbing.
+ */
+#include "crdt/record.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+/* ---- author interning -------------------------------------------------------------------- */
+
+void fm_authors_init(fm_authors *a)
+{
+    memset(a, 0, sizeof *a);
+}
+
+void fm_authors_free(fm_authors *a)
+{
+    free(a->keys);
+    free(a->slots);
+    fm_authors_init(a);
+}
+
+static uint32_t key_hash(const uint8_t *key)
+{
+    uint32_t h;
+    memcpy(&h, key, sizeof h); /* keys are public keys: already uniformly distributed */
+    return h;
+}
+
+uint32_t fm_authors_find(const fm_authors *a, const uint8_t key[FM_ID_BYTES])
+{
+    if (!a->nslots)
+        return UINT32_MAX;
+    for (uint32_t i = key_hash(key) & (a->nslots - 1);; i = (i + 1) & (a->nslots - 1)) {
+        uint32_t s = a->slots[i];
+        if (!s)
+            return UINT32_MAX;
+        if (memcmp(a->keys[s - 1], key, FM_ID_BYTES) == 0)
+            return s - 1;
+    }
+}
+
+static int authors_grow(fm_authors *a)
+{
+    uint32_t nslots = a->nslots ? a->nslots * 2 : 16;
+    uint32_t *slots = fm_calloc(nslots, sizeof *slots);
+    if (!slots)
+        return FM_ENOMEM;
+    for (uint32_t k = 0; k < a->n; k++) {
+        uint32_t i = key_hash(a->keys[k]) & (nslots - 1);
+        while (slots[i])
+            i = (i + 1) & (nslots - 1);
+        slots[i] = k + 1;
+    }
+    free(a->slots);
+    a->slots = slots;
+    a->nslots = nslots;
+    return 0;
+}
+
+int fm_authors_intern(fm_authors *a, const uint8_t key[FM_ID_BYTES], uint32_t *idx)
+{
+    uint32_t found = fm_authors_find(a, key);
+    if (found != UINT32_MAX) {
+        *idx = found;
+        return 0;
+    }
+    if ((a->n + 1) * 2 > a->nslots && authors_grow(a))
+        return FM_ENOMEM;
+    if (a->n == a->cap) {
+        uint32_t cap = a->cap ? a->cap * 2 : 8;
+        void *keys = fm_reallocarray(a->keys, cap, FM_ID_BYTES);
+        if (!keys)
+            return FM_ENOMEM;
+        a->keys = keys;
+        a->cap = cap;
+    }
+    memcpy(a->keys[a->n], key, FM_ID_BYTES);
+    uint32_t i = key_hash(key) & (a->nslots - 1);
+    while (a->slots[i])
+        i = (i + 1) & (a->nslots - 1);
+    a->slots[i] = a->n + 1;
+    *idx = a->n++;
+    return 0;
+}
+
+/* ---- records ------------------------------------------------------------------------------ */
+
+fm_rec *fm_rec_new(const uint8_t *id, uint32_t id_len)
+{
+    fm_rec *r = calloc(1, sizeof *r);
+    if (!r)
+        return NULL;
+    r->id = malloc(id_len ? id_len : 1);
+    if (!r->id) {
+        free(r);
+        return NULL;
+    }
+    memcpy(r->id, id, id_len);
+    r->id_len = id_len;
+    return r;
+}
+
+static void field_clear(fm_field *f)
+{
+    for (uint32_t i = 0; i < f->nregs; i++)
+        free(f->regs[i].v);
+    for (uint32_t i = 0; i < f->nelems; i++) {
+        free(f->elems[i].v);
+        free(f->elems[i].dots);
+    }
+    free(f->regs);
+    free(f->ctrs);
+    free(f->elems);
+    free(f->name);
+    memset(f, 0, sizeof *f);
+}
+
+void fm_rec_clear_fields(fm_rec *r)
+{
+    for (uint32_t i = 0; i < r->nfields; i++)
+        field_clear(&r->fields[i]);
+    free(r->fields);
+    r->fields = NULL;
+    r->nfields = r->cfields = 0;
+}
+
+void fm_rec_free(fm_rec *r)
+{
+    if (!r)
+        return;
+    fm_rec_clear_fields(r);
+    free(r->id);
+    free(r);
+}
+
+/* Grows an array of n used / *cap allocated elements so one more fits. */
+static int grow(void **arr, uint32_t n, uint32_t *cap, size_t size)
+{
+    if (n < *cap)
+        return 0;
+    uint32_t c = *cap ? *cap * 2 : 2;
+    void *p = fm_reallocarray(*arr, c, size);
+    if (!p)
+        return FM_ENOMEM;
+    *arr = p;
+    *cap = c;
+    return 0;
+}
+
+static int cmp_name(const fm_field *f, const uint8_t *name, uint32_t len)
+{
+    return fm_bytes_cmp(f->name, f->name_len, name, len);
+}
+
+/* Finds or inserts (keeping name order) the field. */
+static fm_field *rec_field(fm_rec *r, const uint8_t *name, uint32_t len)
+{
+    uint32_t lo = 0, hi = r->nfields;
+    while (lo < hi) {
+        uint32_t mid = lo + (hi - lo) / 2;
+        int c = cmp_name(&r->fields[mid], name, len);
+        if (c == 0)
+            return &r->fields[mid];
+        if (c < 0)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    if (grow((void **)&r->fields, r->nfields, &r->cfields, sizeof *r->fields))
+        return NULL;
+    uint8_t *copy = malloc(len);
+    if (!copy)
+        return NULL;
+    memcpy(copy, name, len);
+    memmove(&r->fields[lo + 1], &r->fields[lo], (r->nfields - lo) * sizeof *r->fields);
+    fm_field *f = &r->fields[lo];
+    memset(f, 0, sizeof *f);
+    f->name = copy;
+    f->name_len = len;
+    f->kind_author = UINT32_MAX;
+    r->nfields++;
+    return f;
+}
+
+static bool covered(const fm_opctx *c, uint32_t author, uint64_t seq)
+{
+    if (author == c->author)
+        return seq < c->seq;
+    return author < c->nctx && seq <= c->ctx_seq[author];
+}
+
+/* (hlc, author id) order: the tie-break of last-writer-wins and of the field kind. */
+static int stamp_cmp(const fm_authors *a, uint64_t h1, uint32_t a1, uint64_t h2, uint32_t a2)
+{
+    if (h1 != h2)
+        return h1 < h2 ? -1 : 1;
+    if (a1 == a2)
+        return 0;
+    if (a2 == UINT32_MAX)
+        return 1;
+    if (a1 == UINT32_MAX)
+        return -1;
+    return memcmp(fm_authors_key(a, a1), fm_authors_key(a, a2), FM_ID_BYTES);
+}
+
+static const fm_kind OP_KIND[FM_OP__COUNT] = {[FM_OP_SET_LWW] = FM_KIND_LWW,
+                                              [FM_OP_SET_MV] = FM_KIND_MV,
+                                              [FM_OP_INCR] = FM_KIND_COUNTER,
+                                              [FM_OP_ADD] = FM_KIND_SET,
+                                              [FM_OP_REMOVE] = FM_KIND_SET};
+
+static int apply_reg(fm_field *f, const fm_opctx *c, const fm_op *op)
+{
+    uint32_t keep = 0;
+    for (uint32_t i = 0; i < f->nregs; i++) {
+        if (covered(c, f->regs[i].author, f->regs[i].seq))
+            free(f->regs[i].v);
+        else
+            f->regs[keep++] = f->regs[i];
+    }
+    f->nregs = keep;
+    if (grow((void **)&f->regs, f->nregs, &f->cregs, sizeof *f->regs))
+        return FM_ENOMEM;
+    uint8_t *v = malloc(op->val_len);
+    if (!v)
+        return FM_ENOMEM;
+    memcpy(v, op->val, op->val_len);
+    f->regs[f->nregs++] = (fm_reg){.seq = c->seq,
+                                   .hlc = c->hlc,
+                                   .author = c->author,
+                                   .type = op->type,
+                                   .vlen = op->val_len,
+                                   .v = v};
+    return 0;
+}
+
+static int apply_ctr(fm_field *f, const fm_opctx *c, int64_t delta)
+{
+    for (uint32_t i = 0; i < f->nctrs; i++) {
+        if (f->ctrs[i].author == c->author) {
+            /* Wrapping add: a hostile author cannot trigger signed overflow. */
+            f->ctrs[i].total = (int64_t)((uint64_t)f->ctrs[i].total + (uint64_t)delta);
+            return 0;
+        }
+    }
+    if (grow((void **)&f->ctrs, f->nctrs, &f->cctrs, sizeof *f->ctrs))
+        return FM_ENOMEM;
+    f->ctrs[f->nctrs++] = (fm_ctr){.author = c->author, .total = delta};
+    return 0;
+}
+
+static fm_elem *find_elem(fm_field *f, const uint8_t *v, uint32_t len)
+{
+    for (uint32_t i = 0; i < f->nelems; i++)
+        if (f->elems[i].vlen == len && memcmp(f->elems[i].v, v, len) == 0)
+            return &f->elems[i];
+    return NULL;
+}
+
+static void elem_drop_covered(fm_elem *e, const fm_opctx *c)
+{
+    uint32_t keep = 0;
+    for (uint32_t i = 0; i < e->ndots; i++)
+        if (!covered(c, e->dots[i].author, e->dots[i].seq))
+            e->dots[keep++] = e->dots[i];
+    e->ndots = keep;
+}
+
+/* Observed-remove set: add and remove both drop the dots they saw; add then adds its own, so
+ * an add concurrent with a remove survives (add wins). */
+static int apply_set(fm_field *f, const fm_opctx *c, const fm_op *op)
+{
+    fm_elem *e = find_elem(f, op->val, op->val_len);
+    if (e)
+        elem_drop_covered(e, c);
+    if (op->type == FM_OP_ADD) {
+        if (!e) {
+            if (grow((void **)&f->elems, f->nelems, &f->celems, sizeof *f->elems))
+                return FM_ENOMEM;
+            e = &f->elems[f->nelems];
+            memset(e, 0, sizeof *e);
+            e->v = malloc(op->val_len);
+            if (!e->v)
+                return FM_ENOMEM;
+            memcpy(e->v, op->val, op->val_len);
+            e->vlen = op->val_len;
+            f->nelems++;
+        }
+        fm_edot *d = fm_reallocarray(e->dots, e->ndots + 1, sizeof *d);
+        if (!d)
+            return FM_ENOMEM;
+        e->dots = d;
+        e->dots[e->ndots++] = (fm_edot){c->author, c->seq};
+    } else if (e && e->ndots == 0) {
+        free(e->v);
+        free(e->dots);
+        *e = f->elems[--f->nelems];
+    }
+    return 0;
+}
+
+int fm_rec_apply(fm_rec *r, const fm_opctx *c, const fm_op *op)
+{
+    FM_ASSERT(c->author < c->authors->n);
+    r->exists = true;
+    if (r->deleted)
+        return 0; /* a delete is final: nothing resurrects the record */
+    if (op->type == FM_OP_DELETE) {
+        fm_rec_clear_fields(r);
+        r->deleted = true;
+        r->dirty = true;
+        return 0;
+    }
+    fm_field *f = rec_field(r, op->field, op->field_len);
+    if (!f)
+        return FM_ENOMEM;
+    r->dirty = true;
+    if (stamp_cmp(c->authors, c->hlc, c->author, f->kind_hlc, f->kind_author) > 0) {
+        f->kind = (uint8_t)OP_KIND[op->type];
+        f->kind_hlc = c->hlc;
+        f->kind_author = c->author;
+    }
+    switch (op->type) {
+    case FM_OP_SET_LWW:
+    case FM_OP_SET_MV:
+        return apply_reg(f, c, op);
+    case FM_OP_INCR:
+        return apply_ctr(f, c, op->delta);
+    default:
+        return apply_set(f, c, op);
+    }
+}
+
+uint32_t fm_rec_conflicts(const fm_rec *r)
+{
+    uint32_t n = 0;
+    for (uint32_t i = 0; i < r->nfields; i++)
+        n += r->fields[i].kind == FM_KIND_MV && r->fields[i].nregs > 1;
+    return n;
+}
+
+const fm_reg *fm_field_winner(const fm_field *f, const fm_authors *authors)
+{
+    const fm_reg *best = NULL;
+    for (uint32_t i = 0; i < f->nregs; i++) {
+        const fm_reg *g = &f->regs[i];
+        if (!best || stamp_cmp(authors, g->hlc, g->author, best->hlc, best->author) > 0)
+            best = g;
+    }
+    return best;
+}
+
+int64_t fm_field_counter(const fm_field *f)
+{
+    uint64_t sum = 0;
+    for (uint32_t i = 0; i < f->nctrs; i++)
+        sum += (uint64_t)f->ctrs[i].total;
+    return (int64_t)sum;
+}

@@ -1,0 +1,413 @@
+/*
+ * record_codec.c — canonical encoding of a record's CRDT state (format in record.h). Author ids
+ * are written once per record and referenced by position, which keeps stored state small.
+ */
+#include "crdt/codec.h"
+#include "crdt/record.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+typedef struct ref_map {
+    uint32_t *idx; /* author indexes sorted by key: position = ref */
+    uint32_t n, cap;
+} ref_map;
+
+static int refs_add(ref_map *m, uint32_t author)
+{
+    for (uint32_t i = 0; i < m->n; i++)
+        if (m->idx[i] == author)
+            return 0;
+    if (m->n == m->cap) {
+        uint32_t cap = m->cap ? m->cap * 2 : 8;
+        uint32_t *p = fm_reallocarray(m->idx, cap, sizeof *p);
+        if (!p)
+            return FM_ENOMEM;
+        m->idx = p;
+        m->cap = cap;
+    }
+    m->idx[m->n++] = author;
+    return 0;
+}
+
+static uint32_t refs_get(const ref_map *m, uint32_t author)
+{
+    for (uint32_t i = 0; i < m->n; i++)
+        if (m->idx[i] == author)
+            return i;
+    FM_ASSERT(0 && "author not collected");
+}
+
+static int collect_refs(const fm_rec *r, const fm_authors *a, ref_map *m)
+{
+    int rc = 0;
+    for (uint32_t i = 0; i < r->nfields && !rc; i++) {
+        const fm_field *f = &r->fields[i];
+        rc = refs_add(m, f->kind_author);
+        for (uint32_t k = 0; k < f->nregs && !rc; k++)
+            rc = refs_add(m, f->regs[k].author);
+        for (uint32_t k = 0; k < f->nctrs && !rc; k++)
+            rc = refs_add(m, f->ctrs[k].author);
+        for (uint32_t k = 0; k < f->nelems; k++)
+            for (uint32_t d = 0; d < f->elems[k].ndots && !rc; d++)
+                rc = refs_add(m, f->elems[k].dots[d].author);
+    }
+    if (rc)
+        return rc;
+    /* Insertion sort by key: records reference few authors. */
+    for (uint32_t i = 1; i < m->n; i++) {
+        uint32_t v = m->idx[i], j = i;
+        while (j > 0 && memcmp(fm_authors_key(a, m->idx[j - 1]), fm_authors_key(a, v), 32) > 0) {
+            m->idx[j] = m->idx[j - 1];
+            j--;
+        }
+        m->idx[j] = v;
+    }
+    return 0;
+}
+
+typedef struct sort_item {
+    uint32_t ref;
+    uint64_t seq;
+    const void *p;
+    uint32_t len;
+} sort_item;
+
+static int item_cmp(const void *x, const void *y)
+{
+    const sort_item *a = x, *b = y;
+    if (a->ref != b->ref)
+        return a->ref < b->ref ? -1 : 1;
+    return a->seq < b->seq ? -1 : a->seq > b->seq;
+}
+
+static int bytes_item_cmp(const void *x, const void *y)
+{
+    const sort_item *a = x, *b = y;
+    return fm_bytes_cmp(a->p, a->len, b->p, b->len);
+}
+
+static void write_elem(fm_wr *w, const ref_map *m, const fm_elem *e, sort_item *tmp)
+{
+    fm_wr_bytes_raw(w, e->v, e->vlen);
+    for (uint32_t d = 0; d < e->ndots; d++)
+        tmp[d] = (sort_item){refs_get(m, e->dots[d].author), e->dots[d].seq, NULL, 0};
+    qsort(tmp, e->ndots, sizeof *tmp, item_cmp);
+    msgpack_pack_array(FM_PK(w), e->ndots);
+    for (uint32_t d = 0; d < e->ndots; d++) {
+        msgpack_pack_array(FM_PK(w), 2);
+        msgpack_pack_uint32(FM_PK(w), tmp[d].ref);
+        msgpack_pack_uint64(FM_PK(w), tmp[d].seq);
+    }
+}
+
+static int write_field(fm_wr *w, const ref_map *m, const fm_field *f)
+{
+    uint32_t n = FM_MAX(FM_MAX(f->nregs, f->nctrs), f->nelems);
+    for (uint32_t k = 0; k < f->nelems; k++)
+        n = FM_MAX(n, f->elems[k].ndots);
+    sort_item *tmp = fm_reallocarray(NULL, n, sizeof *tmp);
+    sort_item *tmp2 = fm_reallocarray(NULL, n, sizeof *tmp2);
+    if (!tmp || !tmp2) {
+        free(tmp);
+        free(tmp2);
+        return FM_ENOMEM;
+    }
+    msgpack_pack_array(FM_PK(w), 7);
+    fm_wr_str(w, f->name, f->name_len);
+    msgpack_pack_uint8(FM_PK(w), f->kind);
+    msgpack_pack_uint64(FM_PK(w), f->kind_hlc);
+    msgpack_pack_uint32(FM_PK(w), refs_get(m, f->kind_author));
+    for (uint32_t k = 0; k < f->nregs; k++)
+        tmp[k] = (sort_item){refs_get(m, f->regs[k].author), f->regs[k].seq, &f->regs[k], 0};
+    qsort(tmp, f->nregs, sizeof *tmp, item_cmp);
+    msgpack_pack_array(FM_PK(w), f->nregs);
+    for (uint32_t k = 0; k < f->nregs; k++) {
+        const fm_reg *g = tmp[k].p;
+        msgpack_pack_array(FM_PK(w), 5);
+        msgpack_pack_uint32(FM_PK(w), tmp[k].ref);
+        msgpack_pack_uint64(FM_PK(w), g->seq);
+        msgpack_pack_uint64(FM_PK(w), g->hlc);
+        msgpack_pack_uint8(FM_PK(w), g->type);
+        fm_wr_bytes_raw(w, g->v, g->vlen);
+    }
+    for (uint32_t k = 0; k < f->nctrs; k++)
+        tmp[k] = (sort_item){refs_get(m, f->ctrs[k].author), 0, &f->ctrs[k], 0};
+    qsort(tmp, f->nctrs, sizeof *tmp, item_cmp);
+    msgpack_pack_array(FM_PK(w), f->nctrs);
+    for (uint32_t k = 0; k < f->nctrs; k++) {
+        msgpack_pack_array(FM_PK(w), 2);
+        msgpack_pack_uint32(FM_PK(w), tmp[k].ref);
+        msgpack_pack_int64(FM_PK(w), ((const fm_ctr *)tmp[k].p)->total);
+    }
+    /* Elements in value-byte order; seq remembers where each came from. */
+    for (uint32_t k = 0; k < f->nelems; k++)
+        tmp2[k] = (sort_item){0, k, f->elems[k].v, f->elems[k].vlen};
+    qsort(tmp2, f->nelems, sizeof *tmp2, bytes_item_cmp);
+    msgpack_pack_array(FM_PK(w), f->nelems);
+    for (uint32_t k = 0; k < f->nelems; k++) {
+        msgpack_pack_array(FM_PK(w), 2);
+        write_elem(w, m, &f->elems[tmp2[k].seq], tmp);
+    }
+    free(tmp);
+    free(tmp2);
+    return 0;
+}
+
+int fm_rec_encode(const fm_rec *r, const fm_authors *authors, fm_buf *out)
+{
+    ref_map m = {0};
+    int rc = collect_refs(r, authors, &m);
+    if (rc)
+        goto out;
+    fm_wr w;
+    fm_wr_init(&w, out);
+    msgpack_pack_array(FM_PK(&w), 3);
+    msgpack_pack_uint8(FM_PK(&w), r->deleted ? 1 : 0);
+    msgpack_pack_array(FM_PK(&w), m.n);
+    for (uint32_t i = 0; i < m.n; i++)
+        fm_wr_bin(&w, fm_authors_key(authors, m.idx[i]), FM_ID_BYTES);
+    msgpack_pack_array(FM_PK(&w), r->nfields);
+    for (uint32_t i = 0; i < r->nfields && !rc; i++)
+        rc = write_field(&w, &m, &r->fields[i]);
+    if (!rc && out->oom)
+        rc = FM_ENOMEM;
+out:
+    free(m.idx);
+    return rc;
+}
+
+/* ---- decoding ----------------------------------------------------------------------------- */
+
+typedef struct dec {
+    fm_rd rd;
+    uint32_t *amap; /* ref -> author index */
+    bool *used;
+    uint32_t nauth;
+} dec;
+
+static int rd_ref(dec *d, uint32_t *author, uint32_t *ref_out)
+{
+    uint64_t ref;
+    if (fm_rd_uint(&d->rd, &ref))
+        return d->rd.err;
+    if (ref >= d->nauth)
+        return d->rd.err = FM_EDECODE;
+    d->used[ref] = true;
+    *author = d->amap[ref];
+    if (ref_out)
+        *ref_out = (uint32_t)ref;
+    return 0;
+}
+
+/* Strictly increasing (ref, seq) pairs: canonical order and no duplicates. */
+static bool pair_after(uint32_t pref, uint64_t pseq, uint32_t ref, uint64_t seq, uint32_t k)
+{
+    return k == 0 || ref > pref || (ref == pref && seq > pseq);
+}
+
+static int rd_regs(dec *d, fm_field *f)
+{
+    uint32_t n, pref = 0, ref;
+    uint64_t pseq = 0, type;
+    fm_rd *r = &d->rd;
+    if (fm_rd_array(r, &n))
+        return r->err;
+    f->regs = fm_reallocarray(NULL, n, sizeof *f->regs);
+    if (!f->regs)
+        return r->err = FM_ENOMEM;
+    f->cregs = n;
+    for (uint32_t k = 0; k < n; k++) {
+        fm_reg *g = &f->regs[k];
+        fm_value v;
+        const uint8_t *raw;
+        memset(g, 0, sizeof *g);
+        fm_rd_array_exact(r, 5);
+        rd_ref(d, &g->author, &ref);
+        fm_rd_uint(r, &g->seq);
+        fm_rd_uint(r, &g->hlc);
+        fm_rd_uint(r, &type);
+        if (fm_rd_value(r, &v, &raw, &g->vlen))
+            return r->err;
+        if ((type != FM_OP_SET_LWW && type != FM_OP_SET_MV) || g->seq == 0 ||
+            !pair_after(pref, pseq, ref, g->seq, k))
+            return r->err = FM_ENONCANON;
+        g->type = (uint8_t)type;
+        if (!(g->v = malloc(g->vlen)))
+            return r->err = FM_ENOMEM;
+        memcpy(g->v, raw, g->vlen);
+        f->nregs++;
+        pref = ref, pseq = g->seq;
+    }
+    return 0;
+}
+
+static int rd_ctrs(dec *d, fm_field *f)
+{
+    uint32_t n, ref, pref = 0;
+    fm_rd *r = &d->rd;
+    if (fm_rd_array(r, &n))
+        return r->err;
+    f->ctrs = fm_reallocarray(NULL, n, sizeof *f->ctrs);
+    if (!f->ctrs)
+        return r->err = FM_ENOMEM;
+    f->cctrs = n;
+    for (uint32_t k = 0; k < n; k++) {
+        fm_rd_array_exact(r, 2);
+        rd_ref(d, &f->ctrs[k].author, &ref);
+        if (fm_rd_int(r, &f->ctrs[k].total))
+            return r->err;
+        if (k && ref <= pref)
+            return r->err = FM_ENONCANON;
+        pref = ref;
+        f->nctrs++;
+    }
+    return 0;
+}
+
+static int rd_elem(dec *d, fm_elem *e)
+{
+    fm_rd *r = &d->rd;
+    fm_value v;
+    const uint8_t *raw;
+    uint32_t n, ref, pref = 0;
+    uint64_t pseq = 0;
+    if (fm_rd_array_exact(r, 2) || fm_rd_value(r, &v, &raw, &e->vlen) || fm_rd_array(r, &n))
+        return r->err;
+    if (n == 0)
+        return r->err = FM_ENONCANON;
+    e->v = malloc(e->vlen);
+    e->dots = fm_reallocarray(NULL, n, sizeof *e->dots);
+    if (!e->v || !e->dots)
+        return r->err = FM_ENOMEM;
+    memcpy(e->v, raw, e->vlen);
+    for (uint32_t k = 0; k < n; k++) {
+        fm_rd_array_exact(r, 2);
+        rd_ref(d, &e->dots[k].author, &ref);
+        if (fm_rd_uint(r, &e->dots[k].seq))
+            return r->err;
+        if (e->dots[k].seq == 0 || !pair_after(pref, pseq, ref, e->dots[k].seq, k))
+            return r->err = FM_ENONCANON;
+        pref = ref, pseq = e->dots[k].seq;
+        e->ndots++;
+    }
+    return 0;
+}
+
+static int rd_elems(dec *d, fm_field *f)
+{
+    uint32_t n;
+    fm_rd *r = &d->rd;
+    if (fm_rd_array(r, &n))
+        return r->err;
+    f->elems = fm_calloc(n, sizeof *f->elems);
+    if (!f->elems)
+        return r->err = FM_ENOMEM;
+    f->celems = n;
+    for (uint32_t k = 0; k < n; k++) {
+        f->nelems++;
+        if (rd_elem(d, &f->elems[k]))
+            return r->err;
+        if (k && fm_bytes_cmp(f->elems[k - 1].v, f->elems[k - 1].vlen, f->elems[k].v,
+                              f->elems[k].vlen) >= 0)
+            return r->err = FM_ENONCANON;
+    }
+    return 0;
+}
+
+static int rd_field(dec *d, fm_field *f, const fm_field *prev)
+{
+    fm_rd *r = &d->rd;
+    const uint8_t *name;
+    uint64_t kind;
+    if (fm_rd_array_exact(r, 7) || fm_rd_str(r, &name, &f->name_len, FM_MAX_FIELD_LEN))
+        return r->err;
+    if (fm_name_check(name, f->name_len, FM_MAX_FIELD_LEN))
+        return r->err = FM_EDECODE;
+    if (!(f->name = malloc(f->name_len)))
+        return r->err = FM_ENOMEM;
+    memcpy(f->name, name, f->name_len);
+    if (prev && fm_bytes_cmp(prev->name, prev->name_len, name, f->name_len) >= 0)
+        return r->err = FM_ENONCANON;
+    fm_rd_uint(r, &kind);
+    fm_rd_uint(r, &f->kind_hlc);
+    if (rd_ref(d, &f->kind_author, NULL))
+        return r->err;
+    if (kind > FM_KIND_SET)
+        return r->err = FM_EDECODE;
+    f->kind = (uint8_t)kind;
+    if (!rd_regs(d, f) && !rd_ctrs(d, f))
+        rd_elems(d, f);
+    return r->err;
+}
+
+static int rd_authors(dec *d, fm_authors *authors)
+{
+    fm_rd *r = &d->rd;
+    if (fm_rd_array(r, &d->nauth))
+        return r->err;
+    d->amap = fm_reallocarray(NULL, d->nauth, sizeof *d->amap);
+    d->used = fm_calloc(d->nauth, sizeof *d->used);
+    if (!d->amap || !d->used)
+        return r->err = FM_ENOMEM;
+    uint8_t key[FM_ID_BYTES], prev[FM_ID_BYTES];
+    for (uint32_t i = 0; i < d->nauth; i++) {
+        if (fm_rd_bin_fixed(r, key, FM_ID_BYTES))
+            return r->err;
+        if (i && memcmp(prev, key, FM_ID_BYTES) >= 0)
+            return r->err = FM_ENONCANON;
+        memcpy(prev, key, FM_ID_BYTES);
+        if (fm_authors_intern(authors, key, &d->amap[i]))
+            return r->err = FM_ENOMEM;
+    }
+    return 0;
+}
+
+static int rd_record(dec *d, fm_rec *t, fm_authors *authors)
+{
+    fm_rd *r = &d->rd;
+    uint64_t flags;
+    uint32_t n;
+    if (fm_rd_array_exact(r, 3) || fm_rd_uint(r, &flags) || rd_authors(d, authors) ||
+        fm_rd_array(r, &n))
+        return r->err;
+    if (flags > 1 || (flags == 1 && n != 0))
+        return r->err = FM_EDECODE;
+    if (n > FM_MAX_FIELDS_PER_RECORD * 16)
+        return r->err = FM_ELIMIT;
+    t->deleted = flags == 1;
+    t->fields = fm_calloc(n, sizeof *t->fields);
+    if (!t->fields)
+        return r->err = FM_ENOMEM;
+    t->cfields = n;
+    for (uint32_t i = 0; i < n; i++) {
+        t->nfields++;
+        if (rd_field(d, &t->fields[i], i ? &t->fields[i - 1] : NULL))
+            return r->err;
+    }
+    for (uint32_t i = 0; i < d->nauth; i++)
+        if (!d->used[i])
+            return r->err = FM_ENONCANON;
+    return fm_rd_end(r);
+}
+
+int fm_rec_decode(fm_rec *r, fm_authors *authors, const uint8_t *p, size_t len)
+{
+    dec d = {0};
+    fm_rd_init(&d.rd, p, len);
+    fm_rec tmp = {0};
+    int rc = rd_record(&d, &tmp, authors);
+    free(d.amap);
+    free(d.used);
+    if (rc) {
+        fm_rec_clear_fields(&tmp);
+        return rc;
+    }
+    fm_rec_clear_fields(r);
+    r->fields = tmp.fields;
+    r->nfields = tmp.nfields;
+    r->cfields = tmp.cfields;
+    r->deleted = tmp.deleted;
+    r->exists = true;
+    return 0;
+}

@@ -1,0 +1,438 @@
+/*
+ * state.c — collections, the record cache, causal checks and batch application. Outputs never
+ * depend on hash-map iteration order: dirty records are flushed in apply order, and the state
+ * hash combines records through XOR.
+ */
+#include "crdt/state.h"
+
+#include <sodium.h>
+#include <stdlib.h>
+#include <string.h>
+
+void fm_state_init(fm_state *s, const fm_state_io *io)
+{
+    memset(s, 0, sizeof *s);
+    fm_authors_init(&s->authors);
+    fm_buf_init(&s->scratch);
+    if (io)
+        s->io = *io;
+}
+
+static void coll_free(fm_coll *c)
+{
+    for (uint32_t i = 0; i < c->cap; i++)
+        fm_rec_free(c->map[i]);
+    free(c->map);
+    free(c->feeds);
+    fm_vv_free(&c->vv);
+    free(c->name);
+    free(c);
+}
+
+void fm_state_reset(fm_state *s)
+{
+    for (uint32_t i = 0; i < s->ncolls; i++)
+        coll_free(s->colls[i]);
+    s->ncolls = 0;
+    s->ndirty = 0;
+    s->ops = s->batches = 0;
+}
+
+void fm_state_free(fm_state *s)
+{
+    fm_state_reset(s);
+    free(s->colls);
+    free(s->dirty);
+    free(s->ctx_seq);
+    fm_buf_free(&s->scratch);
+    fm_authors_free(&s->authors);
+    memset(s, 0, sizeof *s);
+}
+
+static uint32_t coll_find(const fm_state *s, const uint8_t *name, uint32_t len, bool *found)
+{
+    uint32_t lo = 0, hi = s->ncolls;
+    while (lo < hi) {
+        uint32_t mid = lo + (hi - lo) / 2;
+        int c =
+            fm_bytes_cmp((const uint8_t *)s->colls[mid]->name, s->colls[mid]->name_len, name, len);
+        if (c == 0) {
+            *found = true;
+            return mid;
+        }
+        if (c < 0)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    *found = false;
+    return lo;
+}
+
+fm_coll *fm_state_coll(fm_state *s, const uint8_t *name, uint32_t len)
+{
+    bool found;
+    uint32_t i = coll_find(s, name, len, &found);
+    return found ? s->colls[i] : NULL;
+}
+
+int fm_state_coll_add(fm_state *s, const uint8_t *name, uint32_t len, fm_coll **out)
+{
+    bool found;
+    uint32_t i = coll_find(s, name, len, &found);
+    if (found) {
+        *out = s->colls[i];
+        return 0;
+    }
+    if (s->ncolls >= FM_MAX_COLLECTIONS)
+        return FM_ELIMIT;
+    if (s->ncolls == s->ccolls) {
+        uint32_t cap = s->ccolls ? s->ccolls * 2 : 4;
+        fm_coll **p = fm_reallocarray(s->colls, cap, sizeof *p);
+        if (!p)
+            return FM_ENOMEM;
+        s->colls = p;
+        s->ccolls = cap;
+    }
+    fm_coll *c = calloc(1, sizeof *c);
+    if (!c || !(c->name = fm_strndup((const char *)name, len))) {
+        free(c);
+        return FM_ENOMEM;
+    }
+    c->name_len = len;
+    fm_vv_init(&c->vv);
+    memmove(&s->colls[i + 1], &s->colls[i], (s->ncolls - i) * sizeof *s->colls);
+    s->colls[i] = c;
+    s->ncolls++;
+    *out = c;
+    return 0;
+}
+
+static fm_feed *feed_find(const fm_coll *c, uint32_t author, uint32_t *pos)
+{
+    uint32_t lo = 0, hi = c->nfeeds;
+    while (lo < hi) {
+        uint32_t mid = lo + (hi - lo) / 2;
+        if (c->feeds[mid].author == author)
+            return &c->feeds[mid];
+        if (c->feeds[mid].author < author)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    if (pos)
+        *pos = lo;
+    return NULL;
+}
+
+const fm_feed *fm_coll_feed(const fm_state *s, const fm_coll *c, const uint8_t *author)
+{
+    uint32_t a = fm_authors_find(&s->authors, author);
+    return a == UINT32_MAX ? NULL : feed_find(c, a, NULL);
+}
+
+int fm_state_set_feed(fm_state *s, fm_coll *c, const uint8_t author[FM_ID_BYTES], uint64_t seq,
+                      const uint8_t head[FM_HASH_BYTES])
+{
+    uint32_t a, pos;
+    if (fm_authors_intern(&s->authors, author, &a))
+        return FM_ENOMEM;
+    fm_feed *f = feed_find(c, a, &pos);
+    if (!f) {
+        if (c->nfeeds == c->cfeeds) {
+            uint32_t cap = c->cfeeds ? c->cfeeds * 2 : 4;
+            fm_feed *p = fm_reallocarray(c->feeds, cap, sizeof *p);
+            if (!p)
+                return FM_ENOMEM;
+            c->feeds = p;
+            c->cfeeds = cap;
+        }
+        memmove(&c->feeds[pos + 1], &c->feeds[pos], (c->nfeeds - pos) * sizeof *c->feeds);
+        f = &c->feeds[pos];
+        f->author = a;
+        c->nfeeds++;
+    }
+    int rc = fm_vv_set(&c->vv, author, seq);
+    if (rc)
+        return rc;
+    f->seq = seq;
+    memcpy(f->head, head, FM_HASH_BYTES);
+    return 0;
+}
+
+int fm_state_check(fm_state *s, const fm_batch *b)
+{
+    fm_coll *c = fm_state_coll(s, b->coll, b->coll_len);
+    const fm_feed *f = c ? fm_coll_feed(s, c, b->author) : NULL;
+    uint64_t seq = f ? f->seq : 0;
+    if (b->first_seq <= seq)
+        return FM_EDUP;
+    if (b->first_seq > seq + 1)
+        return FM_EGAP;
+    if (b->has_prev && sodium_memcmp(b->prev, f->head, FM_HASH_BYTES) != 0)
+        return FM_ECHAIN;
+    for (uint32_t i = 0; i < b->ctx.n; i++)
+        if (!c || fm_vv_get(&c->vv, b->ctx.e[i].author) < b->ctx.e[i].seq)
+            return FM_EPENDING;
+    return 0;
+}
+
+/* ---- the record map ------------------------------------------------------------------------ */
+
+static uint32_t id_hash(const uint8_t *id, uint32_t len)
+{
+    static const uint8_t key[crypto_shorthash_KEYBYTES] = "fieldmesh-recmap";
+    uint8_t h[crypto_shorthash_BYTES];
+    crypto_shorthash(h, id, len, key);
+    uint32_t v;
+    memcpy(&v, h, sizeof v);
+    return v;
+}
+
+static fm_rec **map_slot(fm_coll *c, const uint8_t *id, uint32_t len, uint32_t h)
+{
+    for (uint32_t i = h & (c->cap - 1);; i = (i + 1) & (c->cap - 1)) {
+        fm_rec *r = c->map[i];
+        if (!r || (r->hash32 == h && r->id_len == len && memcmp(r->id, id, len) == 0))
+            return &c->map[i];
+    }
+}
+
+static int map_grow(fm_coll *c)
+{
+    uint32_t cap = c->cap ? c->cap * 2 : 64;
+    fm_rec **old = c->map;
+    uint32_t ocap = c->cap;
+    c->map = fm_calloc(cap, sizeof *c->map);
+    if (!c->map) {
+        c->map = old;
+        return FM_ENOMEM;
+    }
+    c->cap = cap;
+    for (uint32_t i = 0; i < ocap; i++)
+        if (old[i])
+            *map_slot(c, old[i]->id, old[i]->id_len, old[i]->hash32) = old[i];
+    free(old);
+    return 0;
+}
+
+static int rec_load(fm_state *s, fm_coll *c, fm_rec *r)
+{
+    if (!s->io.load)
+        return 0;
+    fm_buf_reset(&s->scratch);
+    int rc = s->io.load(s->io.arg, c, r->id, r->id_len, &s->scratch);
+    if (rc || s->scratch.len == 0)
+        return rc;
+    rc = fm_rec_decode(r, &s->authors, s->scratch.data, s->scratch.len);
+    if (rc)
+        return rc == FM_ENOMEM ? rc : FM_ESTORE; /* stored state is ours: corrupt, not input */
+    fm_state_record_hash(c, r->id, r->id_len, s->scratch.data, s->scratch.len, r->flushed_hash);
+    r->flushed_live = !r->deleted;
+    r->flushed_conflicts = fm_rec_conflicts(r);
+    return 0;
+}
+
+static fm_rec *get_rec(fm_state *s, fm_coll *c, const uint8_t *id, uint32_t len, bool create,
+                       int *rc)
+{
+    *rc = 0;
+    if ((c->nmap + 1) * 4 > c->cap * 3 && (*rc = map_grow(c)))
+        return NULL;
+    uint32_t h = id_hash(id, len);
+    fm_rec **slot = map_slot(c, id, len, h);
+    if (*slot)
+        return *slot;
+    fm_rec *r = fm_rec_new(id, len);
+    if (!r) {
+        *rc = FM_ENOMEM;
+        return NULL;
+    }
+    r->hash32 = h;
+    if ((*rc = rec_load(s, c, r)) || (!create && !r->exists)) {
+        fm_rec_free(r);
+        return NULL;
+    }
+    *slot = r;
+    c->nmap++;
+    return r;
+}
+
+fm_rec *fm_state_record(fm_state *s, fm_coll *c, const uint8_t *id, uint32_t id_len, int *rc)
+{
+    return get_rec(s, c, id, id_len, false, rc);
+}
+
+/* ---- apply ----------------------------------------------------------------------------------- */
+
+static int ctx_prepare(fm_state *s, const fm_batch *b, fm_opctx *oc)
+{
+    for (uint32_t i = 0; i < b->ctx.n; i++) {
+        uint32_t a;
+        if (fm_authors_intern(&s->authors, b->ctx.e[i].author, &a))
+            return FM_ENOMEM;
+    }
+    if (s->authors.n > s->cctx) {
+        uint64_t *p = fm_reallocarray(s->ctx_seq, s->authors.n * 2, sizeof *p);
+        if (!p)
+            return FM_ENOMEM;
+        s->ctx_seq = p;
+        s->cctx = s->authors.n * 2;
+    }
+    memset(s->ctx_seq, 0, s->authors.n * sizeof *s->ctx_seq);
+    for (uint32_t i = 0; i < b->ctx.n; i++)
+        s->ctx_seq[fm_authors_find(&s->authors, b->ctx.e[i].author)] = b->ctx.e[i].seq;
+    oc->authors = &s->authors;
+    oc->ctx_seq = s->ctx_seq;
+    oc->nctx = s->authors.n;
+    oc->hlc = b->hlc;
+    return 0;
+}
+
+static int mark_dirty(fm_state *s, fm_rec *r)
+{
+    if (s->ndirty == s->cdirty) {
+        uint32_t cap = s->cdirty ? s->cdirty * 2 : 64;
+        fm_rec **p = fm_reallocarray(s->dirty, cap, sizeof *p);
+        if (!p)
+            return FM_ENOMEM;
+        s->dirty = p;
+        s->cdirty = cap;
+    }
+    s->dirty[s->ndirty++] = r;
+    return 0;
+}
+
+int fm_state_apply(fm_state *s, const fm_batch *b)
+{
+    FM_ASSERT(b->nops > 0);
+    fm_coll *c;
+    uint32_t author;
+    int rc = fm_state_coll_add(s, b->coll, b->coll_len, &c);
+    if (rc || (rc = fm_authors_intern(&s->authors, b->author, &author)))
+        return rc;
+    /* Load every record first: loading interns authors, and the dense context must cover them. */
+    for (uint32_t i = 0; i < b->nops; i++)
+        if (!get_rec(s, c, b->ops[i].id, b->ops[i].id_len, true, &rc))
+            return rc;
+    fm_opctx oc;
+    if ((rc = ctx_prepare(s, b, &oc)))
+        return rc;
+    oc.author = author;
+    for (uint32_t i = 0; i < b->nops; i++) {
+        const fm_op *op = &b->ops[i];
+        fm_rec *r = get_rec(s, c, op->id, op->id_len, true, &rc);
+        FM_ASSERT(r); /* loaded above; the map only grows */
+        bool was_dirty = r->dirty;
+        oc.seq = b->first_seq + i;
+        if ((rc = fm_rec_apply(r, &oc, op)))
+            return rc;
+        if (!was_dirty && r->dirty && (rc = mark_dirty(s, r)))
+            return rc;
+    }
+    rc = fm_state_set_feed(s, c, b->author, fm_batch_last_seq(b), b->hash);
+    if (rc)
+        return rc;
+    s->ops += b->nops;
+    s->batches++;
+    return 0;
+}
+
+/* ---- flush and hashes ---------------------------------------------------------------------- */
+
+void fm_state_record_hash(const fm_coll *c, const uint8_t *id, uint32_t id_len, const uint8_t *enc,
+                          size_t len, uint8_t out[FM_HASH_BYTES])
+{
+    crypto_generichash_state st;
+    uint8_t n[4];
+    crypto_generichash_init(&st, NULL, 0, FM_HASH_BYTES);
+    n[0] = (uint8_t)(c->name_len >> 24), n[1] = (uint8_t)(c->name_len >> 16);
+    n[2] = (uint8_t)(c->name_len >> 8), n[3] = (uint8_t)c->name_len;
+    crypto_generichash_update(&st, n, 4);
+    crypto_generichash_update(&st, (const uint8_t *)c->name, c->name_len);
+    n[0] = (uint8_t)(id_len >> 24), n[1] = (uint8_t)(id_len >> 16);
+    n[2] = (uint8_t)(id_len >> 8), n[3] = (uint8_t)id_len;
+    crypto_generichash_update(&st, n, 4);
+    crypto_generichash_update(&st, id, id_len);
+    crypto_generichash_update(&st, enc, len);
+    crypto_generichash_final(&st, out, FM_HASH_BYTES);
+}
+
+static fm_coll *rec_coll(fm_state *s, const fm_rec *r)
+{
+    /* Dirty lists are short and collections few; find the owner by probing each map. */
+    for (uint32_t i = 0; i < s->ncolls; i++) {
+        fm_coll *c = s->colls[i];
+        if (c->cap && *map_slot(c, r->id, r->id_len, r->hash32) == r)
+            return c;
+    }
+    FM_ASSERT(0 && "dirty record without a collection");
+}
+
+int fm_state_flush(fm_state *s)
+{
+    for (uint32_t i = 0; i < s->ndirty; i++) {
+        fm_rec *r = s->dirty[i];
+        fm_coll *c = rec_coll(s, r);
+        fm_buf_reset(&s->scratch);
+        int rc = fm_rec_encode(r, &s->authors, &s->scratch);
+        if (rc)
+            return rc;
+        uint32_t conflicts = fm_rec_conflicts(r);
+        if (s->io.save &&
+            (rc = s->io.save(s->io.arg, c, r, s->scratch.data, s->scratch.len, conflicts)))
+            return rc;
+        uint8_t h[FM_HASH_BYTES];
+        fm_state_record_hash(c, r->id, r->id_len, s->scratch.data, s->scratch.len, h);
+        for (int k = 0; k < FM_HASH_BYTES; k++)
+            c->xor_hash[k] ^= (uint8_t)(r->flushed_hash[k] ^ h[k]);
+        c->live += (uint64_t)!r->deleted - (uint64_t)r->flushed_live;
+        c->conflicts += (uint64_t)conflicts - (uint64_t)r->flushed_conflicts;
+        memcpy(r->flushed_hash, h, FM_HASH_BYTES);
+        r->flushed_live = !r->deleted;
+        r->flushed_conflicts = conflicts;
+        r->dirty = false;
+    }
+    s->ndirty = 0;
+    return 0;
+}
+
+void fm_state_trim(fm_state *s, uint32_t max_cached)
+{
+    if (!s->io.load || s->ndirty)
+        return;
+    uint64_t total = 0;
+    for (uint32_t i = 0; i < s->ncolls; i++)
+        total += s->colls[i]->nmap;
+    if (total <= max_cached)
+        return;
+    for (uint32_t i = 0; i < s->ncolls; i++) {
+        fm_coll *c = s->colls[i];
+        for (uint32_t k = 0; k < c->cap; k++) {
+            fm_rec_free(c->map[k]);
+            c->map[k] = NULL;
+        }
+        c->nmap = 0;
+    }
+}
+
+int fm_state_hash(fm_state *s, uint8_t out[FM_HASH_BYTES])
+{
+    int rc = fm_state_flush(s);
+    if (rc)
+        return rc;
+    crypto_generichash_state st;
+    crypto_generichash_init(&st, (const uint8_t *)"fieldmesh-state", 15, FM_HASH_BYTES);
+    for (uint32_t i = 0; i < s->ncolls; i++) {
+        fm_coll *c = s->colls[i];
+        uint8_t d[FM_HASH_BYTES], len = (uint8_t)c->name_len;
+        if ((rc = fm_vv_digest(&c->vv, d)))
+            return rc;
+        crypto_generichash_update(&st, &len, 1);
+        crypto_generichash_update(&st, (const uint8_t *)c->name, c->name_len);
+        crypto_generichash_update(&st, d, sizeof d);
+        crypto_generichash_update(&st, c->xor_hash, sizeof c->xor_hash);
+    }
+    crypto_generichash_final(&st, out, FM_HASH_BYTES);
+    return 0;
+}

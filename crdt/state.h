@@ -1,0 +1,92 @@
+/*
+ * state.h — a replica's CRDT state: collections, each with its feeds (per author: last seq and
+ * head hash, which together are the version vector), its records, and order-independent
+ * aggregates (XOR of record hashes, live and conflict counts). Pure: records come from and go to
+ * the caller's store through the io callbacks; without a loader every record lives in memory.
+ *
+ * Records are cached; apply marks them dirty and fm_state_flush hands each dirty record's
+ * canonical encoding to the store. If anything fails mid-way the caller resets the state and
+ * reloads from its store: the store, not the cache, is the truth.
+ */
+#ifndef FM_STATE_H
+#define FM_STATE_H
+
+#include "crdt/batch.h"
+#include "crdt/record.h"
+#include "crdt/vv.h"
+
+typedef struct fm_feed {
+    uint32_t author;
+    uint64_t seq;
+    uint8_t head[FM_HASH_BYTES];
+} fm_feed;
+
+typedef struct fm_coll {
+    char *name; /* NUL-terminated */
+    uint32_t name_len;
+    int64_t store_id; /* the store's key for this collection; 0 = not stored yet */
+    fm_feed *feeds;   /* sorted by author index */
+    uint32_t nfeeds, cfeeds;
+    fm_vv vv;     /* same content as feeds, by author key */
+    fm_rec **map; /* open addressing by id hash */
+    uint32_t nmap, cap;
+    uint8_t xor_hash[FM_HASH_BYTES];
+    uint64_t live, conflicts;
+} fm_coll;
+
+typedef struct fm_state_io {
+    void *arg;
+    /* Stored encoding of a record into out (left empty if the store has none). */
+    int (*load)(void *arg, fm_coll *c, const uint8_t *id, uint32_t id_len, fm_buf *out);
+    /* Persist one record state (called by fm_state_flush). */
+    int (*save)(void *arg, fm_coll *c, const fm_rec *r, const uint8_t *enc, size_t len,
+                uint32_t conflicts);
+} fm_state_io;
+
+typedef struct fm_state {
+    fm_authors authors;
+    fm_coll **colls; /* sorted by name */
+    uint32_t ncolls, ccolls;
+    fm_state_io io;
+    fm_rec **dirty;
+    uint32_t ndirty, cdirty;
+    uint64_t *ctx_seq; /* scratch: dense context by author index */
+    uint32_t cctx;
+    fm_buf scratch;
+    uint64_t ops, batches; /* applied */
+} fm_state;
+
+void fm_state_init(fm_state *s, const fm_state_io *io);
+void fm_state_free(fm_state *s);
+/* Drops every cached record and collection (after a failed store transaction). */
+void fm_state_reset(fm_state *s);
+
+fm_coll *fm_state_coll(fm_state *s, const uint8_t *name, uint32_t len);
+int fm_state_coll_add(fm_state *s, const uint8_t *name, uint32_t len, fm_coll **out);
+/* Restores a feed position (from the store at open). */
+int fm_state_set_feed(fm_state *s, fm_coll *c, const uint8_t author[FM_ID_BYTES], uint64_t seq,
+                      const uint8_t head[FM_HASH_BYTES]);
+const fm_feed *fm_coll_feed(const fm_state *s, const fm_coll *c, const uint8_t *author);
+
+/* May b be applied now? 0 yes; FM_EDUP: already applied (or overlaps what was: the caller tells
+ * a duplicate from a fork); FM_EGAP: earlier batches of the feed are missing; FM_EPENDING: the
+ * causal context names ops not applied yet; FM_ECHAIN: prev is not the feed's head. */
+int fm_state_check(fm_state *s, const fm_batch *b);
+/* Applies a checked batch: every op, the feed head and the vector. */
+int fm_state_apply(fm_state *s, const fm_batch *b);
+
+/* Looks a record up (loading it if needed); NULL with *rc = 0 if it never existed. */
+fm_rec *fm_state_record(fm_state *s, fm_coll *c, const uint8_t *id, uint32_t id_len, int *rc);
+
+/* Hands every dirty record to io.save and updates the aggregates. */
+int fm_state_flush(fm_state *s);
+/* Evicts clean cached records when over max (only with a loader). */
+void fm_state_trim(fm_state *s, uint32_t max_cached);
+
+/* Hash of a record state as it contributes to the collection XOR. */
+void fm_state_record_hash(const fm_coll *c, const uint8_t *id, uint32_t id_len, const uint8_t *enc,
+                          size_t len, uint8_t out[FM_HASH_BYTES]);
+/* Hash over every collection's name, vector and record XOR, in name order. */
+int fm_state_hash(fm_state *s, uint8_t out[FM_HASH_BYTES]);
+
+#endif

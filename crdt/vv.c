@@ -1,0 +1,205 @@
+/* vv.c — sparse version vectors over 32-byte author ids. */
+#include "crdt/vv.h"
+
+#include <sodium.h>
+#include <stdlib.h>
+#include <string.h>
+
+void fm_vv_init(fm_vv *v)
+{
+    memset(v, 0, sizeof *v);
+}
+
+void fm_vv_free(fm_vv *v)
+{
+    free(v->e);
+    fm_vv_init(v);
+}
+
+int fm_vv_copy(fm_vv *dst, const fm_vv *src)
+{
+    fm_vv_entry *e = fm_reallocarray(NULL, src->n, sizeof *e);
+    if (!e)
+        return FM_ENOMEM;
+    if (src->n)
+        memcpy(e, src->e, src->n * sizeof *e);
+    free(dst->e);
+    dst->e = e;
+    dst->n = dst->cap = src->n;
+    return 0;
+}
+
+/* Index of author, or of where it would be inserted (*found = false). */
+static uint32_t vv_find(const fm_vv *v, const uint8_t *author, bool *found)
+{
+    uint32_t lo = 0, hi = v->n;
+    while (lo < hi) {
+        uint32_t mid = lo + (hi - lo) / 2;
+        int c = memcmp(v->e[mid].author, author, FM_ID_BYTES);
+        if (c == 0) {
+            *found = true;
+            return mid;
+        }
+        if (c < 0)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    *found = false;
+    return lo;
+}
+
+uint64_t fm_vv_get(const fm_vv *v, const uint8_t author[FM_ID_BYTES])
+{
+    bool found;
+    uint32_t i = vv_find(v, author, &found);
+    return found ? v->e[i].seq : 0;
+}
+
+int fm_vv_set(fm_vv *v, const uint8_t author[FM_ID_BYTES], uint64_t seq)
+{
+    bool found;
+    uint32_t i = vv_find(v, author, &found);
+    if (found) {
+        if (seq) {
+            v->e[i].seq = seq;
+        } else {
+            memmove(&v->e[i], &v->e[i + 1], (v->n - i - 1) * sizeof *v->e);
+            v->n--;
+        }
+        return 0;
+    }
+    if (!seq)
+        return 0;
+    if (v->n >= FM_MAX_VV_ENTRIES)
+        return FM_ELIMIT;
+    if (v->n == v->cap) {
+        uint32_t cap = v->cap ? v->cap * 2 : 4;
+        fm_vv_entry *e = fm_reallocarray(v->e, cap, sizeof *e);
+        if (!e)
+            return FM_ENOMEM;
+        v->e = e;
+        v->cap = cap;
+    }
+    memmove(&v->e[i + 1], &v->e[i], (v->n - i) * sizeof *v->e);
+    memcpy(v->e[i].author, author, FM_ID_BYTES);
+    v->e[i].seq = seq;
+    v->n++;
+    return 0;
+}
+
+int fm_vv_merge(fm_vv *dst, const fm_vv *src)
+{
+    for (uint32_t i = 0; i < src->n; i++) {
+        if (src->e[i].seq > fm_vv_get(dst, src->e[i].author)) {
+            int rc = fm_vv_set(dst, src->e[i].author, src->e[i].seq);
+            if (rc)
+                return rc;
+        }
+    }
+    return 0;
+}
+
+fm_vv_order fm_vv_compare(const fm_vv *a, const fm_vv *b)
+{
+    bool a_more = false, b_more = false;
+    uint32_t i = 0, j = 0;
+    while (i < a->n || j < b->n) {
+        int c = i == a->n ? 1 : j == b->n ? -1 : memcmp(a->e[i].author, b->e[j].author, 32);
+        if (c < 0) {
+            a_more = true, i++;
+        } else if (c > 0) {
+            b_more = true, j++;
+        } else {
+            a_more |= a->e[i].seq > b->e[j].seq;
+            b_more |= a->e[i].seq < b->e[j].seq;
+            i++, j++;
+        }
+    }
+    return a_more ? (b_more ? FM_VV_CONCURRENT : FM_VV_GREATER)
+                  : (b_more ? FM_VV_LESS : FM_VV_EQUAL);
+}
+
+uint64_t fm_vv_total(const fm_vv *v)
+{
+    uint64_t t = 0;
+    for (uint32_t i = 0; i < v->n; i++)
+        t += v->e[i].seq;
+    return t;
+}
+
+void fm_vv_write(fm_wr *w, const fm_vv *v)
+{
+    msgpack_pack_array(FM_PK(w), v->n);
+    for (uint32_t i = 0; i < v->n; i++) {
+        msgpack_pack_array(FM_PK(w), 2);
+        fm_wr_bin(w, v->e[i].author, FM_ID_BYTES);
+        msgpack_pack_uint64(FM_PK(w), v->e[i].seq);
+    }
+}
+
+int fm_vv_encode(const fm_vv *v, fm_buf *out)
+{
+    fm_wr w;
+    fm_wr_init(&w, out);
+    fm_vv_write(&w, v);
+    return out->oom ? FM_ENOMEM : 0;
+}
+
+int fm_vv_read(fm_rd *r, fm_vv *v)
+{
+    uint32_t n;
+    if (fm_rd_array(r, &n))
+        return r->err;
+    if (n > FM_MAX_VV_ENTRIES)
+        return r->err = FM_ELIMIT;
+    fm_vv tmp;
+    fm_vv_init(&tmp);
+    tmp.e = fm_reallocarray(NULL, n, sizeof *tmp.e);
+    if (!tmp.e)
+        return r->err = FM_ENOMEM;
+    tmp.cap = n;
+    for (uint32_t i = 0; i < n && !r->err; i++) {
+        fm_rd_array_exact(r, 2);
+        fm_rd_bin_fixed(r, tmp.e[i].author, FM_ID_BYTES);
+        fm_rd_uint(r, &tmp.e[i].seq);
+        if (r->err)
+            break;
+        if (tmp.e[i].seq == 0 || (i && memcmp(tmp.e[i - 1].author, tmp.e[i].author, 32) >= 0))
+            r->err = FM_ENONCANON;
+        tmp.n = i + 1;
+    }
+    if (r->err) {
+        fm_vv_free(&tmp);
+        return r->err;
+    }
+    fm_vv_free(v);
+    *v = tmp;
+    return 0;
+}
+
+int fm_vv_decode(const uint8_t *p, size_t len, fm_vv *v)
+{
+    fm_rd r;
+    fm_rd_init(&r, p, len);
+    fm_vv tmp;
+    fm_vv_init(&tmp);
+    if (fm_vv_read(&r, &tmp) || fm_rd_end(&r)) {
+        fm_vv_free(&tmp);
+        return r.err;
+    }
+    fm_vv_free(v);
+    *v = tmp;
+    return 0;
+}
+
+int fm_vv_digest(const fm_vv *v, uint8_t out[FM_HASH_BYTES])
+{
+    fm_buf b;
+    fm_buf_init(&b);
+    int rc = fm_vv_encode(v, &b);
+    if (rc == 0)
+        crypto_generichash(out, FM_HASH_BYTES, b.data, b.len, NULL, 0);
+    fm_buf_free(&b);
+    return rc;
+}
