@@ -1,4 +1,504 @@
-int main(void)
+/*
+ * main.c — the fieldmesh command-line tool over a store directory:
+ *   fieldmesh [--dir DIR] COMMAND [ARGS...]   (--dir may also follow the command)
+ * Exit status: 0 ok, 1 failure (message on stderr), 2 usage error (nothing written).
+ */
+#include "crypto/identity.h"
+#include "node/json.h"
+#include "node/store.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#define EXIT_USAGE 2
+
+typedef struct cli {
+    const char *dir;
+    int argc;
+    char **argv; /* the command's arguments, options removed */
+    bool json;
+    const char *name;
+    char home_dir[4096];
+} cli;
+
+static const char USAGE[] =
+    "usage: fieldmesh [--dir DIR] COMMAND [ARGS...]\n"
+    "\n"
+    "commands:\n"
+    "  init --name NAME                 create a device identity and store in DIR\n"
+    "  put COLLECTION ID FIELD=VALUE... write fields in one transaction; VALUE is a JSON scalar\n"
+    "        FIELD=V        last-writer-wins field (or the field's register kind)\n"
+    "        FIELD:mv=V     multi-value field: concurrent writes are kept as a conflict\n"
+    "        FIELD+=N       add N to a counter (FIELD-=N subtracts)\n"
+    "        FIELD[]+=V     add V to a set (FIELD[]-=V removes it)\n"
+    "  get COLLECTION ID                print the record as one JSON object\n"
+    "  list COLLECTION                  print every record as JSON lines\n"
+    "  del COLLECTION ID                delete a record (final)\n"
+    "  conflicts                        list fields in conflict as JSON lines\n"
+    "  status [--json]                  device id, ops, records, state hash\n"
+    "\n"
+    "DIR defaults to $FIELDMESH_DIR, else ~/.local/share/fieldmesh.\n";
+
+static int usage(const char *why)
 {
+    if (why)
+        fprintf(stderr, "fieldmesh: %s\n", why);
+    fputs(USAGE, stderr);
+    return EXIT_USAGE;
+}
+
+static int fail(const char *what, int rc)
+{
+    fprintf(stderr, "fieldmesh: %s: %s\n", what, fm_strerror(rc));
+    return 1;
+}
+
+static void path_in(const cli *c, const char *file, char *out, size_t n)
+{
+    snprintf(out, n, "%s/%s", c->dir, file);
+}
+
+/* mkdir -p with mode 0700 for the directories we create. */
+static int make_dirs(const char *dir)
+{
+    char tmp[4096];
+    if (snprintf(tmp, sizeof tmp, "%s", dir) >= (int)sizeof tmp)
+        return FM_ELIMIT;
+    for (char *p = tmp + 1; *p; p++) {
+        if (*p != '/')
+            continue;
+        *p = '\0';
+        if (mkdir(tmp, 0700) != 0 && errno != EEXIST)
+            return FM_EIO;
+        *p = '/';
+    }
+    return mkdir(tmp, 0700) != 0 && errno != EEXIST ? FM_EIO : 0;
+}
+
+typedef struct opened {
+    fm_identity *id;
+    fm_replica *r;
+} opened;
+
+static void close_opened(opened *o)
+{
+    fm_replica_close(o->r);
+    fm_identity_free(o->id);
+}
+
+static int open_store(const cli *c, opened *o)
+{
+    char key[4096], db[4096];
+    memset(o, 0, sizeof *o);
+    path_in(c, "device.key", key, sizeof key);
+    path_in(c, "store.db", db, sizeof db);
+    int rc = fm_identity_load(key, &o->id);
+    if (rc) {
+        if (access(key, F_OK) != 0)
+            fprintf(stderr, "fieldmesh: no device in %s: run 'fieldmesh init --name NAME'\n",
+                    c->dir);
+        else
+            fprintf(stderr, "fieldmesh: %s: %s (it must be mode 0600)\n", key, fm_strerror(rc));
+        return 1;
+    }
+    fm_replica_config cfg = {.version = FM_REPLICA_CONFIG_VERSION, .path = db, .identity = o->id};
+    if ((rc = fm_replica_open(&cfg, &o->r))) {
+        fprintf(stderr, "fieldmesh: %s: %s\n", db, fm_strerror(rc));
+        fm_identity_free(o->id);
+        return 1;
+    }
     return 0;
+}
+
+static int cmd_init(const cli *c)
+{
+    if (c->argc != 0 || !c->name || !c->name[0])
+        return usage("init takes --name NAME");
+    if (fm_name_check((const uint8_t *)c->name, strlen(c->name), 64))
+        return usage("the name must be 1-64 bytes of printable UTF-8");
+    char key[4096], db[4096];
+    path_in(c, "device.key", key, sizeof key);
+    path_in(c, "store.db", db, sizeof db);
+    if (access(key, F_OK) == 0) {
+        fprintf(stderr, "fieldmesh: %s already holds a device (%s)\n", c->dir, key);
+        return 1;
+    }
+    int rc = make_dirs(c->dir);
+    if (rc)
+        return fail(c->dir, rc);
+    fm_identity *id;
+    if ((rc = fm_identity_create(fm_env_system(), &id)))
+        return fail("init", rc);
+    fm_store *st = NULL;
+    if (!(rc = fm_store_open(db, &st)))
+        rc = fm_store_meta_set(st, "name", c->name, strlen(c->name));
+    fm_store_close(st);
+    if (rc) {
+        fm_identity_free(id);
+        return fail(db, rc);
+    }
+    if ((rc = fm_identity_save(id, key))) {
+        fm_identity_free(id);
+        return fail(key, rc);
+    }
+    uint8_t pk[FM_ID_BYTES];
+    char fpr[FM_FINGERPRINT_LEN + 1];
+    fm_identity_public(id, pk);
+    fm_fingerprint(pk, fpr);
+    fm_identity_free(id);
+    printf("%s\n", fpr);
+    return 0;
+}
+
+/* One parsed FIELD assignment of `put`. */
+typedef struct assign {
+    char field[FM_MAX_FIELD_LEN + 1];
+    enum { A_SET, A_MV, A_INCR, A_ADD, A_REMOVE } kind;
+    fm_value v;
+    char *storage;
+} assign;
+
+static int parse_assign(const char *arg, assign *a)
+{
+    const char *eq = strchr(arg, '=');
+    if (!eq || eq == arg)
+        return FM_EINVAL;
+    size_t n = (size_t)(eq - arg);
+    const char *val = eq + 1;
+    a->kind = A_SET;
+    if (n > 2 && arg[n - 1] == '+' && arg[n - 2] == ']' && arg[n - 3] == '[')
+        a->kind = A_ADD, n -= 3;
+    else if (n > 2 && arg[n - 1] == '-' && arg[n - 2] == ']' && arg[n - 3] == '[')
+        a->kind = A_REMOVE, n -= 3;
+    else if (n > 1 && (arg[n - 1] == '+' || arg[n - 1] == '-'))
+        a->kind = A_INCR, n -= 1;
+    else if (n > 3 && memcmp(arg + n - 3, ":mv", 3) == 0)
+        a->kind = A_MV, n -= 3;
+    if (n == 0 || n > FM_MAX_FIELD_LEN)
+        return FM_EINVAL;
+    memcpy(a->field, arg, n);
+    a->field[n] = '\0';
+    int rc = fm_json_parse_scalar(val, &a->v, &a->storage);
+    if (rc)
+        return rc;
+    if (a->kind == A_INCR) {
+        if (a->v.type != FM_V_INT)
+            return FM_EINVAL;
+        if (arg[n] == '-') {
+            if (a->v.u.i == INT64_MIN)
+                return FM_EINVAL;
+            a->v.u.i = -a->v.u.i;
+        }
+    }
+    return 0;
+}
+
+static int apply_assign(fm_txn *t, const char *id, const assign *a)
+{
+    switch (a->kind) {
+    case A_SET:
+        return fm_txn_set(t, id, a->field, FM_KIND_LWW, a->v);
+    case A_MV:
+        return fm_txn_set(t, id, a->field, FM_KIND_MV, a->v);
+    case A_INCR:
+        return fm_txn_incr(t, id, a->field, a->v.u.i);
+    case A_ADD:
+        return fm_txn_set_add(t, id, a->field, a->v);
+    default:
+        return fm_txn_set_remove(t, id, a->field, a->v);
+    }
+}
+
+/* A plain FIELD=V on an existing mv field keeps it mv: kinds are chosen once, by the writer
+ * who made the field, unless the command says otherwise. */
+static void keep_register_kind(fm_replica *r, const char *coll, const char *id, assign *as, int n)
+{
+    fm_record *rec;
+    if (fm_record_get(r, coll, id, &rec))
+        return;
+    for (int i = 0; i < n; i++) {
+        if (as[i].kind != A_SET)
+            continue;
+        for (size_t k = 0; k < fm_record_field_count(rec); k++) {
+            fm_field_view f;
+            fm_record_field(rec, k, &f);
+            if (strcmp(f.name, as[i].field) == 0 && f.kind == FM_KIND_MV)
+                as[i].kind = A_MV;
+        }
+    }
+    fm_record_free(rec);
+}
+
+static int cmd_put(const cli *c)
+{
+    if (c->argc < 3)
+        return usage("put takes COLLECTION ID FIELD=VALUE...");
+    const char *coll = c->argv[0], *id = c->argv[1];
+    int n = c->argc - 2, rc = 0, ret = 1;
+    assign *as = calloc((size_t)n, sizeof *as);
+    if (!as)
+        return fail("put", FM_ENOMEM);
+    for (int i = 0; i < n && !rc; i++) {
+        if ((rc = parse_assign(c->argv[i + 2], &as[i]))) {
+            fprintf(stderr,
+                    "fieldmesh: bad assignment '%s' (values are JSON: name='\"Ann\"', "
+                    "age=42, n+=1, tags[]+='\"x\"')\n",
+                    c->argv[i + 2]);
+            ret = EXIT_USAGE;
+        }
+    }
+    opened o;
+    if (rc || open_store(c, &o))
+        goto out;
+    fm_txn *t;
+    keep_register_kind(o.r, coll, id, as, n);
+    if ((rc = fm_txn_begin(o.r, coll, &t))) {
+        ret = rc == FM_EINVAL || rc == FM_ELIMIT ? usage("bad collection name") : fail(coll, rc);
+        goto out_close;
+    }
+    for (int i = 0; i < n && !rc; i++)
+        if ((rc = apply_assign(t, id, &as[i])))
+            fprintf(stderr, "fieldmesh: %s: %s\n", c->argv[i + 2], fm_strerror(rc));
+    if (rc) {
+        fm_txn_abort(t);
+        ret = rc == FM_EINVAL || rc == FM_ELIMIT ? EXIT_USAGE : 1;
+        goto out_close;
+    }
+    ret = (rc = fm_txn_commit(t)) ? fail("commit", rc) : 0;
+out_close:
+    close_opened(&o);
+out:
+    for (int i = 0; i < n; i++)
+        free(as[i].storage);
+    free(as);
+    return ret;
+}
+
+static int cmd_get(const cli *c)
+{
+    if (c->argc != 2)
+        return usage("get takes COLLECTION ID");
+    opened o;
+    if (open_store(c, &o))
+        return 1;
+    fm_record *rec;
+    int rc = fm_record_get(o.r, c->argv[0], c->argv[1], &rec), ret = 0;
+    if (rc) {
+        fprintf(stderr, "fieldmesh: %s/%s: %s\n", c->argv[0], c->argv[1],
+                rc == FM_ENOTFOUND ? "no such record" : fm_strerror(rc));
+        ret = 1;
+    } else {
+        char *j = fm_record_json(rec);
+        puts(j ? j : "{}");
+        free(j);
+        fm_record_free(rec);
+    }
+    close_opened(&o);
+    return ret;
+}
+
+static int print_line(void *arg, const fm_record *rec)
+{
+    (void)arg;
+    fm_buf b;
+    fm_buf_init(&b);
+    fm_buf_append(&b, "{\"_id\":", 7);
+    fm_json_string(&b, (const uint8_t *)fm_record_id(rec), strlen(fm_record_id(rec)));
+    if (fm_record_field_count(rec))
+        fm_buf_putc(&b, ',');
+    fm_json_record_members(&b, rec);
+    fm_buf_append(&b, "}\n", 2);
+    int rc = b.oom ? FM_ENOMEM : 0;
+    if (!rc)
+        fwrite(b.data, 1, b.len, stdout);
+    fm_buf_free(&b);
+    return rc;
+}
+
+static int cmd_list(const cli *c)
+{
+    if (c->argc != 1)
+        return usage("list takes COLLECTION");
+    opened o;
+    if (open_store(c, &o))
+        return 1;
+    int rc = fm_collection_list(o.r, c->argv[0], print_line, NULL);
+    close_opened(&o);
+    return rc ? fail("list", rc) : 0;
+}
+
+static int cmd_del(const cli *c)
+{
+    if (c->argc != 2)
+        return usage("del takes COLLECTION ID");
+    opened o;
+    if (open_store(c, &o))
+        return 1;
+    fm_txn *t;
+    int rc = fm_txn_begin(o.r, c->argv[0], &t);
+    if (!rc && (rc = fm_txn_delete(t, c->argv[1])))
+        fm_txn_abort(t);
+    else if (!rc)
+        rc = fm_txn_commit(t);
+    close_opened(&o);
+    if (rc == FM_EINVAL || rc == FM_ELIMIT)
+        return usage("bad collection or record id");
+    return rc ? fail("del", rc) : 0;
+}
+
+static int print_conflicts(void *arg, const fm_record *rec)
+{
+    (void)arg;
+    fm_buf b;
+    fm_buf_init(&b);
+    for (size_t i = 0; i < fm_record_field_count(rec); i++) {
+        fm_field_view f;
+        fm_record_field(rec, i, &f);
+        if (!f.conflict)
+            continue;
+        fm_buf_append(&b, "{\"collection\":", 14);
+        fm_json_string(&b, (const uint8_t *)fm_record_collection(rec),
+                       strlen(fm_record_collection(rec)));
+        fm_buf_append(&b, ",\"id\":", 6);
+        fm_json_string(&b, (const uint8_t *)fm_record_id(rec), strlen(fm_record_id(rec)));
+        fm_buf_append(&b, ",\"field\":", 9);
+        fm_json_string(&b, (const uint8_t *)f.name, strlen(f.name));
+        fm_buf_append(&b, ",\"values\":[", 11);
+        for (size_t k = 0; k < f.nvalues; k++) {
+            if (k)
+                fm_buf_putc(&b, ',');
+            fm_json_value(&b, &f.values[k]);
+        }
+        fm_buf_append(&b, "]}\n", 3);
+    }
+    int rc = b.oom ? FM_ENOMEM : 0;
+    if (!rc)
+        fwrite(b.data, 1, b.len, stdout);
+    fm_buf_free(&b);
+    return rc;
+}
+
+static int cmd_conflicts(const cli *c)
+{
+    if (c->argc != 0)
+        return usage("conflicts takes no arguments");
+    opened o;
+    if (open_store(c, &o))
+        return 1;
+    int rc = fm_conflicts_list(o.r, print_conflicts, NULL);
+    close_opened(&o);
+    return rc ? fail("conflicts", rc) : 0;
+}
+
+static int cmd_status(const cli *c)
+{
+    if (c->argc != 0)
+        return usage("status takes only --json");
+    opened o;
+    if (open_store(c, &o))
+        return 1;
+    fm_status s;
+    int rc = fm_replica_status(o.r, &s);
+    if (rc) {
+        close_opened(&o);
+        return fail("status", rc);
+    }
+    uint8_t pk[FM_ID_BYTES];
+    char fpr[FM_FINGERPRINT_LEN + 1], full[FM_ID_TEXT_LEN + 1], hash[2 * FM_HASH_BYTES + 1];
+    fm_replica_device_id(o.r, pk);
+    fm_fingerprint(pk, fpr);
+    fm_id_to_text(pk, full);
+    fm_hex(s.state_hash, FM_HASH_BYTES, hash);
+    close_opened(&o);
+    if (c->json)
+        printf("{\"device_id\":\"%s\",\"device_key\":\"%s\",\"ops\":%llu,\"batches\":%llu,"
+               "\"records\":%llu,\"conflicts\":%llu,\"pending\":%llu,\"state_hash\":\"%s\","
+               "\"clock_skew\":%s}\n",
+               fpr, full, (unsigned long long)s.ops, (unsigned long long)s.batches,
+               (unsigned long long)s.records, (unsigned long long)s.conflicts,
+               (unsigned long long)s.pending, hash, s.clock_skew ? "true" : "false");
+    else
+        printf("device     %s\nops        %llu\nbatches    %llu\nrecords    %llu\n"
+               "conflicts  %llu\nstate hash %s\n",
+               fpr, (unsigned long long)s.ops, (unsigned long long)s.batches,
+               (unsigned long long)s.records, (unsigned long long)s.conflicts, hash);
+    return 0;
+}
+
+static const struct {
+    const char *name;
+    int (*fn)(const cli *c);
+} COMMANDS[] = {
+    {"init", cmd_init},     {"put", cmd_put}, {"get", cmd_get},
+    {"list", cmd_list},     {"del", cmd_del}, {"conflicts", cmd_conflicts},
+    {"status", cmd_status},
+};
+
+/* Pulls global options (--dir, --json, --name) out of argv, wherever they appear. */
+static int parse_options(int argc, char **argv, cli *c, const char **cmd)
+{
+    c->argv = calloc((size_t)argc + 1, sizeof *c->argv);
+    if (!c->argv)
+        return FM_ENOMEM;
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i];
+        if (strcmp(a, "--dir") == 0 || strcmp(a, "--name") == 0) {
+            if (i + 1 >= argc)
+                return FM_EINVAL;
+            *(a[2] == 'd' ? &c->dir : &c->name) = argv[++i];
+        } else if (strncmp(a, "--dir=", 6) == 0) {
+            c->dir = a + 6;
+        } else if (strncmp(a, "--name=", 7) == 0) {
+            c->name = a + 7;
+        } else if (strcmp(a, "--json") == 0) {
+            c->json = true;
+        } else if (strcmp(a, "--") != 0 && a[0] == '-' && a[1] == '-') {
+            return FM_EINVAL;
+        } else if (!*cmd) {
+            *cmd = a;
+        } else {
+            c->argv[c->argc++] = argv[i];
+        }
+    }
+    if (!c->dir || !c->dir[0]) {
+        const char *env = getenv("FIELDMESH_DIR"), *home = getenv("HOME");
+        if (env && env[0])
+            c->dir = env;
+        else if (home && home[0]) {
+            snprintf(c->home_dir, sizeof c->home_dir, "%s/.local/share/fieldmesh", home);
+            c->dir = c->home_dir;
+        } else {
+            return FM_EINVAL;
+        }
+    }
+    return 0;
+}
+
+int main(int argc, char **argv)
+{
+    umask(077); /* the store holds private data: owner only */
+    cli c = {0};
+    const char *cmd = NULL;
+    int rc = parse_options(argc, argv, &c, &cmd), ret = EXIT_USAGE;
+    if (rc == FM_ENOMEM)
+        return fail("fieldmesh", rc);
+    if (rc || !cmd) {
+        ret = usage(rc ? "bad option" : NULL);
+    } else if (strcmp(cmd, "help") == 0 || strcmp(cmd, "-h") == 0) {
+        fputs(USAGE, stdout);
+        ret = 0;
+    } else {
+        ret = -1;
+        for (size_t i = 0; i < FM_ARRAY_LEN(COMMANDS); i++)
+            if (strcmp(cmd, COMMANDS[i].name) == 0)
+                ret = COMMANDS[i].fn(&c);
+        if (ret < 0)
+            ret = usage("unknown command");
+    }
+    free(c.argv);
+    return ret;
 }

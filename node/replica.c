@@ -1,0 +1,505 @@
+/*
+ * replica.c — the fm_replica handle: local transactions become signed batches that are durable
+ * before commit returns; remote batches are verified, checked against their feed and causal
+ * context, applied or held in the bounded pending area, and persisted many per transaction.
+ * The sqlite store is the truth: after any failed transaction the in-memory state is rebuilt
+ * from it.
+ */
+#include "node/replica.h"
+
+#include "crdt/hlc.h"
+#include "crypto/identity.h"
+
+#include <sodium.h>
+#include <stdlib.h>
+#include <string.h>
+
+struct fm_txn {
+    fm_replica *r;
+    fm_coll *coll; /* NULL until the collection exists */
+    uint8_t name[FM_MAX_COLLECTION_LEN];
+    uint32_t name_len;
+    fm_buf ops;
+    uint32_t nops;
+};
+
+static int state_load(void *arg, fm_coll *c, const uint8_t *id, uint32_t len, fm_buf *out)
+{
+    fm_replica *r = arg;
+    return fm_store_load_record(r->store, c, id, len, out);
+}
+
+static int state_save(void *arg, fm_coll *c, const fm_rec *rec, const uint8_t *enc, size_t len,
+                      uint32_t conflicts)
+{
+    fm_replica *r = arg;
+    return fm_store_save_record(r->store, c, rec->id, rec->id_len, enc, len, conflicts);
+}
+
+/* Rebuilds the in-memory state from the store (at open, and after a failed transaction). */
+static int replica_reload(fm_replica *r)
+{
+    fm_state_reset(&r->st);
+    return fm_store_load_state(r->store, &r->st);
+}
+
+int fm_replica_open(const fm_replica_config *cfg, fm_replica **out)
+{
+    if (!cfg || cfg->version != FM_REPLICA_CONFIG_VERSION || !cfg->identity || !out)
+        return FM_EINVAL;
+    if (sodium_init() < 0)
+        return FM_ENOMEM;
+    fm_replica *r = calloc(1, sizeof *r);
+    if (!r)
+        return FM_ENOMEM;
+    r->env = cfg->env ? cfg->env : fm_env_system();
+    r->max_skew_ms = cfg->max_skew_ms ? cfg->max_skew_ms : FM_HLC_DEFAULT_MAX_SKEW_MS;
+    fm_batch_init(&r->batch);
+    fm_state_io io = {r, state_load, state_save};
+    fm_state_init(&r->st, &io);
+    int rc = fm_identity_dup(cfg->identity, &r->identity);
+    if (rc)
+        goto fail;
+    fm_identity_public(r->identity, r->device);
+    if ((rc = fm_store_open(cfg->path, &r->store)) || (rc = replica_reload(r)))
+        goto fail;
+    *out = r;
+    return 0;
+fail:
+    fm_replica_close(r);
+    return rc;
+}
+
+static void pending_clear(fm_replica *r)
+{
+    for (uint32_t i = 0; i < r->npending; i++)
+        free(r->pending[i].data);
+    r->npending = 0;
+    r->pending_bytes = 0;
+}
+
+void fm_replica_close(fm_replica *r)
+{
+    if (!r)
+        return;
+    pending_clear(r);
+    free(r->pending);
+    fm_batch_free(&r->batch);
+    fm_state_free(&r->st);
+    fm_store_close(r->store);
+    fm_identity_free(r->identity);
+    free(r);
+}
+
+void fm_replica_device_id(const fm_replica *r, uint8_t out[FM_ID_BYTES])
+{
+    memcpy(out, r->device, FM_ID_BYTES);
+}
+
+/* ---- applying batches (local and remote share this path) ---------------------------------- */
+
+/* Applies a checked batch to state and store (inside the caller's transaction). */
+static int apply_checked(fm_replica *r, const fm_batch *b, const uint8_t *data, size_t len)
+{
+    int rc = fm_state_apply(&r->st, b);
+    if (rc)
+        return rc;
+    fm_coll *c = fm_state_coll(&r->st, b->coll, b->coll_len);
+    FM_ASSERT(c);
+    if ((rc = fm_store_coll_ensure(r->store, c)) ||
+        (rc = fm_store_put_batch(r->store, c, b, data, len)))
+        return rc;
+    return fm_store_put_feed(r->store, c, b->author, fm_batch_last_seq(b), b->hash);
+}
+
+/* Flushes dirty records and collection aggregates, then commits; on failure rolls back and
+ * rebuilds the state from the store. */
+static int finish_txn(fm_replica *r, int rc)
+{
+    if (!rc)
+        rc = fm_state_flush(&r->st);
+    for (uint32_t i = 0; !rc && i < r->st.ncolls; i++)
+        if (r->st.colls[i]->store_id)
+            rc = fm_store_coll_save(r->store, r->st.colls[i]);
+    if (!rc)
+        rc = fm_store_commit(r->store);
+    if (rc) {
+        fm_store_rollback(r->store);
+        int rrc = replica_reload(r);
+        FM_ASSERT(rrc == 0 || rrc == FM_ENOMEM || rrc == FM_ESTORE);
+        return rc;
+    }
+    fm_state_trim(&r->st, FM_STATE_CACHE_RECORDS);
+    return 0;
+}
+
+/* ---- local transactions ---------------------------------------------------------------------- */
+
+int fm_txn_begin(fm_replica *r, const char *collection, fm_txn **out)
+{
+    size_t n = collection ? strlen(collection) : 0;
+    int rc = fm_name_check((const uint8_t *)collection, n, FM_MAX_COLLECTION_LEN);
+    if (rc)
+        return rc;
+    fm_txn *t = calloc(1, sizeof *t);
+    if (!t)
+        return FM_ENOMEM;
+    t->r = r;
+    memcpy(t->name, collection, n);
+    t->name_len = (uint32_t)n;
+    fm_buf_init(&t->ops);
+    *out = t;
+    return 0;
+}
+
+void fm_txn_abort(fm_txn *t)
+{
+    if (!t)
+        return;
+    fm_buf_free(&t->ops);
+    free(t);
+}
+
+/* Checks a local op against the record as it stands: deleted records refuse writes, and a
+ * record may not grow past FM_MAX_FIELDS_PER_RECORD fields. */
+static int txn_check_record(fm_txn *t, const char *id, size_t id_len, const char *field)
+{
+    fm_coll *c = fm_state_coll(&t->r->st, t->name, t->name_len);
+    if (!c)
+        return 0;
+    int rc;
+    fm_rec *rec = fm_state_record(&t->r->st, c, (const uint8_t *)id, (uint32_t)id_len, &rc);
+    if (!rec)
+        return rc;
+    if (rec->deleted)
+        return FM_EDELETED;
+    if (field && rec->nfields >= FM_MAX_FIELDS_PER_RECORD) {
+        for (uint32_t i = 0; i < rec->nfields; i++)
+            if (rec->fields[i].name_len == strlen(field) &&
+                memcmp(rec->fields[i].name, field, rec->fields[i].name_len) == 0)
+                return 0;
+        return FM_ELIMIT;
+    }
+    return 0;
+}
+
+static int txn_op(fm_txn *t, fm_op_type type, const char *id, const char *field, const fm_value *v)
+{
+    if (!t || !id)
+        return FM_EINVAL;
+    size_t id_len = strlen(id), field_len = field ? strlen(field) : 0;
+    int rc = fm_name_check((const uint8_t *)id, id_len, FM_MAX_RECORD_ID_LEN);
+    if (!rc && type != FM_OP_DELETE)
+        rc = field ? fm_name_check((const uint8_t *)field, field_len, FM_MAX_FIELD_LEN) : FM_EINVAL;
+    if (!rc && v)
+        rc = fm_value_check(v);
+    if (!rc && t->nops >= FM_MAX_BATCH_OPS)
+        rc = FM_ELIMIT;
+    if (!rc)
+        rc = txn_check_record(t, id, id_len, type == FM_OP_DELETE ? NULL : field);
+    if (rc)
+        return rc;
+    fm_buf val;
+    fm_buf_init(&val);
+    size_t mark = t->ops.len;
+    if (v && (rc = fm_value_encode(v, &val)))
+        goto out;
+    rc = fm_op_encode(&t->ops, type, id, id_len, field, field_len, v ? val.data : NULL, val.len);
+    if (!rc && t->ops.len > FM_MAX_BATCH_BYTES - 4096)
+        rc = FM_ELIMIT;
+    if (rc)
+        t->ops.len = mark; /* the transaction stays as it was */
+    else
+        t->nops++;
+out:
+    t->ops.oom = false;
+    fm_buf_free(&val);
+    return rc;
+}
+
+int fm_txn_set(fm_txn *t, const char *id, const char *field, fm_kind kind, fm_value v)
+{
+    if (kind != FM_KIND_LWW && kind != FM_KIND_MV)
+        return FM_EKIND;
+    return txn_op(t, kind == FM_KIND_MV ? FM_OP_SET_MV : FM_OP_SET_LWW, id, field, &v);
+}
+
+int fm_txn_incr(fm_txn *t, const char *id, const char *field, int64_t delta)
+{
+    fm_value v = fm_value_int(delta);
+    return txn_op(t, FM_OP_INCR, id, field, &v);
+}
+
+int fm_txn_set_add(fm_txn *t, const char *id, const char *field, fm_value elem)
+{
+    return txn_op(t, FM_OP_ADD, id, field, &elem);
+}
+
+int fm_txn_set_remove(fm_txn *t, const char *id, const char *field, fm_value elem)
+{
+    return txn_op(t, FM_OP_REMOVE, id, field, &elem);
+}
+
+int fm_txn_delete(fm_txn *t, const char *id)
+{
+    return txn_op(t, FM_OP_DELETE, id, NULL, NULL);
+}
+
+/* Encodes and signs the transaction's batch against the current feed head and vector. */
+static int txn_encode(fm_txn *t, fm_buf *out)
+{
+    fm_replica *r = t->r;
+    fm_coll *c = fm_state_coll(&r->st, t->name, t->name_len);
+    const fm_feed *f = c ? fm_coll_feed(&r->st, c, r->device) : NULL;
+    fm_vv ctx;
+    fm_vv_init(&ctx);
+    int rc = c ? fm_vv_copy(&ctx, &c->vv) : 0;
+    if (!rc)
+        rc = fm_vv_set(&ctx, r->device, 0);
+    if (rc)
+        goto out;
+    fm_batch_head h = {.coll = t->name,
+                       .coll_len = t->name_len,
+                       .first_seq = (f ? f->seq : 0) + 1,
+                       .prev = f ? f->head : NULL,
+                       .ctx = &ctx,
+                       .hlc = fm_hlc_tick(&r->hlc, r->env->now_ms(r->env->ctx)),
+                       .nops = t->nops};
+    rc = fm_batch_encode(r->identity, &h, t->ops.data, t->ops.len, out);
+out:
+    fm_vv_free(&ctx);
+    return rc;
+}
+
+int fm_txn_commit(fm_txn *t)
+{
+    if (!t)
+        return FM_EINVAL;
+    fm_replica *r = t->r;
+    int rc = 0;
+    if (t->nops == 0)
+        goto out; /* nothing to write is not an error */
+    fm_buf enc;
+    fm_buf_init(&enc);
+    if ((rc = txn_encode(t, &enc)))
+        goto out_enc;
+    /* Read back what we signed through the same strict path a peer will use. */
+    rc = fm_batch_decode(enc.data, enc.len, &r->batch);
+    FM_ASSERT(rc == 0 || rc == FM_ENOMEM);
+    FM_ASSERT(rc || fm_batch_verify(&r->batch, enc.data, enc.len) == 0);
+    FM_ASSERT(rc || fm_state_check(&r->st, &r->batch) == 0);
+    if (rc || (rc = fm_store_begin(r->store)))
+        goto out_enc;
+    rc = finish_txn(r, apply_checked(r, &r->batch, enc.data, enc.len));
+out_enc:
+    fm_buf_free(&enc);
+out:
+    fm_txn_abort(t);
+    return rc;
+}
+
+/* ---- remote batches -------------------------------------------------------------------------- */
+
+/* A batch for feed positions we already hold: the same bytes are a duplicate, anything else
+ * signed by the author is a fork, whose proof we keep. */
+static int classify_old(fm_replica *r, const fm_batch *b, const uint8_t *data, size_t len)
+{
+    fm_coll *c = fm_state_coll(&r->st, b->coll, b->coll_len);
+    uint8_t hash[FM_HASH_BYTES];
+    fm_buf have;
+    fm_buf_init(&have);
+    int rc = fm_store_batch_at(r->store, c, b->author, b->first_seq, hash, &have);
+    if (rc == 0 && sodium_memcmp(hash, b->hash, FM_HASH_BYTES) == 0 &&
+        !(rc = fm_store_batch_at(r->store, c, b->author, fm_batch_last_seq(b), hash, NULL)))
+        rc = sodium_memcmp(hash, b->hash, FM_HASH_BYTES) == 0 ? FM_EDUP : FM_EFORK;
+    else if (rc == 0 || rc == FM_ENOTFOUND)
+        rc = FM_EFORK;
+    if (rc == FM_EFORK && have.len) {
+        int src = fm_store_put_fork(r->store, b->author, have.data, have.len, data, len);
+        rc = src ? src : FM_EFORK;
+    }
+    fm_buf_free(&have);
+    return rc;
+}
+
+static int pending_add(fm_replica *r, const uint8_t *data, size_t len)
+{
+    for (uint32_t i = 0; i < r->npending; i++)
+        if (r->pending[i].len == len && memcmp(r->pending[i].data, data, len) == 0)
+            return FM_EPENDING;
+    if (r->npending >= FM_MAX_PENDING_BATCHES || r->pending_bytes + len > FM_MAX_PENDING_BYTES)
+        return FM_ELIMIT;
+    if (r->npending == r->cpending) {
+        uint32_t cap = r->cpending ? r->cpending * 2 : 16;
+        fm_pending *p = fm_reallocarray(r->pending, cap, sizeof *p);
+        if (!p)
+            return FM_ENOMEM;
+        r->pending = p;
+        r->cpending = cap;
+    }
+    uint8_t *copy = malloc(len);
+    if (!copy)
+        return FM_ENOMEM;
+    memcpy(copy, data, len);
+    r->pending[r->npending++] = (fm_pending){copy, len};
+    r->pending_bytes += len;
+    return FM_EPENDING;
+}
+
+/* Verifies and applies (or holds) one remote batch. Returns 0 if applied, FM_EPENDING if held,
+ * another negative code if refused; *fatal tells store failures, which abort the transaction. */
+static int ingest_one(fm_replica *r, const uint8_t *data, size_t len, bool *fatal)
+{
+    fm_batch *b = &r->batch;
+    int rc = fm_batch_decode(data, len, b);
+    if (!rc)
+        rc = fm_batch_verify(b, data, len);
+    if (!rc)
+        rc = fm_state_check(&r->st, b);
+    if (rc == FM_EDUP)
+        rc = classify_old(r, b, data, len);
+    else if (rc == FM_ECHAIN)
+        rc = FM_EFORK; /* signed by the author, next in line, yet not on its chain */
+    else if (rc == FM_EGAP || rc == FM_EPENDING)
+        rc = pending_add(r, data, len);
+    else if (rc == 0 && !(rc = apply_checked(r, b, data, len)))
+        r->skew |= fm_hlc_observe(&r->hlc, b->hlc, r->env->now_ms(r->env->ctx), r->max_skew_ms);
+    *fatal = rc == FM_ESTORE || rc == FM_ENOMEM;
+    return rc;
+}
+
+/* Applies every held batch that has become ready, until none does. */
+static int pending_drain(fm_replica *r, int *applied)
+{
+    for (bool progress = true; progress;) {
+        progress = false;
+        for (uint32_t i = 0; i < r->npending; i++) {
+            fm_pending p = r->pending[i];
+            int ck = fm_batch_decode(p.data, p.len, &r->batch);
+            if (!ck)
+                ck = fm_state_check(&r->st, &r->batch);
+            if (ck == FM_EPENDING || ck == FM_EGAP)
+                continue;
+            /* Ready, or no longer applicable: leave the pending area either way. */
+            r->pending[i] = r->pending[--r->npending];
+            r->pending_bytes -= p.len;
+            bool fatal;
+            int rc = ingest_one(r, p.data, p.len, &fatal);
+            free(p.data);
+            if (fatal)
+                return rc;
+            if (rc == 0)
+                (*applied)++, progress = true;
+            i--;
+        }
+    }
+    return 0;
+}
+
+int fm_replica_ingest(fm_replica *r, const fm_bytes *batches, size_t n, int *results)
+{
+    if (!r || (n && !batches))
+        return FM_EINVAL;
+    int rc = fm_store_begin(r->store), applied = 0;
+    if (rc)
+        return rc;
+    for (size_t i = 0; i < n; i++) {
+        bool fatal;
+        int one = ingest_one(r, batches[i].data, batches[i].len, &fatal);
+        if (fatal)
+            return finish_txn(r, one);
+        if (results)
+            results[i] = one;
+        if (one == 0) {
+            applied++;
+            if ((rc = pending_drain(r, &applied)))
+                return finish_txn(r, rc);
+        }
+    }
+    rc = finish_txn(r, 0);
+    return rc ? rc : applied;
+}
+
+/* ---- export, vectors, status ----------------------------------------------------------------- */
+
+typedef struct export_ctx {
+    fm_vv theirs;
+    fm_batch_fn fn;
+    void *arg;
+} export_ctx;
+
+static int export_one(void *arg, const uint8_t author[FM_ID_BYTES], uint64_t last_seq,
+                      const uint8_t *data, size_t len)
+{
+    export_ctx *x = arg;
+    if (last_seq <= fm_vv_get(&x->theirs, author))
+        return 0;
+    return x->fn(x->arg, data, len);
+}
+
+int fm_replica_export(fm_replica *r, const char *collection, const uint8_t *vv, size_t vvlen,
+                      fm_batch_fn fn, void *arg)
+{
+    if (!r || !collection || !fn)
+        return FM_EINVAL;
+    export_ctx x = {.fn = fn, .arg = arg};
+    fm_vv_init(&x.theirs);
+    int rc = vv && vvlen ? fm_vv_decode(vv, vvlen, &x.theirs) : 0;
+    fm_coll *c = fm_state_coll(&r->st, (const uint8_t *)collection, (uint32_t)strlen(collection));
+    if (!rc && c && c->store_id)
+        rc = fm_store_each_batch(r->store, c, export_one, &x);
+    fm_vv_free(&x.theirs);
+    return rc;
+}
+
+int fm_replica_vv(fm_replica *r, const char *collection, fm_bytes *out)
+{
+    if (!r || !collection || !out)
+        return FM_EINVAL;
+    fm_coll *c = fm_state_coll(&r->st, (const uint8_t *)collection, (uint32_t)strlen(collection));
+    fm_vv empty;
+    fm_vv_init(&empty);
+    fm_buf b;
+    fm_buf_init(&b);
+    int rc = fm_vv_encode(c ? &c->vv : &empty, &b);
+    if (rc) {
+        fm_buf_free(&b);
+        return rc;
+    }
+    out->data = b.data;
+    out->len = b.len;
+    return 0;
+}
+
+int fm_replica_collections(fm_replica *r, fm_name_fn fn, void *arg)
+{
+    for (uint32_t i = 0; i < r->st.ncolls; i++) {
+        int rc = fn(arg, r->st.colls[i]->name);
+        if (rc)
+            return rc;
+    }
+    return 0;
+}
+
+int fm_replica_status(fm_replica *r, fm_status *out)
+{
+    if (!r || !out)
+        return FM_EINVAL;
+    memset(out, 0, sizeof *out);
+    int rc = fm_state_hash(&r->st, out->state_hash);
+    if (rc)
+        return rc;
+    for (uint32_t i = 0; i < r->st.ncolls; i++) {
+        const fm_coll *c = r->st.colls[i];
+        out->ops += fm_vv_total(&c->vv);
+        out->records += c->live;
+        out->conflicts += c->conflicts;
+    }
+    int64_t nb = fm_store_batch_count(r->store);
+    if (nb < 0)
+        return (int)nb;
+    out->batches = (uint64_t)nb;
+    out->pending = r->npending;
+    out->clock_skew = r->skew;
+    return 0;
+}

@@ -1,0 +1,494 @@
+/*
+ * store.c — sqlite3 persistence. Statements are prepared once per handle; every function either
+ * completes or returns an error inside the caller's transaction, which the caller rolls back.
+ */
+#include "node/store.h"
+
+#include <sqlite3.h>
+#include <stdlib.h>
+#include <string.h>
+
+enum {
+    S_BEGIN,
+    S_COMMIT,
+    S_ROLLBACK,
+    S_META_GET,
+    S_META_SET,
+    S_COLL_INSERT,
+    S_COLL_SAVE,
+    S_BATCH_PUT,
+    S_FEED_PUT,
+    S_BATCH_AT,
+    S_REC_GET,
+    S_REC_PUT,
+    S_FORK_PUT,
+    S__COUNT
+};
+
+static const char *const SQL[S__COUNT] = {
+    [S_BEGIN] = "BEGIN IMMEDIATE",
+    [S_COMMIT] = "COMMIT",
+    [S_ROLLBACK] = "ROLLBACK",
+    [S_META_GET] = "SELECT value FROM meta WHERE key = ?1",
+    [S_META_SET] = "INSERT OR REPLACE INTO meta(key, value) VALUES (?1, ?2)",
+    [S_COLL_INSERT] = "INSERT INTO collections(name, state_xor, live, conflicts) "
+                      "VALUES (?1, zeroblob(32), 0, 0)",
+    [S_COLL_SAVE] =
+        "UPDATE collections SET state_xor = ?2, live = ?3, conflicts = ?4 WHERE id = ?1",
+    [S_BATCH_PUT] = "INSERT INTO batches(coll, author, first_seq, last_seq, hash, data) "
+                    "VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+    [S_FEED_PUT] = "INSERT OR REPLACE INTO feeds(coll, author, seq, head) VALUES (?1, ?2, ?3, ?4)",
+    [S_BATCH_AT] = "SELECT hash, data FROM batches WHERE coll = ?1 AND author = ?2 "
+                   "AND last_seq >= ?3 AND first_seq <= ?3",
+    [S_REC_GET] = "SELECT state FROM records WHERE coll = ?1 AND id = ?2",
+    [S_REC_PUT] =
+        "INSERT OR REPLACE INTO records(coll, id, state, conflicts) VALUES (?1, ?2, ?3, ?4)",
+    [S_FORK_PUT] = "INSERT INTO forks(author, first, second) VALUES (?1, ?2, ?3)",
+};
+
+/* Migrations: MIGRATIONS[v] moves a store from schema v to v+1. Never edit a shipped step. */
+static const char *const MIGRATIONS[FM_STORE_SCHEMA_VERSION] = {
+    /* 0 -> 1: the log, materialized state and metadata. */
+    "CREATE TABLE meta(key TEXT PRIMARY KEY, value BLOB) WITHOUT ROWID;"
+    "CREATE TABLE collections(id INTEGER PRIMARY KEY, name TEXT NOT NULL UNIQUE,"
+    "  state_xor BLOB NOT NULL, live INTEGER NOT NULL, conflicts INTEGER NOT NULL);"
+    "CREATE TABLE feeds(coll INTEGER NOT NULL, author BLOB NOT NULL, seq INTEGER NOT NULL,"
+    "  head BLOB NOT NULL, PRIMARY KEY(coll, author)) WITHOUT ROWID;"
+    "CREATE TABLE batches(id INTEGER PRIMARY KEY, coll INTEGER NOT NULL, author BLOB NOT NULL,"
+    "  first_seq INTEGER NOT NULL, last_seq INTEGER NOT NULL, hash BLOB NOT NULL,"
+    "  data BLOB NOT NULL);"
+    "CREATE UNIQUE INDEX batches_feed ON batches(coll, author, last_seq);"
+    "CREATE TABLE records(coll INTEGER NOT NULL, id BLOB NOT NULL, state BLOB NOT NULL,"
+    "  conflicts INTEGER NOT NULL, PRIMARY KEY(coll, id)) WITHOUT ROWID;"
+    "INSERT INTO meta(key, value) VALUES ('app', 'fieldmesh');",
+    /* 1 -> 2: fork proofs, and a partial index so listing conflicts does not scan. */
+    "CREATE TABLE forks(id INTEGER PRIMARY KEY, author BLOB NOT NULL, first BLOB NOT NULL,"
+    "  second BLOB NOT NULL);"
+    "CREATE INDEX records_conflicts ON records(coll, id) WHERE conflicts > 0;",
+};
+
+struct fm_store {
+    sqlite3 *db;
+    sqlite3_stmt *stmt[S__COUNT];
+};
+
+const char *fm_store_errmsg(fm_store *st)
+{
+    return st && st->db ? sqlite3_errmsg(st->db) : "no store";
+}
+
+static int exec(fm_store *st, const char *sql)
+{
+    return sqlite3_exec(st->db, sql, NULL, NULL, NULL) == SQLITE_OK ? 0 : FM_ESTORE;
+}
+
+static int user_version(fm_store *st, int *v)
+{
+    sqlite3_stmt *s;
+    if (sqlite3_prepare_v2(st->db, "PRAGMA user_version", -1, &s, NULL) != SQLITE_OK)
+        return FM_ESTORE;
+    int rc = sqlite3_step(s) == SQLITE_ROW ? 0 : FM_ESTORE;
+    *v = sqlite3_column_int(s, 0);
+    sqlite3_finalize(s);
+    return rc;
+}
+
+/* A file with tables but no fieldmesh marker is someone else's: refuse it. */
+static int check_foreign(fm_store *st, int version)
+{
+    sqlite3_stmt *s;
+    const char *sql =
+        version ? "SELECT value FROM meta WHERE key = 'app'" : "SELECT count(*) FROM sqlite_master";
+    if (sqlite3_prepare_v2(st->db, sql, -1, &s, NULL) != SQLITE_OK)
+        return FM_ESCHEMA;
+    int rc = FM_ESCHEMA;
+    if (sqlite3_step(s) == SQLITE_ROW) {
+        if (version == 0)
+            rc = sqlite3_column_int(s, 0) == 0 ? 0 : FM_ESCHEMA;
+        else
+            rc = strcmp((const char *)sqlite3_column_text(s, 0), "fieldmesh") == 0 ? 0 : FM_ESCHEMA;
+    }
+    sqlite3_finalize(s);
+    return rc;
+}
+
+static int migrate(fm_store *st)
+{
+    int v, rc;
+    if ((rc = exec(st, "BEGIN IMMEDIATE")))
+        return rc;
+    if ((rc = user_version(st, &v)))
+        goto fail;
+    if (v > FM_STORE_SCHEMA_VERSION || v < 0 || (rc = check_foreign(st, v))) {
+        rc = FM_ESCHEMA;
+        goto fail;
+    }
+    for (; v < FM_STORE_SCHEMA_VERSION; v++) {
+        char pragma[64];
+        snprintf(pragma, sizeof pragma, "PRAGMA user_version = %d", v + 1);
+        if ((rc = exec(st, MIGRATIONS[v])) || (rc = exec(st, pragma)))
+            goto fail;
+    }
+    return exec(st, "COMMIT");
+fail:
+    exec(st, "ROLLBACK");
+    return rc;
+}
+
+int fm_store_open(const char *path, fm_store **out)
+{
+    fm_store *st = calloc(1, sizeof *st);
+    if (!st)
+        return FM_ENOMEM;
+    int rc = FM_ESTORE;
+    int flags = SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX;
+    if (sqlite3_open_v2(path ? path : ":memory:", &st->db, flags, NULL) != SQLITE_OK)
+        goto fail;
+    sqlite3_busy_timeout(st->db, 10000);
+    /* Check what the file is before changing anything in it (WAL mode rewrites the header). */
+    int v;
+    if (user_version(st, &v) != 0) {
+        rc = FM_ESCHEMA; /* not a database at all */
+        goto fail;
+    }
+    if ((rc = check_foreign(st, v)) || v > FM_STORE_SCHEMA_VERSION) {
+        rc = FM_ESCHEMA;
+        goto fail;
+    }
+    if (path && (rc = exec(st, "PRAGMA journal_mode=WAL")))
+        goto fail;
+    if ((rc = exec(st, "PRAGMA synchronous=FULL")) || (rc = migrate(st)))
+        goto fail;
+    for (int i = 0; i < S__COUNT; i++) {
+        if (sqlite3_prepare_v3(st->db, SQL[i], -1, SQLITE_PREPARE_PERSISTENT, &st->stmt[i], NULL) !=
+            SQLITE_OK) {
+            rc = FM_ESTORE;
+            goto fail;
+        }
+    }
+    *out = st;
+    return 0;
+fail:
+    fm_store_close(st);
+    return rc;
+}
+
+void fm_store_close(fm_store *st)
+{
+    if (!st)
+        return;
+    for (int i = 0; i < S__COUNT; i++)
+        sqlite3_finalize(st->stmt[i]);
+    sqlite3_close(st->db);
+    free(st);
+}
+
+/* Runs a prepared statement to completion (no rows expected). */
+static int run(sqlite3_stmt *s)
+{
+    int rc = sqlite3_step(s);
+    sqlite3_reset(s);
+    sqlite3_clear_bindings(s);
+    return rc == SQLITE_DONE ? 0 : FM_ESTORE;
+}
+
+int fm_store_begin(fm_store *st)
+{
+    return run(st->stmt[S_BEGIN]);
+}
+
+int fm_store_commit(fm_store *st)
+{
+    return run(st->stmt[S_COMMIT]);
+}
+
+void fm_store_rollback(fm_store *st)
+{
+    if (!sqlite3_get_autocommit(st->db))
+        run(st->stmt[S_ROLLBACK]);
+}
+
+/* Copies column col of a row into out. */
+static int column_blob(sqlite3_stmt *s, int col, fm_buf *out)
+{
+    const void *p = sqlite3_column_blob(s, col);
+    int n = sqlite3_column_bytes(s, col);
+    return fm_buf_append(out, p, (size_t)n);
+}
+
+/* Steps a one-row lookup: 0 with the row in *s (caller resets), FM_ENOTFOUND, or FM_ESTORE. */
+static int lookup(sqlite3_stmt *s)
+{
+    int rc = sqlite3_step(s);
+    if (rc == SQLITE_ROW)
+        return 0;
+    sqlite3_reset(s);
+    sqlite3_clear_bindings(s);
+    return rc == SQLITE_DONE ? FM_ENOTFOUND : FM_ESTORE;
+}
+
+static void done(sqlite3_stmt *s)
+{
+    sqlite3_reset(s);
+    sqlite3_clear_bindings(s);
+}
+
+int fm_store_meta_get(fm_store *st, const char *key, fm_buf *out)
+{
+    sqlite3_stmt *s = st->stmt[S_META_GET];
+    sqlite3_bind_text(s, 1, key, -1, SQLITE_STATIC);
+    int rc = lookup(s);
+    if (rc)
+        return rc;
+    rc = column_blob(s, 0, out);
+    done(s);
+    return rc;
+}
+
+int fm_store_meta_set(fm_store *st, const char *key, const void *val, size_t len)
+{
+    sqlite3_stmt *s = st->stmt[S_META_SET];
+    sqlite3_bind_text(s, 1, key, -1, SQLITE_STATIC);
+    sqlite3_bind_blob(s, 2, val, (int)len, SQLITE_STATIC);
+    return run(s);
+}
+
+static int load_colls(fm_store *st, fm_state *s)
+{
+    sqlite3_stmt *q;
+    if (sqlite3_prepare_v2(st->db, "SELECT id, name, state_xor, live, conflicts FROM collections",
+                           -1, &q, NULL) != SQLITE_OK)
+        return FM_ESTORE;
+    int rc = 0, step;
+    while (!rc && (step = sqlite3_step(q)) == SQLITE_ROW) {
+        fm_coll *c;
+        const uint8_t *name = sqlite3_column_text(q, 1);
+        int nlen = sqlite3_column_bytes(q, 1);
+        if (sqlite3_column_bytes(q, 2) != FM_HASH_BYTES ||
+            (rc = fm_state_coll_add(s, name, (uint32_t)nlen, &c))) {
+            rc = rc ? rc : FM_ESTORE;
+            break;
+        }
+        c->store_id = sqlite3_column_int64(q, 0);
+        memcpy(c->xor_hash, sqlite3_column_blob(q, 2), FM_HASH_BYTES);
+        c->live = (uint64_t)sqlite3_column_int64(q, 3);
+        c->conflicts = (uint64_t)sqlite3_column_int64(q, 4);
+    }
+    if (!rc && step != SQLITE_DONE)
+        rc = FM_ESTORE;
+    sqlite3_finalize(q);
+    return rc;
+}
+
+static fm_coll *coll_by_id(fm_state *s, int64_t id)
+{
+    for (uint32_t i = 0; i < s->ncolls; i++)
+        if (s->colls[i]->store_id == id)
+            return s->colls[i];
+    return NULL;
+}
+
+int fm_store_load_state(fm_store *st, fm_state *s)
+{
+    int rc = load_colls(st, s);
+    if (rc)
+        return rc;
+    sqlite3_stmt *q;
+    if (sqlite3_prepare_v2(st->db, "SELECT coll, author, seq, head FROM feeds", -1, &q, NULL) !=
+        SQLITE_OK)
+        return FM_ESTORE;
+    int step;
+    while (!rc && (step = sqlite3_step(q)) == SQLITE_ROW) {
+        fm_coll *c = coll_by_id(s, sqlite3_column_int64(q, 0));
+        if (!c || sqlite3_column_bytes(q, 1) != FM_ID_BYTES ||
+            sqlite3_column_bytes(q, 3) != FM_HASH_BYTES) {
+            rc = FM_ESTORE;
+            break;
+        }
+        rc = fm_state_set_feed(s, c, sqlite3_column_blob(q, 1),
+                               (uint64_t)sqlite3_column_int64(q, 2), sqlite3_column_blob(q, 3));
+        s->ops += (uint64_t)sqlite3_column_int64(q, 2);
+    }
+    if (!rc && step != SQLITE_DONE)
+        rc = FM_ESTORE;
+    sqlite3_finalize(q);
+    return rc;
+}
+
+int fm_store_coll_ensure(fm_store *st, fm_coll *c)
+{
+    if (c->store_id)
+        return 0;
+    sqlite3_stmt *s = st->stmt[S_COLL_INSERT];
+    sqlite3_bind_text(s, 1, c->name, (int)c->name_len, SQLITE_STATIC);
+    int rc = run(s);
+    if (rc == 0)
+        c->store_id = sqlite3_last_insert_rowid(st->db);
+    return rc;
+}
+
+int fm_store_coll_save(fm_store *st, const fm_coll *c)
+{
+    FM_ASSERT(c->store_id);
+    sqlite3_stmt *s = st->stmt[S_COLL_SAVE];
+    sqlite3_bind_int64(s, 1, c->store_id);
+    sqlite3_bind_blob(s, 2, c->xor_hash, FM_HASH_BYTES, SQLITE_STATIC);
+    sqlite3_bind_int64(s, 3, (int64_t)c->live);
+    sqlite3_bind_int64(s, 4, (int64_t)c->conflicts);
+    return run(s);
+}
+
+int fm_store_put_batch(fm_store *st, const fm_coll *c, const fm_batch *b, const uint8_t *data,
+                       size_t len)
+{
+    FM_ASSERT(c->store_id);
+    sqlite3_stmt *s = st->stmt[S_BATCH_PUT];
+    sqlite3_bind_int64(s, 1, c->store_id);
+    sqlite3_bind_blob(s, 2, b->author, FM_ID_BYTES, SQLITE_STATIC);
+    sqlite3_bind_int64(s, 3, (int64_t)b->first_seq);
+    sqlite3_bind_int64(s, 4, (int64_t)fm_batch_last_seq(b));
+    sqlite3_bind_blob(s, 5, b->hash, FM_HASH_BYTES, SQLITE_STATIC);
+    sqlite3_bind_blob(s, 6, data, (int)len, SQLITE_STATIC);
+    return run(s);
+}
+
+int fm_store_put_feed(fm_store *st, const fm_coll *c, const uint8_t author[FM_ID_BYTES],
+                      uint64_t seq, const uint8_t head[FM_HASH_BYTES])
+{
+    sqlite3_stmt *s = st->stmt[S_FEED_PUT];
+    sqlite3_bind_int64(s, 1, c->store_id);
+    sqlite3_bind_blob(s, 2, author, FM_ID_BYTES, SQLITE_STATIC);
+    sqlite3_bind_int64(s, 3, (int64_t)seq);
+    sqlite3_bind_blob(s, 4, head, FM_HASH_BYTES, SQLITE_STATIC);
+    return run(s);
+}
+
+int fm_store_batch_at(fm_store *st, const fm_coll *c, const uint8_t author[FM_ID_BYTES],
+                      uint64_t seq, uint8_t hash[FM_HASH_BYTES], fm_buf *out)
+{
+    sqlite3_stmt *s = st->stmt[S_BATCH_AT];
+    sqlite3_bind_int64(s, 1, c->store_id);
+    sqlite3_bind_blob(s, 2, author, FM_ID_BYTES, SQLITE_STATIC);
+    sqlite3_bind_int64(s, 3, (int64_t)seq);
+    int rc = lookup(s);
+    if (rc)
+        return rc;
+    if (sqlite3_column_bytes(s, 0) == FM_HASH_BYTES)
+        memcpy(hash, sqlite3_column_blob(s, 0), FM_HASH_BYTES);
+    else
+        rc = FM_ESTORE;
+    if (!rc && out)
+        rc = column_blob(s, 1, out);
+    done(s);
+    return rc;
+}
+
+int fm_store_put_fork(fm_store *st, const uint8_t author[FM_ID_BYTES], const uint8_t *a,
+                      size_t alen, const uint8_t *b, size_t blen)
+{
+    sqlite3_stmt *s = st->stmt[S_FORK_PUT];
+    sqlite3_bind_blob(s, 1, author, FM_ID_BYTES, SQLITE_STATIC);
+    sqlite3_bind_blob(s, 2, a, (int)alen, SQLITE_STATIC);
+    sqlite3_bind_blob(s, 3, b, (int)blen, SQLITE_STATIC);
+    return run(s);
+}
+
+int fm_store_fork_authors(fm_store *st, int (*fn)(void *arg, const uint8_t *author), void *arg)
+{
+    sqlite3_stmt *q;
+    if (sqlite3_prepare_v2(st->db, "SELECT DISTINCT author FROM forks ORDER BY author", -1, &q,
+                           NULL) != SQLITE_OK)
+        return FM_ESTORE;
+    int rc = 0, step;
+    while (!rc && (step = sqlite3_step(q)) == SQLITE_ROW)
+        if (sqlite3_column_bytes(q, 0) == FM_ID_BYTES)
+            rc = fn(arg, sqlite3_column_blob(q, 0));
+    sqlite3_finalize(q);
+    return rc;
+}
+
+int fm_store_load_record(fm_store *st, const fm_coll *c, const uint8_t *id, uint32_t len,
+                         fm_buf *out)
+{
+    if (!c->store_id)
+        return 0;
+    sqlite3_stmt *s = st->stmt[S_REC_GET];
+    sqlite3_bind_int64(s, 1, c->store_id);
+    sqlite3_bind_blob(s, 2, id, (int)len, SQLITE_STATIC);
+    int rc = lookup(s);
+    if (rc)
+        return rc == FM_ENOTFOUND ? 0 : rc;
+    rc = column_blob(s, 0, out);
+    done(s);
+    return rc;
+}
+
+int fm_store_save_record(fm_store *st, const fm_coll *c, const uint8_t *id, uint32_t len,
+                         const uint8_t *enc, size_t enc_len, uint32_t conflicts)
+{
+    FM_ASSERT(c->store_id);
+    sqlite3_stmt *s = st->stmt[S_REC_PUT];
+    sqlite3_bind_int64(s, 1, c->store_id);
+    sqlite3_bind_blob(s, 2, id, (int)len, SQLITE_STATIC);
+    sqlite3_bind_blob(s, 3, enc, (int)enc_len, SQLITE_STATIC);
+    sqlite3_bind_int(s, 4, (int)conflicts);
+    return run(s);
+}
+
+int fm_store_each_batch(fm_store *st, const fm_coll *c, fm_store_batch_fn fn, void *arg)
+{
+    sqlite3_stmt *q;
+    if (sqlite3_prepare_v2(st->db,
+                           "SELECT author, last_seq, data FROM batches WHERE coll = ?1 ORDER BY id",
+                           -1, &q, NULL) != SQLITE_OK)
+        return FM_ESTORE;
+    sqlite3_bind_int64(q, 1, c->store_id);
+    int rc = 0, step;
+    while (!rc && (step = sqlite3_step(q)) == SQLITE_ROW) {
+        if (sqlite3_column_bytes(q, 0) != FM_ID_BYTES) {
+            rc = FM_ESTORE;
+            break;
+        }
+        rc = fn(arg, sqlite3_column_blob(q, 0), (uint64_t)sqlite3_column_int64(q, 1),
+                sqlite3_column_blob(q, 2), (size_t)sqlite3_column_bytes(q, 2));
+    }
+    if (!rc && step != SQLITE_DONE)
+        rc = FM_ESTORE;
+    sqlite3_finalize(q);
+    return rc;
+}
+
+int fm_store_each_record(fm_store *st, const fm_coll *c, bool conflicts_only, fm_store_rec_fn fn,
+                         void *arg)
+{
+    const char *sql =
+        c ? (conflicts_only ? "SELECT coll, id, state FROM records WHERE coll = ?1 AND "
+                              "conflicts > 0 ORDER BY id"
+                            : "SELECT coll, id, state FROM records WHERE coll = ?1 ORDER BY id")
+          : "SELECT r.coll, r.id, r.state FROM records r JOIN collections c ON c.id = r.coll "
+            "WHERE r.conflicts > 0 ORDER BY c.name, r.id";
+    sqlite3_stmt *q;
+    if (sqlite3_prepare_v2(st->db, sql, -1, &q, NULL) != SQLITE_OK)
+        return FM_ESTORE;
+    if (c)
+        sqlite3_bind_int64(q, 1, c->store_id);
+    int rc = 0, step;
+    while (!rc && (step = sqlite3_step(q)) == SQLITE_ROW)
+        rc = fn(arg, sqlite3_column_int64(q, 0), sqlite3_column_blob(q, 1),
+                (size_t)sqlite3_column_bytes(q, 1), sqlite3_column_blob(q, 2),
+                (size_t)sqlite3_column_bytes(q, 2));
+    if (!rc && step != SQLITE_DONE)
+        rc = FM_ESTORE;
+    sqlite3_finalize(q);
+    return rc;
+}
+
+int64_t fm_store_batch_count(fm_store *st)
+{
+    sqlite3_stmt *q;
+    if (sqlite3_prepare_v2(st->db, "SELECT count(*) FROM batches", -1, &q, NULL) != SQLITE_OK)
+        return FM_ESTORE;
+    int64_t n = sqlite3_step(q) == SQLITE_ROW ? sqlite3_column_int64(q, 0) : FM_ESTORE;
+    sqlite3_finalize(q);
+    return n;
+}

@@ -1,0 +1,64 @@
+/*
+ * store.h — the node's sqlite3 file (DESIGN.md §6): the log of batches, materialized record
+ * states, collection aggregates, feed heads, fork proofs and metadata. WAL mode with synchronous
+ * FULL, so a committed transaction survives a crash or power cut.
+ *
+ * Schema versions are migrated forward in order; a newer or foreign file is refused untouched.
+ */
+#ifndef FM_STORE_H
+#define FM_STORE_H
+
+#include "crdt/state.h"
+
+#define FM_STORE_SCHEMA_VERSION 2
+
+typedef struct fm_store fm_store;
+
+/* path NULL = a private in-memory database. */
+int fm_store_open(const char *path, fm_store **out);
+void fm_store_close(fm_store *st);
+/* The sqlite error text of the last failure (for logs). */
+const char *fm_store_errmsg(fm_store *st);
+
+int fm_store_begin(fm_store *st);
+int fm_store_commit(fm_store *st);
+void fm_store_rollback(fm_store *st);
+
+int fm_store_meta_get(fm_store *st, const char *key, fm_buf *out); /* FM_ENOTFOUND if absent */
+int fm_store_meta_set(fm_store *st, const char *key, const void *val, size_t len);
+
+/* Loads collections (aggregates, store ids) and feed heads into a fresh state. */
+int fm_store_load_state(fm_store *st, fm_state *s);
+/* Gives c a store id (inserting its row if needed). */
+int fm_store_coll_ensure(fm_store *st, fm_coll *c);
+int fm_store_coll_save(fm_store *st, const fm_coll *c);
+
+int fm_store_put_batch(fm_store *st, const fm_coll *c, const fm_batch *b, const uint8_t *data,
+                       size_t len);
+int fm_store_put_feed(fm_store *st, const fm_coll *c, const uint8_t author[FM_ID_BYTES],
+                      uint64_t seq, const uint8_t head[FM_HASH_BYTES]);
+/* The stored batch of a feed that holds op seq: its encoding into out (if out) and hash. */
+int fm_store_batch_at(fm_store *st, const fm_coll *c, const uint8_t author[FM_ID_BYTES],
+                      uint64_t seq, uint8_t hash[FM_HASH_BYTES], fm_buf *out);
+int fm_store_put_fork(fm_store *st, const uint8_t author[FM_ID_BYTES], const uint8_t *a,
+                      size_t alen, const uint8_t *b, size_t blen);
+int fm_store_fork_authors(fm_store *st, int (*fn)(void *arg, const uint8_t *author), void *arg);
+
+int fm_store_load_record(fm_store *st, const fm_coll *c, const uint8_t *id, uint32_t len,
+                         fm_buf *out);
+int fm_store_save_record(fm_store *st, const fm_coll *c, const uint8_t *id, uint32_t len,
+                         const uint8_t *enc, size_t enc_len, uint32_t conflicts);
+
+/* Every batch of the collection in log (causal) order; fn returning non-zero stops. */
+typedef int (*fm_store_batch_fn)(void *arg, const uint8_t author[FM_ID_BYTES], uint64_t last_seq,
+                                 const uint8_t *data, size_t len);
+int fm_store_each_batch(fm_store *st, const fm_coll *c, fm_store_batch_fn fn, void *arg);
+/* Every stored record state of a collection in id order (conflicts_only: only those with
+ * fields in conflict, across all collections when c is NULL). */
+typedef int (*fm_store_rec_fn)(void *arg, int64_t coll_id, const uint8_t *id, size_t id_len,
+                               const uint8_t *enc, size_t len);
+int fm_store_each_record(fm_store *st, const fm_coll *c, bool conflicts_only, fm_store_rec_fn fn,
+                         void *arg);
+int64_t fm_store_batch_count(fm_store *st);
+
+#endif
