@@ -253,8 +253,12 @@ typedef struct fm_status {
     uint64_t conflicts;                /* fields in conflict */
     uint8_t state_hash[FM_HASH_BYTES]; /* equal on replicas that applied the same batches */
     int clock_skew;                    /* a remote HLC was beyond max_skew */
+    uint64_t forked_authors;           /* authors caught signing two histories */
 } fm_status;
 FM_API int fm_replica_status(fm_replica *r, fm_status *out);
+/* Calls fn with the id of every author caught forking its feed (proof kept in the store). */
+typedef int (*fm_author_fn)(void *arg, const uint8_t author[FM_ID_BYTES]);
+FM_API int fm_replica_forks(fm_replica *r, fm_author_fn fn, void *arg);
 
 /* Lowercase hex of n bytes into out (2n+1). */
 FM_API void fm_hex(const uint8_t *in, size_t n, char *out);

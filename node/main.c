@@ -417,10 +417,11 @@ static int cmd_status(const cli *c)
     if (c->json)
         printf("{\"device_id\":\"%s\",\"device_key\":\"%s\",\"ops\":%llu,\"batches\":%llu,"
                "\"records\":%llu,\"conflicts\":%llu,\"pending\":%llu,\"state_hash\":\"%s\","
-               "\"clock_skew\":%s}\n",
+               "\"clock_skew\":%s,\"forked_authors\":%llu}\n",
                fpr, full, (unsigned long long)s.ops, (unsigned long long)s.batches,
                (unsigned long long)s.records, (unsigned long long)s.conflicts,
-               (unsigned long long)s.pending, hash, s.clock_skew ? "true" : "false");
+               (unsigned long long)s.pending, hash, s.clock_skew ? "true" : "false",
+               (unsigned long long)s.forked_authors);
     else
         printf("device     %s\nops        %llu\nbatches    %llu\nrecords    %llu\n"
                "conflicts  %llu\nstate hash %s\n",

@@ -300,26 +300,26 @@ out:
 
 /* ---- remote batches -------------------------------------------------------------------------- */
 
-/* A batch for feed positions we already hold: the same bytes are a duplicate, anything else
- * signed by the author is a fork, whose proof we keep. */
-static int classify_old(fm_replica *r, const fm_batch *b, const uint8_t *data, size_t len)
+/* A batch for feed positions we already hold is a duplicate if it is the very batch we hold;
+ * anything else signed by the author is a fork. So is a batch next in line that does not chain
+ * onto the head we hold (chain_break). A fork's proof, both signed batches, is kept. */
+static int classify_old(fm_replica *r, const fm_batch *b, const uint8_t *data, size_t len,
+                        bool chain_break)
 {
     fm_coll *c = fm_state_coll(&r->st, b->coll, b->coll_len);
+    uint64_t seq = chain_break ? b->first_seq - 1 : b->first_seq;
     uint8_t hash[FM_HASH_BYTES];
     fm_buf have;
     fm_buf_init(&have);
-    int rc = fm_store_batch_at(r->store, c, b->author, b->first_seq, hash, &have);
-    if (rc == 0 && sodium_memcmp(hash, b->hash, FM_HASH_BYTES) == 0 &&
-        !(rc = fm_store_batch_at(r->store, c, b->author, fm_batch_last_seq(b), hash, NULL)))
-        rc = sodium_memcmp(hash, b->hash, FM_HASH_BYTES) == 0 ? FM_EDUP : FM_EFORK;
-    else if (rc == 0 || rc == FM_ENOTFOUND)
-        rc = FM_EFORK;
-    if (rc == FM_EFORK && have.len) {
-        int src = fm_store_put_fork(r->store, b->author, have.data, have.len, data, len);
-        rc = src ? src : FM_EFORK;
-    }
+    int rc = fm_store_batch_at(r->store, c, b->author, seq, hash, &have);
+    if (rc == FM_ENOTFOUND)
+        rc = FM_ESTORE; /* the vector says we hold it: the store disagrees */
+    if (rc == 0 && !chain_break && sodium_memcmp(hash, b->hash, FM_HASH_BYTES) == 0)
+        rc = FM_EDUP;
+    else if (rc == 0)
+        rc = fm_store_put_fork(r->store, b->author, have.data, have.len, data, len);
     fm_buf_free(&have);
-    return rc;
+    return rc ? rc : FM_EFORK;
 }
 
 static int pending_add(fm_replica *r, const uint8_t *data, size_t len)
@@ -356,10 +356,8 @@ static int ingest_one(fm_replica *r, const uint8_t *data, size_t len, bool *fata
         rc = fm_batch_verify(b, data, len);
     if (!rc)
         rc = fm_state_check(&r->st, b);
-    if (rc == FM_EDUP)
-        rc = classify_old(r, b, data, len);
-    else if (rc == FM_ECHAIN)
-        rc = FM_EFORK; /* signed by the author, next in line, yet not on its chain */
+    if (rc == FM_EDUP || rc == FM_ECHAIN)
+        rc = classify_old(r, b, data, len, rc == FM_ECHAIN);
     else if (rc == FM_EGAP || rc == FM_EPENDING)
         rc = pending_add(r, data, len);
     else if (rc == 0 && !(rc = apply_checked(r, b, data, len)))
@@ -481,6 +479,13 @@ int fm_replica_collections(fm_replica *r, fm_name_fn fn, void *arg)
     return 0;
 }
 
+static int count_fork(void *arg, const uint8_t *author)
+{
+    (void)author;
+    (*(uint64_t *)arg)++;
+    return 0;
+}
+
 int fm_replica_status(fm_replica *r, fm_status *out)
 {
     if (!r || !out)
@@ -501,5 +506,13 @@ int fm_replica_status(fm_replica *r, fm_status *out)
     out->batches = (uint64_t)nb;
     out->pending = r->npending;
     out->clock_skew = r->skew;
+    return fm_store_fork_authors(r->store, count_fork, &out->forked_authors);
+}
+
+int fm_replica_forks(fm_replica *r, fm_author_fn fn, void *arg)
+{
+    if (!r || !fn)
+        return FM_EINVAL;
+    return fm_store_fork_authors(r->store, fn, arg);
     return 0;
 }
