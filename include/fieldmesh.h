@@ -260,6 +260,34 @@ FM_API int fm_replica_status(fm_replica *r, fm_status *out);
 typedef int (*fm_author_fn)(void *arg, const uint8_t author[FM_ID_BYTES]);
 FM_API int fm_replica_forks(fm_replica *r, fm_author_fn fn, void *arg);
 
+/* ---- mesh membership (DESIGN.md §5) ---------------------------------------------------------- */
+
+/* A replica in no mesh (the default) accepts every correctly signed batch. Once it belongs to a
+ * mesh, it accepts batches only from devices holding a certificate of that mesh's authority,
+ * with write permission, and not revoked at the batch's time; the mesh id is the authority's
+ * public key. Certificates and revocations travel as text: "fmcert1:..." and "fmrev1:...". */
+FM_API int fm_replica_mesh(fm_replica *r, uint8_t mesh_id[FM_ID_BYTES]); /* FM_ENOTFOUND: none */
+/* Makes authority's key the authority of a new mesh and admits this device to it (all
+ * permissions, valid for days). FM_EEXISTS if the replica already belongs to a mesh. */
+FM_API int fm_replica_mesh_create(fm_replica *r, const fm_identity *authority, uint32_t days);
+/* Issues a certificate admitting device for days as text into out (cap bytes). */
+#define FM_MESH_READ_ONLY 1
+FM_API int fm_mesh_admit(const fm_env *env, const fm_identity *authority,
+                         const uint8_t device[FM_ID_BYTES], const char *name, uint32_t days,
+                         int flags, char *out, size_t cap);
+/* Joins the mesh of a certificate for this device, valid now. FM_EINVAL: not for this device;
+ * FM_EMESH: the replica belongs to another mesh; FM_ESIG, FM_EEXPIRED, FM_EDECODE. Joining
+ * again with a newer certificate renews it. */
+FM_API int fm_replica_join(fm_replica *r, const char *cert_text);
+/* Revokes device from now on: installs the revocation here and writes its text into out. */
+FM_API int fm_replica_revoke(fm_replica *r, const fm_identity *authority,
+                             const uint8_t device[FM_ID_BYTES], char *out, size_t cap);
+/* Installs a certificate or revocation of this replica's mesh (text or binary), as gossip does. */
+FM_API int fm_replica_import_member(fm_replica *r, const char *text);
+/* Every certificate and revocation held, as text, for relaying to peers. */
+FM_API int fm_replica_members(fm_replica *r, fm_name_fn fn, void *arg);
+#define FM_MEMBER_TEXT_MAX 400
+
 /* Lowercase hex of n bytes into out (2n+1). */
 FM_API void fm_hex(const uint8_t *in, size_t n, char *out);
 

@@ -21,7 +21,9 @@ typedef struct cli {
     int argc;
     char **argv; /* the command's arguments, options removed */
     bool json;
+    bool read_only;
     const char *name;
+    const char *days;
     char home_dir[4096];
 } cli;
 
@@ -39,7 +41,16 @@ static const char USAGE[] =
     "  list COLLECTION                  print every record as JSON lines\n"
     "  del COLLECTION ID                delete a record (final)\n"
     "  conflicts                        list fields in conflict as JSON lines\n"
-    "  status [--json]                  device id, ops, records, state hash\n"
+    "  status [--json]                  device id, mesh id, ops, records, state hash\n"
+    "\n"
+    "mesh membership:\n"
+    "  mesh create [--days N]           make a new mesh with this device as its authority\n"
+    "  admit DEVICE_KEY --name NAME [--days N] [--read-only]\n"
+    "                                   (authority) print a certificate for a device\n"
+    "  join CERT                        install this device's certificate: join its mesh\n"
+    "  revoke DEVICE_KEY                (authority) revoke a device; prints the revocation\n"
+    "  mesh import TEXT                 install a certificate or revocation from a peer\n"
+    "  mesh members                     print every certificate and revocation held\n"
     "\n"
     "DIR defaults to $FIELDMESH_DIR, else ~/.local/share/fieldmesh.\n";
 
@@ -413,20 +424,187 @@ static int cmd_status(const cli *c)
     fm_fingerprint(pk, fpr);
     fm_id_to_text(pk, full);
     fm_hex(s.state_hash, FM_HASH_BYTES, hash);
+    uint8_t mesh[FM_ID_BYTES];
+    char mesh_text[FM_ID_TEXT_LEN + 3] = "null";
+    if (fm_replica_mesh(o.r, mesh) == 0) {
+        char t[FM_ID_TEXT_LEN + 1];
+        fm_id_to_text(mesh, t);
+        snprintf(mesh_text, sizeof mesh_text, "\"%s\"", t);
+    }
     close_opened(&o);
     if (c->json)
-        printf("{\"device_id\":\"%s\",\"device_key\":\"%s\",\"ops\":%llu,\"batches\":%llu,"
+        printf("{\"device_id\":\"%s\",\"device_key\":\"%s\",\"mesh_id\":%s,\"ops\":%llu,"
+               "\"batches\":%llu,"
                "\"records\":%llu,\"conflicts\":%llu,\"pending\":%llu,\"state_hash\":\"%s\","
                "\"clock_skew\":%s,\"forked_authors\":%llu}\n",
-               fpr, full, (unsigned long long)s.ops, (unsigned long long)s.batches,
+               fpr, full, mesh_text, (unsigned long long)s.ops, (unsigned long long)s.batches,
                (unsigned long long)s.records, (unsigned long long)s.conflicts,
                (unsigned long long)s.pending, hash, s.clock_skew ? "true" : "false",
                (unsigned long long)s.forked_authors);
     else
-        printf("device     %s\nops        %llu\nbatches    %llu\nrecords    %llu\n"
+        printf("device     %s\nkey        %s\nmesh       %s\nops        %llu\nbatches    "
+               "%llu\nrecords    %llu\n"
                "conflicts  %llu\nstate hash %s\n",
-               fpr, (unsigned long long)s.ops, (unsigned long long)s.batches,
+               fpr, full, mesh_text, (unsigned long long)s.ops, (unsigned long long)s.batches,
                (unsigned long long)s.records, (unsigned long long)s.conflicts, hash);
+    return 0;
+}
+
+/* --days N: 1..36500, default 365. */
+static int parse_days(const cli *c, uint32_t *days)
+{
+    *days = 365;
+    if (!c->days)
+        return 0;
+    char *end;
+    errno = 0;
+    long v = strtol(c->days, &end, 10);
+    if (errno || *end || v < 1 || v > 36500)
+        return FM_EINVAL;
+    *days = (uint32_t)v;
+    return 0;
+}
+
+static int load_authority(const cli *c, fm_identity **out)
+{
+    char key[4096];
+    path_in(c, "authority.key", key, sizeof key);
+    int rc = fm_identity_load(key, out);
+    if (rc)
+        fprintf(stderr, "fieldmesh: %s: %s (only the mesh authority's device can do this)\n", key,
+                fm_strerror(rc));
+    return rc;
+}
+
+static int mesh_create(const cli *c, opened *o, uint32_t days)
+{
+    char key[4096];
+    path_in(c, "authority.key", key, sizeof key);
+    fm_identity *auth;
+    int rc = fm_identity_create(fm_env_system(), &auth);
+    if (rc)
+        return fail("mesh create", rc);
+    if ((rc = fm_identity_save(auth, key))) {
+        fm_identity_free(auth);
+        return fail(key, rc);
+    }
+    if ((rc = fm_replica_mesh_create(o->r, auth, days))) {
+        unlink(key);
+        fm_identity_free(auth);
+        return fail("mesh create", rc);
+    }
+    uint8_t mesh[FM_ID_BYTES];
+    char text[FM_ID_TEXT_LEN + 1];
+    fm_identity_public(auth, mesh);
+    fm_identity_free(auth);
+    fm_id_to_text(mesh, text);
+    printf("%s\n", text);
+    return 0;
+}
+
+static int print_text(void *arg, const char *text)
+{
+    (void)arg;
+    return puts(text) < 0 ? FM_EIO : 0;
+}
+
+static int cmd_mesh(const cli *c)
+{
+    const char *sub = c->argc ? c->argv[0] : "";
+    uint32_t days;
+    if (strcmp(sub, "create") == 0    ? c->argc != 1 || parse_days(c, &days)
+        : strcmp(sub, "import") == 0  ? c->argc != 2
+        : strcmp(sub, "members") == 0 ? c->argc != 1
+                                      : 1)
+        return usage("mesh takes: create [--days N] | import TEXT | members");
+    opened o;
+    if (open_store(c, &o))
+        return 1;
+    int rc = 0, ret = 0;
+    uint8_t mesh[FM_ID_BYTES];
+    if (sub[0] == 'c') {
+        if (fm_replica_mesh(o.r, mesh) == 0) {
+            fprintf(stderr, "fieldmesh: this device already belongs to a mesh\n");
+            ret = 1;
+        } else {
+            ret = mesh_create(c, &o, days);
+        }
+    } else if (sub[0] == 'i') {
+        if ((rc = fm_replica_import_member(o.r, c->argv[1])))
+            ret = fail("mesh import", rc);
+    } else if ((rc = fm_replica_members(o.r, print_text, NULL))) {
+        ret = fail("mesh members", rc);
+    }
+    close_opened(&o);
+    return ret;
+}
+
+static int cmd_admit(const cli *c)
+{
+    uint8_t dev[FM_ID_BYTES];
+    uint32_t days;
+    if (c->argc != 1 || !c->name || fm_id_from_text(c->argv[0], dev) || parse_days(c, &days))
+        return usage("admit takes DEVICE_KEY (52 characters, from 'status --json') --name NAME "
+                     "[--days N] [--read-only]");
+    fm_identity *auth;
+    if (load_authority(c, &auth))
+        return 1;
+    char text[FM_MEMBER_TEXT_MAX];
+    int rc = fm_mesh_admit(NULL, auth, dev, c->name, days, c->read_only ? FM_MESH_READ_ONLY : 0,
+                           text, sizeof text);
+    fm_identity_free(auth);
+    if (rc == FM_ELIMIT || rc == FM_EDECODE)
+        return usage("the name must be 1-64 bytes of UTF-8");
+    if (rc)
+        return fail("admit", rc);
+    /* The authority's own replica accepts the new member's batches from now on. */
+    opened o;
+    if (open_store(c, &o))
+        return 1;
+    rc = fm_replica_import_member(o.r, text);
+    close_opened(&o);
+    if (rc)
+        return fail("admit", rc);
+    printf("%s\n", text);
+    return 0;
+}
+
+static int cmd_join(const cli *c)
+{
+    if (c->argc != 1)
+        return usage("join takes CERT (the fmcert1:... line from 'admit')");
+    opened o;
+    if (open_store(c, &o))
+        return 1;
+    int rc = fm_replica_join(o.r, c->argv[0]);
+    close_opened(&o);
+    if (rc == FM_EINVAL) {
+        fprintf(stderr, "fieldmesh: join: this certificate is for another device\n");
+        return 1;
+    }
+    return rc ? fail("join", rc) : 0;
+}
+
+static int cmd_revoke(const cli *c)
+{
+    uint8_t dev[FM_ID_BYTES];
+    if (c->argc != 1 || fm_id_from_text(c->argv[0], dev))
+        return usage("revoke takes DEVICE_KEY (52 characters)");
+    fm_identity *auth;
+    opened o;
+    if (load_authority(c, &auth))
+        return 1;
+    if (open_store(c, &o)) {
+        fm_identity_free(auth);
+        return 1;
+    }
+    char text[FM_MEMBER_TEXT_MAX];
+    int rc = fm_replica_revoke(o.r, auth, dev, text, sizeof text);
+    fm_identity_free(auth);
+    close_opened(&o);
+    if (rc)
+        return fail("revoke", rc);
+    printf("%s\n", text);
     return 0;
 }
 
@@ -434,8 +612,11 @@ static const struct {
     const char *name;
     int (*fn)(const cli *c);
 } COMMANDS[] = {
-    {"init", cmd_init},     {"put", cmd_put}, {"get", cmd_get},
-    {"list", cmd_list},     {"del", cmd_del}, {"conflicts", cmd_conflicts},
+    {"mesh", cmd_mesh},     {"admit", cmd_admit},
+    {"join", cmd_join},     {"revoke", cmd_revoke},
+    {"init", cmd_init},     {"put", cmd_put},
+    {"get", cmd_get},       {"list", cmd_list},
+    {"del", cmd_del},       {"conflicts", cmd_conflicts},
     {"status", cmd_status},
 };
 
@@ -447,10 +628,12 @@ static int parse_options(int argc, char **argv, cli *c, const char **cmd)
         return FM_ENOMEM;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
-        if (strcmp(a, "--dir") == 0 || strcmp(a, "--name") == 0) {
+        if (strcmp(a, "--dir") == 0 || strcmp(a, "--name") == 0 || strcmp(a, "--days") == 0) {
             if (i + 1 >= argc)
                 return FM_EINVAL;
-            *(a[2] == 'd' ? &c->dir : &c->name) = argv[++i];
+            *(a[2] == 'n' ? &c->name : a[3] == 'i' ? &c->dir : &c->days) = argv[++i];
+        } else if (strcmp(a, "--read-only") == 0) {
+            c->read_only = true;
         } else if (strncmp(a, "--dir=", 6) == 0) {
             c->dir = a + 6;
         } else if (strncmp(a, "--name=", 7) == 0) {

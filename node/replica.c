@@ -8,6 +8,7 @@
 #include "node/replica.h"
 
 #include "crdt/hlc.h"
+#include "crypto/cert.h"
 #include "crypto/identity.h"
 
 #include <sodium.h>
@@ -61,7 +62,8 @@ int fm_replica_open(const fm_replica_config *cfg, fm_replica **out)
     if (rc)
         goto fail;
     fm_identity_public(r->identity, r->device);
-    if ((rc = fm_store_open(cfg->path, &r->store)) || (rc = replica_reload(r)))
+    if ((rc = fm_store_open(cfg->path, &r->store)) || (rc = replica_reload(r)) ||
+        (rc = fm__mesh_load(r)))
         goto fail;
     *out = r;
     return 0;
@@ -86,6 +88,7 @@ void fm_replica_close(fm_replica *r)
     free(r->pending);
     fm_batch_free(&r->batch);
     fm_state_free(&r->st);
+    fm_membership_free(r->mesh);
     fm_store_close(r->store);
     fm_identity_free(r->identity);
     free(r);
@@ -279,6 +282,8 @@ int fm_txn_commit(fm_txn *t)
     int rc = 0;
     if (t->nops == 0)
         goto out; /* nothing to write is not an error */
+    if ((rc = fm__mesh_check_local(r)))
+        goto out;
     fm_buf enc;
     fm_buf_init(&enc);
     if ((rc = txn_encode(t, &enc)))
@@ -354,6 +359,8 @@ static int ingest_one(fm_replica *r, const uint8_t *data, size_t len, bool *fata
     int rc = fm_batch_decode(data, len, b);
     if (!rc)
         rc = fm_batch_verify(b, data, len);
+    if (!rc)
+        rc = fm__mesh_check_batch(r, b);
     if (!rc)
         rc = fm_state_check(&r->st, b);
     if (rc == FM_EDUP || rc == FM_ECHAIN)

@@ -27,8 +27,15 @@ struct fm_replica {
     fm_pending *pending;
     uint32_t npending, cpending;
     size_t pending_bytes;
-    fm_batch batch; /* scratch for decoding */
+    fm_batch batch;             /* scratch for decoding */
+    struct fm_membership *mesh; /* NULL: in no mesh */
 };
+
+/* Mesh membership (membership.c): load at open; may this batch's author write (at the batch's
+ * time)? may this device write now? 0 or FM_EUNKNOWN_DEVICE, FM_EREVOKED, FM_EPERM. */
+int fm__mesh_load(fm_replica *r);
+int fm__mesh_check_batch(fm_replica *r, const fm_batch *b);
+int fm__mesh_check_local(fm_replica *r);
 
 /* Record views (record_view.c). */
 int fm__record_view(fm_replica *r, const fm_coll *c, const fm_rec *rec, fm_record **out);

@@ -22,6 +22,7 @@ enum {
     S_REC_GET,
     S_REC_PUT,
     S_FORK_PUT,
+    S_MEMBER_PUT,
     S__COUNT
 };
 
@@ -44,6 +45,7 @@ static const char *const SQL[S__COUNT] = {
     [S_REC_PUT] =
         "INSERT OR REPLACE INTO records(coll, id, state, conflicts) VALUES (?1, ?2, ?3, ?4)",
     [S_FORK_PUT] = "INSERT INTO forks(author, first, second) VALUES (?1, ?2, ?3)",
+    [S_MEMBER_PUT] = "INSERT OR IGNORE INTO members(device, kind, data) VALUES (?1, ?2, ?3)",
 };
 
 /* Migrations: MIGRATIONS[v] moves a store from schema v to v+1. Never edit a shipped step. */
@@ -65,6 +67,10 @@ static const char *const MIGRATIONS[FM_STORE_SCHEMA_VERSION] = {
     "CREATE TABLE forks(id INTEGER PRIMARY KEY, author BLOB NOT NULL, first BLOB NOT NULL,"
     "  second BLOB NOT NULL);"
     "CREATE INDEX records_conflicts ON records(coll, id) WHERE conflicts > 0;",
+    /* 2 -> 3: mesh membership: every certificate and revocation installed (authority-signed,
+     * so only the authority can add rows); the membership view picks the governing ones. */
+    "CREATE TABLE members(device BLOB NOT NULL, kind INTEGER NOT NULL, data BLOB NOT NULL,"
+    "  PRIMARY KEY(device, kind, data)) WITHOUT ROWID;",
 };
 
 struct fm_store {
@@ -491,4 +497,30 @@ int64_t fm_store_batch_count(fm_store *st)
     int64_t n = sqlite3_step(q) == SQLITE_ROW ? sqlite3_column_int64(q, 0) : FM_ESTORE;
     sqlite3_finalize(q);
     return n;
+}
+
+int fm_store_put_member(fm_store *st, fm_member_kind kind, const uint8_t device[FM_ID_BYTES],
+                        const uint8_t *data, size_t len)
+{
+    sqlite3_stmt *s = st->stmt[S_MEMBER_PUT];
+    sqlite3_bind_blob(s, 1, device, FM_ID_BYTES, SQLITE_STATIC);
+    sqlite3_bind_int(s, 2, (int)kind);
+    sqlite3_bind_blob(s, 3, data, (int)len, SQLITE_STATIC);
+    return run(s);
+}
+
+int fm_store_each_member(fm_store *st, fm_store_member_fn fn, void *arg)
+{
+    sqlite3_stmt *q;
+    if (sqlite3_prepare_v2(st->db, "SELECT kind, data FROM members ORDER BY device, kind, data", -1,
+                           &q, NULL) != SQLITE_OK)
+        return FM_ESTORE;
+    int rc = 0, step;
+    while (!rc && (step = sqlite3_step(q)) == SQLITE_ROW)
+        rc = fn(arg, (fm_member_kind)sqlite3_column_int(q, 0), sqlite3_column_blob(q, 1),
+                (size_t)sqlite3_column_bytes(q, 1));
+    if (!rc && step != SQLITE_DONE)
+        rc = FM_ESTORE;
+    sqlite3_finalize(q);
+    return rc;
 }

@@ -10,7 +10,7 @@
 
 #include "crdt/state.h"
 
-#define FM_STORE_SCHEMA_VERSION 2
+#define FM_STORE_SCHEMA_VERSION 3
 
 typedef struct fm_store fm_store;
 
@@ -60,5 +60,13 @@ typedef int (*fm_store_rec_fn)(void *arg, int64_t coll_id, const uint8_t *id, si
 int fm_store_each_record(fm_store *st, const fm_coll *c, bool conflicts_only, fm_store_rec_fn fn,
                          void *arg);
 int64_t fm_store_batch_count(fm_store *st);
+
+/* Membership records (certificates and revocations), kept as installed; installing the same
+ * record twice is a no-op. */
+typedef enum fm_member_kind { FM_MEMBER_CERT = 0, FM_MEMBER_REVOCATION = 1 } fm_member_kind;
+int fm_store_put_member(fm_store *st, fm_member_kind kind, const uint8_t device[FM_ID_BYTES],
+                        const uint8_t *data, size_t len);
+typedef int (*fm_store_member_fn)(void *arg, fm_member_kind kind, const uint8_t *data, size_t len);
+int fm_store_each_member(fm_store *st, fm_store_member_fn fn, void *arg);
 
 #endif
