@@ -51,26 +51,26 @@ static const char *const SQL[S__COUNT] = {
 /* Migrations: MIGRATIONS[v] moves a store from schema v to v+1. Never edit a shipped step. */
 static const char *const MIGRATIONS[FM_STORE_SCHEMA_VERSION] = {
     /* 0 -> 1: the log, materialized state and metadata. */
-    "CREATE TABLE meta(key TEXT PRIMARY KEY, value BLOB) WITHOUT ROWID;"
-    "CREATE TABLE collections(id INTEGER PRIMARY KEY, name TEXT NOT NULL UNIQUE,"
-    "  state_xor BLOB NOT NULL, live INTEGER NOT NULL, conflicts INTEGER NOT NULL);"
-    "CREATE TABLE feeds(coll INTEGER NOT NULL, author BLOB NOT NULL, seq INTEGER NOT NULL,"
-    "  head BLOB NOT NULL, PRIMARY KEY(coll, author)) WITHOUT ROWID;"
-    "CREATE TABLE batches(id INTEGER PRIMARY KEY, coll INTEGER NOT NULL, author BLOB NOT NULL,"
-    "  first_seq INTEGER NOT NULL, last_seq INTEGER NOT NULL, hash BLOB NOT NULL,"
-    "  data BLOB NOT NULL);"
-    "CREATE UNIQUE INDEX batches_feed ON batches(coll, author, last_seq);"
-    "CREATE TABLE records(coll INTEGER NOT NULL, id BLOB NOT NULL, state BLOB NOT NULL,"
-    "  conflicts INTEGER NOT NULL, PRIMARY KEY(coll, id)) WITHOUT ROWID;"
-    "INSERT INTO meta(key, value) VALUES ('app', 'fieldmesh');",
+    ("CREATE TABLE meta(key TEXT PRIMARY KEY, value BLOB) WITHOUT ROWID;"
+     "CREATE TABLE collections(id INTEGER PRIMARY KEY, name TEXT NOT NULL UNIQUE,"
+     "  state_xor BLOB NOT NULL, live INTEGER NOT NULL, conflicts INTEGER NOT NULL);"
+     "CREATE TABLE feeds(coll INTEGER NOT NULL, author BLOB NOT NULL, seq INTEGER NOT NULL,"
+     "  head BLOB NOT NULL, PRIMARY KEY(coll, author)) WITHOUT ROWID;"
+     "CREATE TABLE batches(id INTEGER PRIMARY KEY, coll INTEGER NOT NULL, author BLOB NOT NULL,"
+     "  first_seq INTEGER NOT NULL, last_seq INTEGER NOT NULL, hash BLOB NOT NULL,"
+     "  data BLOB NOT NULL);"
+     "CREATE UNIQUE INDEX batches_feed ON batches(coll, author, last_seq);"
+     "CREATE TABLE records(coll INTEGER NOT NULL, id BLOB NOT NULL, state BLOB NOT NULL,"
+     "  conflicts INTEGER NOT NULL, PRIMARY KEY(coll, id)) WITHOUT ROWID;"
+     "INSERT INTO meta(key, value) VALUES ('app', 'fieldmesh');"),
     /* 1 -> 2: fork proofs, and a partial index so listing conflicts does not scan. */
-    "CREATE TABLE forks(id INTEGER PRIMARY KEY, author BLOB NOT NULL, first BLOB NOT NULL,"
-    "  second BLOB NOT NULL);"
-    "CREATE INDEX records_conflicts ON records(coll, id) WHERE conflicts > 0;",
+    ("CREATE TABLE forks(id INTEGER PRIMARY KEY, author BLOB NOT NULL, first BLOB NOT NULL,"
+     "  second BLOB NOT NULL);"
+     "CREATE INDEX records_conflicts ON records(coll, id) WHERE conflicts > 0;"),
     /* 2 -> 3: mesh membership: every certificate and revocation installed (authority-signed,
      * so only the authority can add rows); the membership view picks the governing ones. */
-    "CREATE TABLE members(device BLOB NOT NULL, kind INTEGER NOT NULL, data BLOB NOT NULL,"
-    "  PRIMARY KEY(device, kind, data)) WITHOUT ROWID;",
+    ("CREATE TABLE members(device BLOB NOT NULL, kind INTEGER NOT NULL, data BLOB NOT NULL,"
+     "  PRIMARY KEY(device, kind, data)) WITHOUT ROWID;"),
 };
 
 struct fm_store {
@@ -111,8 +111,10 @@ static int check_foreign(fm_store *st, int version)
     if (sqlite3_step(s) == SQLITE_ROW) {
         if (version == 0)
             rc = sqlite3_column_int(s, 0) == 0 ? 0 : FM_ESCHEMA;
-        else
-            rc = strcmp((const char *)sqlite3_column_text(s, 0), "fieldmesh") == 0 ? 0 : FM_ESCHEMA;
+        else {
+            const char *app = (const char *)sqlite3_column_text(s, 0); /* NULL for a NULL value */
+            rc = app && strcmp(app, "fieldmesh") == 0 ? 0 : FM_ESCHEMA;
+        }
     }
     sqlite3_finalize(s);
     return rc;
@@ -157,7 +159,7 @@ int fm_store_open(const char *path, fm_store **out)
         rc = FM_ESCHEMA; /* not a database at all */
         goto fail;
     }
-    if ((rc = check_foreign(st, v)) || v > FM_STORE_SCHEMA_VERSION) {
+    if ((rc = check_foreign(st, v)) || v < 0 || v > FM_STORE_SCHEMA_VERSION) {
         rc = FM_ESCHEMA;
         goto fail;
     }
