@@ -373,8 +373,9 @@ static int rd_record(dec *d, fm_rec *t, fm_authors *authors)
         return r->err;
     if (flags > 1 || (flags == 1 && n != 0))
         return r->err = FM_EDECODE;
-    if (n > FM_MAX_FIELDS_PER_RECORD * 16)
-        return r->err = FM_ELIMIT;
+    /* The field count is bounded by the input size only (fm_rd_array): FM_MAX_FIELDS_PER_RECORD
+     * binds local writes, but merged remote batches can exceed any bound, and every state that
+     * apply produces must load again. */
     t->deleted = flags == 1;
     t->fields = fm_calloc(n, sizeof *t->fields);
     if (!t->fields)

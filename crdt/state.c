@@ -138,23 +138,25 @@ int fm_state_set_feed(fm_state *s, fm_coll *c, const uint8_t author[FM_ID_BYTES]
     if (fm_authors_intern(&s->authors, author, &a))
         return FM_ENOMEM;
     fm_feed *f = feed_find(c, a, &pos);
+    if (!f && c->nfeeds == c->cfeeds) {
+        uint32_t cap = c->cfeeds ? c->cfeeds * 2 : 4;
+        fm_feed *p = fm_reallocarray(c->feeds, cap, sizeof *p);
+        if (!p)
+            return FM_ENOMEM;
+        c->feeds = p;
+        c->cfeeds = cap;
+    }
+    /* The vector can refuse (FM_ELIMIT): set it before adding the feed, so a failed call adds no
+     * feed with an unset seq and head. */
+    int rc = fm_vv_set(&c->vv, author, seq);
+    if (rc)
+        return rc;
     if (!f) {
-        if (c->nfeeds == c->cfeeds) {
-            uint32_t cap = c->cfeeds ? c->cfeeds * 2 : 4;
-            fm_feed *p = fm_reallocarray(c->feeds, cap, sizeof *p);
-            if (!p)
-                return FM_ENOMEM;
-            c->feeds = p;
-            c->cfeeds = cap;
-        }
         memmove(&c->feeds[pos + 1], &c->feeds[pos], (c->nfeeds - pos) * sizeof *c->feeds);
         f = &c->feeds[pos];
         f->author = a;
         c->nfeeds++;
     }
-    int rc = fm_vv_set(&c->vv, author, seq);
-    if (rc)
-        return rc;
     f->seq = seq;
     memcpy(f->head, head, FM_HASH_BYTES);
     return 0;

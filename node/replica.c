@@ -22,6 +22,7 @@ struct fm_txn {
     uint32_t name_len;
     fm_buf ops;
     uint32_t nops;
+    fm_buf fresh; /* "id\0field\0" for each field the ops add to their record */
 };
 
 static int state_load(void *arg, fm_coll *c, const uint8_t *id, uint32_t len, fm_buf *out)
@@ -44,6 +45,32 @@ static int replica_reload(fm_replica *r)
     return fm_store_load_state(r->store, &r->st);
 }
 
+/* The clock is kept with the data it stamped, so a reopened replica never stamps a write below
+ * one it made or saw before (hlc.h: every tick exceeds all earlier ones), whatever its wall
+ * clock says after a restart. Big-endian, 8 bytes; a store without it starts from 0. */
+static int hlc_save(fm_replica *r)
+{
+    uint8_t b[8];
+    for (int i = 0; i < 8; i++)
+        b[i] = (uint8_t)(r->hlc >> (56 - 8 * i));
+    return fm_store_meta_set(r->store, "hlc", b, sizeof b);
+}
+
+static int hlc_load(fm_replica *r)
+{
+    fm_buf b;
+    fm_buf_init(&b);
+    int rc = fm_store_meta_get(r->store, "hlc", &b);
+    if (rc == FM_ENOTFOUND)
+        rc = 0;
+    else if (!rc && b.len != 8)
+        rc = FM_ESTORE;
+    for (size_t i = 0; !rc && i < b.len; i++)
+        r->hlc = r->hlc << 8 | b.data[i];
+    fm_buf_free(&b);
+    return rc;
+}
+
 int fm_replica_open(const fm_replica_config *cfg, fm_replica **out)
 {
     if (!cfg || cfg->version != FM_REPLICA_CONFIG_VERSION || !cfg->identity || !out)
@@ -63,7 +90,7 @@ int fm_replica_open(const fm_replica_config *cfg, fm_replica **out)
         goto fail;
     fm_identity_public(r->identity, r->device);
     if ((rc = fm_store_open(cfg->path, &r->store)) || (rc = replica_reload(r)) ||
-        (rc = fm__mesh_load(r)))
+        (rc = hlc_load(r)) || (rc = fm__mesh_load(r)))
         goto fail;
     *out = r;
     return 0;
@@ -120,6 +147,8 @@ static int apply_checked(fm_replica *r, const fm_batch *b, const uint8_t *data, 
 static int finish_txn(fm_replica *r, int rc)
 {
     if (!rc)
+        rc = hlc_save(r);
+    if (!rc)
         rc = fm_state_flush(&r->st);
     for (uint32_t i = 0; !rc && i < r->st.ncolls; i++)
         if (r->st.colls[i]->store_id)
@@ -151,6 +180,7 @@ int fm_txn_begin(fm_replica *r, const char *collection, fm_txn **out)
     memcpy(t->name, collection, n);
     t->name_len = (uint32_t)n;
     fm_buf_init(&t->ops);
+    fm_buf_init(&t->fresh);
     *out = t;
     return 0;
 }
@@ -160,29 +190,55 @@ void fm_txn_abort(fm_txn *t)
     if (!t)
         return;
     fm_buf_free(&t->ops);
+    fm_buf_free(&t->fresh);
     free(t);
 }
 
-/* Checks a local op against the record as it stands: deleted records refuse writes, and a
- * record may not grow past FM_MAX_FIELDS_PER_RECORD fields. */
-static int txn_check_record(fm_txn *t, const char *id, size_t id_len, const char *field)
+/* Fields the transaction's earlier ops add to record id; *has if field is one of them. */
+static uint32_t txn_fresh_fields(const fm_txn *t, const char *id, const char *field, bool *has)
 {
-    fm_coll *c = fm_state_coll(&t->r->st, t->name, t->name_len);
-    if (!c)
-        return 0;
-    int rc;
-    fm_rec *rec = fm_state_record(&t->r->st, c, (const uint8_t *)id, (uint32_t)id_len, &rc);
-    if (!rec)
-        return rc;
-    if (rec->deleted)
-        return FM_EDELETED;
-    if (field && rec->nfields >= FM_MAX_FIELDS_PER_RECORD) {
-        for (uint32_t i = 0; i < rec->nfields; i++)
-            if (rec->fields[i].name_len == strlen(field) &&
-                memcmp(rec->fields[i].name, field, rec->fields[i].name_len) == 0)
-                return 0;
-        return FM_ELIMIT;
+    uint32_t n = 0;
+    *has = false;
+    for (size_t off = 0; off < t->fresh.len;) {
+        const char *fid = (const char *)t->fresh.data + off;
+        const char *fname = fid + strlen(fid) + 1;
+        off += strlen(fid) + strlen(fname) + 2;
+        if (strcmp(fid, id) == 0) {
+            n++;
+            *has |= strcmp(fname, field) == 0;
+        }
     }
+    return n;
+}
+
+/* Checks a local op against the record as it stands plus the transaction's earlier ops:
+ * deleted records refuse writes, and a record may not grow past FM_MAX_FIELDS_PER_RECORD
+ * fields. *fresh tells the op adds a field. */
+static int txn_check_record(fm_txn *t, const char *id, size_t id_len, const char *field,
+                            bool *fresh)
+{
+    *fresh = false;
+    fm_coll *c = fm_state_coll(&t->r->st, t->name, t->name_len);
+    int rc = 0;
+    fm_rec *rec =
+        c ? fm_state_record(&t->r->st, c, (const uint8_t *)id, (uint32_t)id_len, &rc) : NULL;
+    if (rc)
+        return rc;
+    if (rec && rec->deleted)
+        return FM_EDELETED;
+    if (!field)
+        return 0;
+    for (uint32_t i = 0; rec && i < rec->nfields; i++)
+        if (rec->fields[i].name_len == strlen(field) &&
+            memcmp(rec->fields[i].name, field, rec->fields[i].name_len) == 0)
+            return 0;
+    bool has;
+    uint32_t n = (rec ? rec->nfields : 0) + txn_fresh_fields(t, id, field, &has);
+    if (has)
+        return 0;
+    if (n >= FM_MAX_FIELDS_PER_RECORD)
+        return FM_ELIMIT;
+    *fresh = true;
     return 0;
 }
 
@@ -198,24 +254,30 @@ static int txn_op(fm_txn *t, fm_op_type type, const char *id, const char *field,
         rc = fm_value_check(v);
     if (!rc && t->nops >= FM_MAX_BATCH_OPS)
         rc = FM_ELIMIT;
+    bool fresh;
     if (!rc)
-        rc = txn_check_record(t, id, id_len, type == FM_OP_DELETE ? NULL : field);
+        rc = txn_check_record(t, id, id_len, type == FM_OP_DELETE ? NULL : field, &fresh);
     if (rc)
         return rc;
     fm_buf val;
     fm_buf_init(&val);
-    size_t mark = t->ops.len;
+    size_t mark = t->ops.len, fresh_mark = t->fresh.len;
     if (v && (rc = fm_value_encode(v, &val)))
         goto out;
     rc = fm_op_encode(&t->ops, type, id, id_len, field, field_len, v ? val.data : NULL, val.len);
     if (!rc && t->ops.len > FM_MAX_BATCH_BYTES - 4096)
         rc = FM_ELIMIT;
+    if (!rc && fresh &&
+        (fm_buf_append(&t->fresh, id, id_len + 1) ||
+         fm_buf_append(&t->fresh, field, field_len + 1)))
+        rc = FM_ENOMEM;
     if (rc)
-        t->ops.len = mark; /* the transaction stays as it was */
+        t->ops.len = mark, t->fresh.len = fresh_mark; /* the transaction stays as it was */
     else
         t->nops++;
 out:
     t->ops.oom = false;
+    t->fresh.oom = false;
     fm_buf_free(&val);
     return rc;
 }
@@ -351,11 +413,23 @@ static int pending_add(fm_replica *r, const uint8_t *data, size_t len)
     return FM_EPENDING;
 }
 
+/* A collection's vector holds at most FM_MAX_VV_ENTRIES authors. Checked before applying: a
+ * failed apply would leave the in-memory state changed part-way. */
+static int vv_room(fm_replica *r, const fm_batch *b)
+{
+    const fm_coll *c = fm_state_coll(&r->st, b->coll, b->coll_len);
+    if (c && c->vv.n >= FM_MAX_VV_ENTRIES && fm_vv_get(&c->vv, b->author) == 0)
+        return FM_ELIMIT;
+    return 0;
+}
+
 /* Verifies and applies (or holds) one remote batch. Returns 0 if applied, FM_EPENDING if held,
- * another negative code if refused; *fatal tells store failures, which abort the transaction. */
+ * another negative code if refused; *fatal tells store failures and failed applies, which abort
+ * the transaction. */
 static int ingest_one(fm_replica *r, const uint8_t *data, size_t len, bool *fatal)
 {
     fm_batch *b = &r->batch;
+    bool partial = false;
     int rc = fm_batch_decode(data, len, b);
     if (!rc)
         rc = fm_batch_verify(b, data, len);
@@ -363,13 +437,17 @@ static int ingest_one(fm_replica *r, const uint8_t *data, size_t len, bool *fata
         rc = fm__mesh_check_batch(r, b);
     if (!rc)
         rc = fm_state_check(&r->st, b);
+    if (!rc)
+        rc = vv_room(r, b);
     if (rc == FM_EDUP || rc == FM_ECHAIN)
         rc = classify_old(r, b, data, len, rc == FM_ECHAIN);
     else if (rc == FM_EGAP || rc == FM_EPENDING)
         rc = pending_add(r, data, len);
-    else if (rc == 0 && !(rc = apply_checked(r, b, data, len)))
+    else if (rc == 0 && (rc = apply_checked(r, b, data, len)))
+        partial = true; /* state changed part-way: only the rollback and reload undo it */
+    else if (rc == 0)
         r->skew |= fm_hlc_observe(&r->hlc, b->hlc, r->env->now_ms(r->env->ctx), r->max_skew_ms);
-    *fatal = rc == FM_ESTORE || rc == FM_ENOMEM;
+    *fatal = partial || rc == FM_ESTORE || rc == FM_ENOMEM;
     return rc;
 }
 

@@ -1,0 +1,802 @@
+/*
+ * test_store.c — the sqlite store: a fresh file gets the current schema; an older file is
+ * migrated forward; a newer, foreign or non-sqlite file is refused and left byte-for-byte as it
+ * was (no stray -wal/-shm/-journal files either); metadata; batch lookup by feed position; and
+ * the iteration orders of records and batches.
+ */
+#include "crypto/identity.h"
+#include "fm_test.h"
+#include "node/store.h"
+
+#include <dirent.h>
+#include <sqlite3.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#define T0 1700000000000ull
+
+/* The v1 schema exactly as schema step 0 -> 1 shipped it (node/store.c MIGRATIONS[0]). A frozen
+ * copy on purpose: a store written by a v1 program looks like this forever. */
+static const char V1_SQL[] =
+    "CREATE TABLE meta(key TEXT PRIMARY KEY, value BLOB) WITHOUT ROWID;"
+    "CREATE TABLE collections(id INTEGER PRIMARY KEY, name TEXT NOT NULL UNIQUE,"
+    "  state_xor BLOB NOT NULL, live INTEGER NOT NULL, conflicts INTEGER NOT NULL);"
+    "CREATE TABLE feeds(coll INTEGER NOT NULL, author BLOB NOT NULL, seq INTEGER NOT NULL,"
+    "  head BLOB NOT NULL, PRIMARY KEY(coll, author)) WITHOUT ROWID;"
+    "CREATE TABLE batches(id INTEGER PRIMARY KEY, coll INTEGER NOT NULL, author BLOB NOT NULL,"
+    "  first_seq INTEGER NOT NULL, last_seq INTEGER NOT NULL, hash BLOB NOT NULL,"
+    "  data BLOB NOT NULL);"
+    "CREATE UNIQUE INDEX batches_feed ON batches(coll, author, last_seq);"
+    "CREATE TABLE records(coll INTEGER NOT NULL, id BLOB NOT NULL, state BLOB NOT NULL,"
+    "  conflicts INTEGER NOT NULL, PRIMARY KEY(coll, id)) WITHOUT ROWID;"
+    "INSERT INTO meta(key, value) VALUES ('app', 'fieldmesh');";
+
+/* ---- helpers ------------------------------------------------------------------------------ */
+
+static char g_dir[256];
+
+static void tmp_setup(void)
+{
+    const char *base = getenv("TMPDIR");
+    snprintf(g_dir, sizeof g_dir, "%s/fm-test-store-XXXXXX", base && base[0] ? base : "/tmp");
+    if (!mkdtemp(g_dir)) {
+        perror("mkdtemp");
+        exit(1);
+    }
+}
+
+static void tmp_teardown(void)
+{
+    DIR *d = opendir(g_dir);
+    if (d) {
+        struct dirent *e;
+        while ((e = readdir(d))) {
+            if (strcmp(e->d_name, ".") == 0 || strcmp(e->d_name, "..") == 0)
+                continue;
+            char p[512];
+            snprintf(p, sizeof p, "%s/%s", g_dir, e->d_name);
+            unlink(p);
+        }
+        closedir(d);
+    }
+    if (rmdir(g_dir) != 0)
+        perror("rmdir");
+}
+
+static void path_of(const char *name, char *out, size_t n)
+{
+    snprintf(out, n, "%s/%s", g_dir, name);
+}
+
+/* Sorted, space-separated names of the files in the temp dir. */
+static void dir_listing(char *out, size_t n)
+{
+    char names[16][128];
+    int k = 0;
+    DIR *d = opendir(g_dir);
+    struct dirent *e;
+    while (d && (e = readdir(d)) && k < 16)
+        if (e->d_name[0] != '.' && strlen(e->d_name) < sizeof names[0])
+            memcpy(names[k++], e->d_name, strlen(e->d_name) + 1);
+    if (d)
+        closedir(d);
+    for (int i = 1; i < k; i++)
+        for (int j = i; j > 0 && strcmp(names[j - 1], names[j]) > 0; j--) {
+            char t[128];
+            memcpy(t, names[j], sizeof t);
+            memcpy(names[j], names[j - 1], sizeof t);
+            memcpy(names[j - 1], t, sizeof t);
+        }
+    out[0] = '\0';
+    for (int i = 0; i < k; i++) {
+        if (i)
+            strncat(out, " ", n - strlen(out) - 1);
+        strncat(out, names[i], n - strlen(out) - 1);
+    }
+}
+
+static uint8_t *read_all(const char *path, size_t *len)
+{
+    FILE *f = fopen(path, "rb");
+    if (!f)
+        return NULL;
+    fseek(f, 0, SEEK_END);
+    long n = ftell(f);
+    fseek(f, 0, SEEK_SET);
+    uint8_t *p = malloc(n > 0 ? (size_t)n : 1);
+    if (p && fread(p, 1, (size_t)n, f) != (size_t)n) {
+        free(p);
+        p = NULL;
+    }
+    fclose(f);
+    *len = (size_t)n;
+    return p;
+}
+
+static void write_all(const char *path, const void *p, size_t n)
+{
+    FILE *f = fopen(path, "wb");
+    CHECK(f != NULL);
+    if (!f)
+        return;
+    CHECK_EQ_INT(fwrite(p, 1, n, f), n);
+    fclose(f);
+}
+
+/* Runs SQL on a file with sqlite directly (outside the store), printing sqlite's error. */
+static int sql_exec(const char *path, const char *sql)
+{
+    sqlite3 *db;
+    int rc = sqlite3_open(path, &db);
+    char *err = NULL;
+    if (rc == SQLITE_OK)
+        rc = sqlite3_exec(db, sql, NULL, NULL, &err);
+    if (rc != SQLITE_OK)
+        fprintf(stderr, "sql_exec(%s): %s\n", sql, err ? err : sqlite3_errmsg(db));
+    sqlite3_free(err);
+    sqlite3_close(db);
+    return rc;
+}
+
+/* First column of the first row of a query as an integer (-1 if none). */
+static long long sql_int(const char *path, const char *sql)
+{
+    sqlite3 *db;
+    sqlite3_stmt *s = NULL;
+    long long v = -1;
+    if (sqlite3_open(path, &db) == SQLITE_OK &&
+        sqlite3_prepare_v2(db, sql, -1, &s, NULL) == SQLITE_OK && sqlite3_step(s) == SQLITE_ROW)
+        v = sqlite3_column_int64(s, 0);
+    else
+        fprintf(stderr, "sql_int(%s): %s\n", sql, sqlite3_errmsg(db));
+    sqlite3_finalize(s);
+    sqlite3_close(db);
+    return v;
+}
+
+/* The schema of a store (names, types and SQL of every table and index, in name order) into
+ * out, so a migrated store can be compared with a fresh one. */
+static void schema_of(const char *path, char *out, size_t n)
+{
+    sqlite3 *db;
+    sqlite3_stmt *s = NULL;
+    out[0] = '\0';
+    if (sqlite3_open(path, &db) == SQLITE_OK &&
+        sqlite3_prepare_v2(db,
+                           "SELECT type || ' ' || name || ' ' || coalesce(sql, '') FROM "
+                           "sqlite_master ORDER BY name",
+                           -1, &s, NULL) == SQLITE_OK)
+        while (sqlite3_step(s) == SQLITE_ROW) {
+            strncat(out, (const char *)sqlite3_column_text(s, 0), n - strlen(out) - 1);
+            strncat(out, "\n", n - strlen(out) - 1);
+        }
+    sqlite3_finalize(s);
+    sqlite3_close(db);
+}
+
+/* Turns a current store into what a v1 program left: drops every table and index the v1 schema
+ * did not have and sets user_version 1. The rows of the v1 tables stay. */
+static void downgrade_to_v1(const char *path)
+{
+    static const char *const v1_names[] = {"meta",    "collections",  "feeds",
+                                           "batches", "batches_feed", "records"};
+    sqlite3 *db;
+    CHECK_EQ_INT(sqlite3_open(path, &db), SQLITE_OK);
+    char drops[16][160];
+    int nd = 0;
+    sqlite3_stmt *s;
+    CHECK_EQ_INT(sqlite3_prepare_v2(db,
+                                    "SELECT type, name FROM sqlite_master WHERE name NOT LIKE "
+                                    "'sqlite_%' ORDER BY type = 'table', name",
+                                    -1, &s, NULL),
+                 SQLITE_OK);
+    while (sqlite3_step(s) == SQLITE_ROW && nd < 16) {
+        const char *type = (const char *)sqlite3_column_text(s, 0);
+        const char *name = (const char *)sqlite3_column_text(s, 1);
+        bool v1 = false;
+        for (size_t i = 0; i < FM_ARRAY_LEN(v1_names); i++)
+            v1 |= strcmp(name, v1_names[i]) == 0;
+        if (!v1)
+            snprintf(drops[nd++], sizeof drops[0], "DROP %s %s",
+                     strcmp(type, "index") == 0 ? "INDEX" : "TABLE", name);
+    }
+    sqlite3_finalize(s);
+    for (int i = 0; i < nd; i++)
+        CHECK_EQ_INT(sqlite3_exec(db, drops[i], NULL, NULL, NULL), SQLITE_OK);
+    CHECK_EQ_INT(sqlite3_exec(db, "PRAGMA user_version = 1", NULL, NULL, NULL), SQLITE_OK);
+    sqlite3_close(db);
+}
+
+/* Opening path must fail with FM_ESCHEMA and leave the directory exactly as it was. */
+#define check_refused_untouched(path) check_refused_untouched_at(path, __LINE__)
+static void check_refused_untouched_at(const char *path, int line)
+{
+    size_t n0, n1;
+    char before[512], after[512];
+    uint8_t *b0 = read_all(path, &n0);
+    dir_listing(before, sizeof before);
+    fm_store *st = NULL;
+    CHECK_RC(fm_store_open(path, &st), FM_ESCHEMA);
+    CHECK(st == NULL);
+    fm_store_close(st);
+    uint8_t *b1 = read_all(path, &n1);
+    dir_listing(after, sizeof after);
+    CHECK(b0 && b1);
+    CHECK_EQ_INT(n1, n0);
+    if (b0 && b1 && n0 == n1) {
+        CHECK_MEM(b1, b0, n0);
+        for (size_t i = 0; i < n0; i++)
+            if (b0[i] != b1[i]) {
+                fprintf(stderr,
+                        "  (called from line %d) first changed byte at offset %zu: "
+                        "%02x -> %02x\n",
+                        line, i, b0[i], b1[i]);
+                break;
+            }
+    }
+    if (strcmp(after, before) != 0)
+        fprintf(stderr, "  (called from line %d)\n", line);
+    CHECK_STR(after, before);
+    free(b0);
+    free(b1);
+}
+
+/* Appends one lww op (record id, field, string value) to ops. */
+static void op_lww(fm_buf *ops, const char *id, const char *field, const char *val)
+{
+    fm_buf v;
+    fm_buf_init(&v);
+    fm_value x = fm_value_str(val);
+    CHECK_OK(fm_value_encode(&x, &v));
+    CHECK_OK(fm_op_encode(ops, FM_OP_SET_LWW, id, strlen(id), field, strlen(field), v.data, v.len));
+    fm_buf_free(&v);
+}
+
+/* A signed batch of nops lww ops by id at feed position first_seq; decoded into b (which
+ * borrows enc). */
+static void make_batch(const fm_identity *id, const char *coll, uint64_t first_seq,
+                       const uint8_t *prev, uint32_t nops, fm_buf *enc, fm_batch *b)
+{
+    fm_buf ops;
+    fm_buf_init(&ops);
+    for (uint32_t i = 0; i < nops; i++) {
+        char rid[32], val[32];
+        snprintf(rid, sizeof rid, "r%u", i);
+        snprintf(val, sizeof val, "v%llu", (unsigned long long)(first_seq + i));
+        op_lww(&ops, rid, "f", val);
+    }
+    fm_vv ctx;
+    fm_vv_init(&ctx);
+    fm_batch_head h = {.coll = (const uint8_t *)coll,
+                       .coll_len = (uint32_t)strlen(coll),
+                       .first_seq = first_seq,
+                       .prev = prev,
+                       .ctx = &ctx,
+                       .hlc = (T0 + first_seq) << 16,
+                       .nops = nops};
+    fm_buf_reset(enc);
+    CHECK_OK(fm_batch_encode(id, &h, ops.data, ops.len, enc));
+    CHECK_OK(fm_batch_decode(enc->data, enc->len, b));
+    fm_buf_free(&ops);
+    fm_vv_free(&ctx);
+}
+
+static fm_identity *ident(uint8_t n)
+{
+    uint8_t seed[32] = {n, 0x57};
+    fm_identity *id = NULL;
+    CHECK_OK(fm_identity_from_seed(seed, &id));
+    return id;
+}
+
+/* ---- schema ------------------------------------------------------------------------------- */
+
+static void test_fresh_store_schema(void)
+{
+    tmp_setup();
+    char db[512];
+    path_of("store.db", db, sizeof db);
+    fm_store *st;
+    CHECK_OK(fm_store_open(db, &st));
+    fm_buf v;
+    fm_buf_init(&v);
+    CHECK_OK(fm_store_meta_get(st, "app", &v));
+    CHECK_EQ_INT(v.len, 9);
+    CHECK_MEM(v.data, "fieldmesh", 9);
+    CHECK_OK(fm_store_meta_set(st, "name", "n1", 2));
+    fm_store_close(st);
+    CHECK_EQ_INT(sql_int(db, "PRAGMA user_version"), FM_STORE_SCHEMA_VERSION);
+    CHECK_EQ_INT(sql_int(db, "SELECT count(*) FROM sqlite_master WHERE name = 'forks'"), 1);
+    CHECK_EQ_INT(sql_int(db, "SELECT count(*) FROM sqlite_master WHERE name = "
+                             "'records_conflicts'"),
+                 1);
+    /* Reopening runs no migration again and keeps what was written. */
+    CHECK_OK(fm_store_open(db, &st));
+    fm_buf_reset(&v);
+    CHECK_OK(fm_store_meta_get(st, "name", &v));
+    CHECK_EQ_INT(v.len, 2);
+    CHECK_MEM(v.data, "n1", 2);
+    fm_store_close(st);
+    CHECK_EQ_INT(sql_int(db, "PRAGMA user_version"), FM_STORE_SCHEMA_VERSION);
+    CHECK_EQ_INT(sql_int(db, "SELECT count(*) FROM meta WHERE key = 'app'"), 1);
+    /* In memory: the same schema. */
+    CHECK_OK(fm_store_open(NULL, &st));
+    fm_buf_reset(&v);
+    CHECK_OK(fm_store_meta_get(st, "app", &v));
+    CHECK_EQ_INT(v.len, 9);
+    fm_store_close(st);
+    fm_buf_free(&v);
+    tmp_teardown();
+}
+
+static void test_migrate_v1(void)
+{
+    tmp_setup();
+    char db[512];
+    path_of("store.db", db, sizeof db);
+    CHECK_EQ_INT(sql_exec(db, V1_SQL), SQLITE_OK);
+    CHECK_EQ_INT(sql_exec(db, "PRAGMA user_version = 1;"
+                              "INSERT INTO meta(key, value) VALUES ('name', 'old-laptop');"
+                              "INSERT INTO collections(id, name, state_xor, live, conflicts) "
+                              "  VALUES (7, 'people', zeroblob(32), 2, 1);"
+                              "INSERT INTO records(coll, id, state, conflicts) "
+                              "  VALUES (7, x'7031', x'01', 0), (7, x'7032', x'02', 1);"),
+                 SQLITE_OK);
+    CHECK_EQ_INT(sql_int(db, "SELECT count(*) FROM sqlite_master WHERE name = 'forks'"), 0);
+    fm_store *st;
+    CHECK_OK(fm_store_open(db, &st));
+    fm_buf v;
+    fm_buf_init(&v);
+    CHECK_OK(fm_store_meta_get(st, "name", &v));
+    CHECK_EQ_INT(v.len, 10);
+    CHECK_MEM(v.data, "old-laptop", 10);
+    fm_buf_free(&v);
+    /* The migrated store is usable: forks can be written. */
+    uint8_t author[FM_ID_BYTES] = {1};
+    CHECK_OK(fm_store_begin(st));
+    CHECK_OK(fm_store_put_fork(st, author, (const uint8_t *)"a", 1, (const uint8_t *)"b", 1));
+    CHECK_OK(fm_store_commit(st));
+    fm_store_close(st);
+    CHECK_EQ_INT(sql_int(db, "PRAGMA user_version"), FM_STORE_SCHEMA_VERSION);
+    CHECK_EQ_INT(sql_int(db, "SELECT count(*) FROM sqlite_master WHERE name = 'forks'"), 1);
+    CHECK_EQ_INT(sql_int(db, "SELECT count(*) FROM forks"), 1);
+    CHECK_EQ_INT(sql_int(db, "SELECT count(*) FROM sqlite_master WHERE name = "
+                             "'records_conflicts'"),
+                 1);
+    CHECK_EQ_INT(sql_int(db, "SELECT count(*) FROM records WHERE coll = 7"), 2);
+    CHECK_EQ_INT(sql_int(db, "SELECT live FROM collections WHERE name = 'people'"), 2);
+    /* Migrated step by step, the schema is exactly that of a fresh store. */
+    char fresh[512], migrated[4096], want[4096];
+    path_of("fresh.db", fresh, sizeof fresh);
+    CHECK_OK(fm_store_open(fresh, &st));
+    fm_store_close(st);
+    schema_of(db, migrated, sizeof migrated);
+    schema_of(fresh, want, sizeof want);
+    CHECK(strlen(want) > 0);
+    CHECK_STR(migrated, want);
+    tmp_teardown();
+}
+
+/* Writes records through a replica, strips the v2 parts so the file is what a v1 program would
+ * have left, and reopens: same state hash and records after the migration. */
+static void test_migrate_v1_replica_data(void)
+{
+    tmp_setup();
+    char db[512];
+    path_of("store.db", db, sizeof db);
+    fm_test_env te;
+    fm_test_env_init(&te, T0, 1);
+    fm_identity *id = ident(1);
+    fm_replica_config cfg = {
+        .version = FM_REPLICA_CONFIG_VERSION, .path = db, .identity = id, .env = &te.env};
+    fm_replica *r;
+    CHECK_OK(fm_replica_open(&cfg, &r));
+    fm_txn *t;
+    CHECK_OK(fm_txn_begin(r, "people", &t));
+    CHECK_OK(fm_txn_set(t, "p1", "name", FM_KIND_LWW, fm_value_str("Ann")));
+    CHECK_OK(fm_txn_incr(t, "p1", "visits", 3));
+    CHECK_OK(fm_txn_set_add(t, "p2", "tags", fm_value_str("x")));
+    CHECK_OK(fm_txn_commit(t));
+    fm_status s0, s1;
+    CHECK_OK(fm_replica_status(r, &s0));
+    fm_replica_close(r);
+    downgrade_to_v1(db);
+    CHECK_EQ_INT(sql_int(db, "SELECT count(*) FROM sqlite_master WHERE name = 'forks'"), 0);
+    r = NULL;
+    CHECK_OK(fm_replica_open(&cfg, &r));
+    if (!r) {
+        fm_identity_free(id);
+        tmp_teardown();
+        return;
+    }
+    CHECK_OK(fm_replica_status(r, &s1));
+    CHECK_MEM(s1.state_hash, s0.state_hash, FM_HASH_BYTES);
+    CHECK_EQ_INT(s1.ops, 3);
+    CHECK_EQ_INT(s1.records, 2);
+    fm_record *rec;
+    CHECK_OK(fm_record_get(r, "people", "p1", &rec));
+    char *j = rec ? fm_record_json(rec) : NULL;
+    CHECK_STR(j, "{\"name\":\"Ann\",\"visits\":3}");
+    free(j);
+    fm_record_free(rec);
+    fm_replica_close(r);
+    CHECK_EQ_INT(sql_int(db, "PRAGMA user_version"), FM_STORE_SCHEMA_VERSION);
+    CHECK_EQ_INT(sql_int(db, "SELECT count(*) FROM sqlite_master WHERE name = 'forks'"), 1);
+    fm_identity_free(id);
+    tmp_teardown();
+}
+
+static void test_refuse_newer(void)
+{
+    tmp_setup();
+    char db[512];
+    path_of("store.db", db, sizeof db);
+    /* A store a newer program wrote: ours in every way but the version (WAL mode, as we leave
+     * files). */
+    fm_store *st;
+    CHECK_OK(fm_store_open(db, &st));
+    CHECK_OK(fm_store_meta_set(st, "name", "n", 1));
+    fm_store_close(st);
+    char pragma[64];
+    snprintf(pragma, sizeof pragma, "PRAGMA user_version = %d", FM_STORE_SCHEMA_VERSION + 1);
+    CHECK_EQ_INT(sql_exec(db, pragma), SQLITE_OK);
+    CHECK_EQ_INT(sql_int(db, "PRAGMA user_version"), FM_STORE_SCHEMA_VERSION + 1);
+    check_refused_untouched(db);
+    /* Through the public API too. */
+    fm_identity *id = ident(2);
+    fm_replica_config cfg = {.version = FM_REPLICA_CONFIG_VERSION, .path = db, .identity = id};
+    fm_replica *r = NULL;
+    CHECK_RC(fm_replica_open(&cfg, &r), FM_ESCHEMA);
+    CHECK(r == NULL);
+    fm_identity_free(id);
+    check_refused_untouched(db);
+    /* The same in rollback-journal mode. */
+    CHECK_EQ_INT(sql_exec(db, "PRAGMA journal_mode = DELETE"), SQLITE_OK);
+    check_refused_untouched(db);
+    /* Far newer, and a negative version. */
+    CHECK_EQ_INT(sql_exec(db, "PRAGMA user_version = 1000"), SQLITE_OK);
+    check_refused_untouched(db);
+    CHECK_EQ_INT(sql_exec(db, "PRAGMA user_version = -1"), SQLITE_OK);
+    check_refused_untouched(db);
+    tmp_teardown();
+}
+
+static void test_refuse_foreign(void)
+{
+    tmp_setup();
+    char db[512];
+    /* Someone else's database: other tables, no meta, version 0. */
+    path_of("notes.db", db, sizeof db);
+    CHECK_EQ_INT(sql_exec(db, "CREATE TABLE notes(id INTEGER PRIMARY KEY, body TEXT);"
+                              "INSERT INTO notes(body) VALUES ('keep me');"),
+                 SQLITE_OK);
+    check_refused_untouched(db);
+    /* ... with a user_version that looks like ours. */
+    CHECK_EQ_INT(sql_exec(db, "PRAGMA user_version = 1"), SQLITE_OK);
+    check_refused_untouched(db);
+    CHECK_EQ_INT(sql_exec(db, "PRAGMA user_version = 2"), SQLITE_OK);
+    check_refused_untouched(db);
+    /* A meta table of its own that does not say fieldmesh. */
+    CHECK_EQ_INT(sql_exec(db, "CREATE TABLE meta(key TEXT PRIMARY KEY, value BLOB);"
+                              "INSERT INTO meta VALUES ('app', 'other');"),
+                 SQLITE_OK);
+    check_refused_untouched(db);
+    CHECK_EQ_INT(sql_exec(db, "UPDATE meta SET value = NULL WHERE key = 'app'"), SQLITE_OK);
+    check_refused_untouched(db);
+    CHECK_EQ_INT(sql_exec(db, "DELETE FROM meta"), SQLITE_OK);
+    check_refused_untouched(db);
+    CHECK_EQ_INT(sql_int(db, "SELECT count(*) FROM notes"), 1);
+    tmp_teardown();
+}
+
+static void test_refuse_not_sqlite(void)
+{
+    tmp_setup();
+    char db[512];
+    path_of("store.db", db, sizeof db);
+    uint64_t seed = 42;
+    uint8_t junk[8192];
+    for (size_t i = 0; i < sizeof junk; i++)
+        junk[i] = (uint8_t)(fm_test_rand64(&seed) >> 32);
+    write_all(db, junk, sizeof junk);
+    check_refused_untouched(db);
+    /* Short text. */
+    write_all(db, "hello, world\n", 13);
+    check_refused_untouched(db);
+    /* A sqlite header followed by garbage. */
+    memcpy(junk, "SQLite format 3", 16);
+    write_all(db, junk, sizeof junk);
+    check_refused_untouched(db);
+    tmp_teardown();
+}
+
+/* ---- metadata ------------------------------------------------------------------------------ */
+
+static void test_meta(void)
+{
+    fm_store *st;
+    CHECK_OK(fm_store_open(NULL, &st));
+    fm_buf v;
+    fm_buf_init(&v);
+    CHECK_RC(fm_store_meta_get(st, "missing", &v), FM_ENOTFOUND);
+    CHECK_EQ_INT(v.len, 0);
+    CHECK_OK(fm_store_meta_set(st, "k", "one", 3));
+    CHECK_OK(fm_store_meta_get(st, "k", &v));
+    CHECK_EQ_INT(v.len, 3);
+    CHECK_MEM(v.data, "one", 3);
+    CHECK_OK(fm_store_meta_set(st, "k", "second", 6)); /* overwrite */
+    fm_buf_reset(&v);
+    CHECK_OK(fm_store_meta_get(st, "k", &v));
+    CHECK_EQ_INT(v.len, 6);
+    CHECK_MEM(v.data, "second", 6);
+    const uint8_t bin[5] = {0, 0xff, 0, 1, 0};
+    CHECK_OK(fm_store_meta_set(st, "bin", bin, sizeof bin));
+    fm_buf_reset(&v);
+    CHECK_OK(fm_store_meta_get(st, "bin", &v));
+    CHECK_EQ_INT(v.len, 5);
+    CHECK_MEM(v.data, bin, 5);
+    CHECK_OK(fm_store_meta_set(st, "empty", "", 0));
+    fm_buf_reset(&v);
+    CHECK_OK(fm_store_meta_get(st, "empty", &v));
+    CHECK_EQ_INT(v.len, 0);
+    /* Inside a rolled-back transaction: gone. */
+    CHECK_OK(fm_store_begin(st));
+    CHECK_OK(fm_store_meta_set(st, "tx", "x", 1));
+    fm_store_rollback(st);
+    CHECK_RC(fm_store_meta_get(st, "tx", &v), FM_ENOTFOUND);
+    /* The app marker is there and the key space is shared with it. */
+    fm_buf_reset(&v);
+    CHECK_OK(fm_store_meta_get(st, "app", &v));
+    CHECK_EQ_INT(v.len, 9);
+    fm_buf_free(&v);
+    fm_store_close(st);
+}
+
+/* ---- batches ------------------------------------------------------------------------------ */
+
+static void test_batch_at(void)
+{
+    fm_store *st;
+    CHECK_OK(fm_store_open(NULL, &st));
+    fm_identity *a = ident(10), *b = ident(11);
+    uint8_t apk[FM_ID_BYTES], bpk[FM_ID_BYTES];
+    fm_identity_public(a, apk);
+    fm_identity_public(b, bpk);
+    fm_coll c = {.name = "people", .name_len = 6};
+    fm_coll other = {.name = "other", .name_len = 5};
+    fm_buf e1, e2, e3, got;
+    fm_buf_init(&e1), fm_buf_init(&e2), fm_buf_init(&e3), fm_buf_init(&got);
+    fm_batch b1, b2, b3;
+    fm_batch_init(&b1), fm_batch_init(&b2), fm_batch_init(&b3);
+    make_batch(a, "people", 1, NULL, 3, &e1, &b1);    /* a: seq 1..3 */
+    make_batch(a, "people", 4, b1.hash, 1, &e2, &b2); /* a: seq 4 */
+    make_batch(b, "people", 1, NULL, 2, &e3, &b3);    /* b: seq 1..2 */
+    CHECK_OK(fm_store_begin(st));
+    CHECK_OK(fm_store_coll_ensure(st, &c));
+    CHECK_OK(fm_store_coll_ensure(st, &other));
+    CHECK(c.store_id != 0 && other.store_id != 0 && c.store_id != other.store_id);
+    CHECK_OK(fm_store_put_batch(st, &c, &b1, e1.data, e1.len));
+    CHECK_OK(fm_store_put_batch(st, &c, &b2, e2.data, e2.len));
+    CHECK_OK(fm_store_put_batch(st, &c, &b3, e3.data, e3.len));
+    CHECK_OK(fm_store_commit(st));
+    uint8_t h[FM_HASH_BYTES];
+    for (uint64_t seq = 1; seq <= 3; seq++) {
+        fm_buf_reset(&got);
+        CHECK_OK(fm_store_batch_at(st, &c, apk, seq, h, &got));
+        CHECK_MEM(h, b1.hash, FM_HASH_BYTES);
+        CHECK_EQ_INT(got.len, e1.len);
+        if (got.len == e1.len)
+            CHECK_MEM(got.data, e1.data, e1.len);
+    }
+    fm_buf_reset(&got);
+    CHECK_OK(fm_store_batch_at(st, &c, apk, 4, h, &got));
+    CHECK_MEM(h, b2.hash, FM_HASH_BYTES);
+    CHECK_EQ_INT(got.len, e2.len);
+    CHECK_OK(fm_store_batch_at(st, &c, bpk, 2, h, NULL)); /* hash only */
+    CHECK_MEM(h, b3.hash, FM_HASH_BYTES);
+    CHECK_RC(fm_store_batch_at(st, &c, apk, 5, h, NULL), FM_ENOTFOUND);
+    CHECK_RC(fm_store_batch_at(st, &c, apk, 0, h, NULL), FM_ENOTFOUND);
+    CHECK_RC(fm_store_batch_at(st, &c, bpk, 3, h, NULL), FM_ENOTFOUND);
+    CHECK_RC(fm_store_batch_at(st, &other, apk, 1, h, NULL), FM_ENOTFOUND);
+    /* A second batch ending at an occupied feed position is refused by the store. */
+    CHECK_OK(fm_store_begin(st));
+    CHECK_RC(fm_store_put_batch(st, &c, &b2, e2.data, e2.len), FM_ESTORE);
+    fm_store_rollback(st);
+    CHECK_EQ_INT(fm_store_batch_count(st), 3);
+    fm_batch_free(&b1), fm_batch_free(&b2), fm_batch_free(&b3);
+    fm_buf_free(&e1), fm_buf_free(&e2), fm_buf_free(&e3), fm_buf_free(&got);
+    fm_identity_free(a);
+    fm_identity_free(b);
+    fm_store_close(st);
+}
+
+typedef struct seen {
+    char items[32][80];
+    int n, stop_after;
+} seen;
+
+static int on_batch(void *arg, const uint8_t author[FM_ID_BYTES], uint64_t last_seq,
+                    const uint8_t *data, size_t len)
+{
+    seen *s = arg;
+    (void)data;
+    snprintf(s->items[s->n++], sizeof s->items[0], "%02x:%llu:%d", author[0],
+             (unsigned long long)last_seq, len > 0);
+    return s->stop_after && s->n == s->stop_after ? 99 : 0;
+}
+
+static void test_each_batch_order_and_load_state(void)
+{
+    fm_store *st;
+    CHECK_OK(fm_store_open(NULL, &st));
+    fm_identity *a = ident(20), *b = ident(21);
+    uint8_t apk[FM_ID_BYTES], bpk[FM_ID_BYTES];
+    fm_identity_public(a, apk);
+    fm_identity_public(b, bpk);
+    fm_coll c = {.name = "c", .name_len = 1};
+    fm_buf e[4];
+    fm_batch bt[4];
+    for (int i = 0; i < 4; i++)
+        fm_buf_init(&e[i]), fm_batch_init(&bt[i]);
+    /* Log order (insertion) interleaves authors; iteration must follow it, not author or seq. */
+    make_batch(b, "c", 1, NULL, 1, &e[0], &bt[0]);
+    make_batch(a, "c", 1, NULL, 2, &e[1], &bt[1]);
+    make_batch(b, "c", 2, bt[0].hash, 1, &e[2], &bt[2]);
+    make_batch(a, "c", 3, bt[1].hash, 1, &e[3], &bt[3]);
+    CHECK_OK(fm_store_begin(st));
+    CHECK_OK(fm_store_coll_ensure(st, &c));
+    for (int i = 0; i < 4; i++)
+        CHECK_OK(fm_store_put_batch(st, &c, &bt[i], e[i].data, e[i].len));
+    CHECK_OK(fm_store_put_feed(st, &c, apk, 3, bt[3].hash));
+    CHECK_OK(fm_store_put_feed(st, &c, bpk, 2, bt[2].hash));
+    memset(c.xor_hash, 0xab, sizeof c.xor_hash);
+    c.live = 5;
+    c.conflicts = 1;
+    CHECK_OK(fm_store_coll_save(st, &c));
+    CHECK_OK(fm_store_commit(st));
+    seen s = {0};
+    CHECK_OK(fm_store_each_batch(st, &c, on_batch, &s));
+    CHECK_EQ_INT(s.n, 4);
+    char want[4][80];
+    snprintf(want[0], 80, "%02x:1:1", bpk[0]);
+    snprintf(want[1], 80, "%02x:2:1", apk[0]);
+    snprintf(want[2], 80, "%02x:2:1", bpk[0]);
+    snprintf(want[3], 80, "%02x:3:1", apk[0]);
+    for (int i = 0; i < 4 && i < s.n; i++)
+        CHECK_STR(s.items[i], want[i]);
+    seen stop = {.stop_after = 2};
+    CHECK_RC(fm_store_each_batch(st, &c, on_batch, &stop), 99);
+    CHECK_EQ_INT(stop.n, 2);
+    CHECK_EQ_INT(fm_store_batch_count(st), 4);
+    /* The aggregates and feed heads come back into a fresh state. */
+    fm_state fs;
+    fm_state_init(&fs, NULL);
+    CHECK_OK(fm_store_load_state(st, &fs));
+    fm_coll *lc = fm_state_coll(&fs, (const uint8_t *)"c", 1);
+    CHECK(lc != NULL);
+    if (lc) {
+        CHECK_EQ_INT(lc->store_id, c.store_id);
+        CHECK_EQ_INT(lc->live, 5);
+        CHECK_EQ_INT(lc->conflicts, 1);
+        CHECK_MEM(lc->xor_hash, c.xor_hash, FM_HASH_BYTES);
+        CHECK_EQ_INT(fm_vv_get(&lc->vv, apk), 3);
+        CHECK_EQ_INT(fm_vv_get(&lc->vv, bpk), 2);
+        const fm_feed *f = fm_coll_feed(&fs, lc, apk);
+        CHECK(f && f->seq == 3);
+        if (f)
+            CHECK_MEM(f->head, bt[3].hash, FM_HASH_BYTES);
+    }
+    CHECK_EQ_INT(fs.ops, 5);
+    fm_state_free(&fs);
+    for (int i = 0; i < 4; i++)
+        fm_buf_free(&e[i]), fm_batch_free(&bt[i]);
+    fm_identity_free(a);
+    fm_identity_free(b);
+    fm_store_close(st);
+}
+
+/* ---- records ------------------------------------------------------------------------------ */
+
+typedef struct rec_seen {
+    int64_t coll[32];
+    char id[32][64];
+    char state[32][16];
+    int n, stop_after;
+} rec_seen;
+
+static int on_rec(void *arg, int64_t coll_id, const uint8_t *id, size_t id_len, const uint8_t *enc,
+                  size_t len)
+{
+    rec_seen *s = arg;
+    s->coll[s->n] = coll_id;
+    snprintf(s->id[s->n], sizeof s->id[0], "%.*s", (int)id_len, (const char *)id);
+    snprintf(s->state[s->n], sizeof s->state[0], "%.*s", (int)len, (const char *)enc);
+    s->n++;
+    return s->stop_after && s->n == s->stop_after ? 7 : 0;
+}
+
+static void test_each_record_order(void)
+{
+    fm_store *st;
+    CHECK_OK(fm_store_open(NULL, &st));
+    /* Collections created in the opposite order of their names. */
+    fm_coll zc = {.name = "zeta", .name_len = 4}, ac = {.name = "alpha", .name_len = 5};
+    CHECK_OK(fm_store_begin(st));
+    CHECK_OK(fm_store_coll_ensure(st, &zc));
+    CHECK_OK(fm_store_coll_ensure(st, &ac));
+    /* Ids inserted out of order; byte order puts "B" < "a" < "ab" < "b" < "z" < "é". */
+    static const char *const ids[] = {"z", "\xc3\xa9", "ab", "B", "b", "a"};
+    static const int conflicts[] = {0, 2, 1, 0, 0, 1};
+    for (int i = 0; i < 6; i++) {
+        char state[8];
+        snprintf(state, sizeof state, "s%d", i);
+        CHECK_OK(fm_store_save_record(st, &zc, (const uint8_t *)ids[i], (uint32_t)strlen(ids[i]),
+                                      (const uint8_t *)state, strlen(state),
+                                      (uint32_t)conflicts[i]));
+    }
+    CHECK_OK(fm_store_save_record(st, &ac, (const uint8_t *)"m", 1, (const uint8_t *)"am", 2, 3));
+    CHECK_OK(fm_store_save_record(st, &ac, (const uint8_t *)"k", 1, (const uint8_t *)"ak", 2, 0));
+    /* Replacing a record keeps one row (the last state). */
+    CHECK_OK(fm_store_save_record(st, &zc, (const uint8_t *)"b", 1, (const uint8_t *)"s4b", 3, 0));
+    CHECK_OK(fm_store_commit(st));
+
+    rec_seen s = {0};
+    CHECK_OK(fm_store_each_record(st, &zc, false, on_rec, &s));
+    static const char *const want_ids[] = {"B", "a", "ab", "b", "z", "\xc3\xa9"};
+    static const char *const want_states[] = {"s3", "s5", "s2", "s4b", "s0", "s1"};
+    CHECK_EQ_INT(s.n, 6);
+    for (int i = 0; i < 6 && i < s.n; i++) {
+        CHECK_STR(s.id[i], want_ids[i]);
+        CHECK_STR(s.state[i], want_states[i]);
+        CHECK_EQ_INT(s.coll[i], zc.store_id);
+    }
+    /* Conflicts only, one collection. */
+    rec_seen cs = {0};
+    CHECK_OK(fm_store_each_record(st, &zc, true, on_rec, &cs));
+    CHECK_EQ_INT(cs.n, 3);
+    static const char *const want_conf[] = {"a", "ab", "\xc3\xa9"};
+    for (int i = 0; i < 3 && i < cs.n; i++)
+        CHECK_STR(cs.id[i], want_conf[i]);
+    /* Conflicts across collections: collection name order, then id. */
+    rec_seen all = {0};
+    CHECK_OK(fm_store_each_record(st, NULL, true, on_rec, &all));
+    CHECK_EQ_INT(all.n, 4);
+    if (all.n == 4) {
+        CHECK_STR(all.id[0], "m");
+        CHECK_EQ_INT(all.coll[0], ac.store_id);
+        CHECK_STR(all.id[1], "a");
+        CHECK_STR(all.id[2], "ab");
+        CHECK_STR(all.id[3], "\xc3\xa9");
+        CHECK_EQ_INT(all.coll[3], zc.store_id);
+    }
+    /* An early stop returns the callback's value. */
+    rec_seen stop = {.stop_after = 2};
+    CHECK_RC(fm_store_each_record(st, &zc, false, on_rec, &stop), 7);
+    CHECK_EQ_INT(stop.n, 2);
+    /* Load one back. */
+    fm_buf out;
+    fm_buf_init(&out);
+    CHECK_OK(fm_store_load_record(st, &ac, (const uint8_t *)"k", 1, &out));
+    CHECK_EQ_INT(out.len, 2);
+    CHECK_MEM(out.data, "ak", 2);
+    fm_buf_reset(&out);
+    CHECK_OK(fm_store_load_record(st, &ac, (const uint8_t *)"nope", 4, &out));
+    CHECK_EQ_INT(out.len, 0); /* absent: empty, not an error */
+    fm_buf_free(&out);
+    fm_store_close(st);
+}
+
+int main(void)
+{
+    RUN(test_fresh_store_schema);
+    RUN(test_migrate_v1);
+    RUN(test_migrate_v1_replica_data);
+    RUN(test_refuse_newer);
+    RUN(test_refuse_foreign);
+    RUN(test_refuse_not_sqlite);
+    RUN(test_meta);
+    RUN(test_batch_at);
+    RUN(test_each_batch_order_and_load_state);
+    RUN(test_each_record_order);
+    TEST_MAIN_END();
+}
