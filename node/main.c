@@ -181,13 +181,14 @@ static int parse_assign(const char *arg, assign *a)
     size_t n = (size_t)(eq - arg);
     const char *val = eq + 1;
     a->kind = A_SET;
-    if (n > 2 && arg[n - 1] == '+' && arg[n - 2] == ']' && arg[n - 3] == '[')
+    /* n is the name plus its operator; a bare operator ("+=1") leaves an empty name. */
+    if (n >= 3 && arg[n - 1] == '+' && arg[n - 2] == ']' && arg[n - 3] == '[')
         a->kind = A_ADD, n -= 3;
-    else if (n > 2 && arg[n - 1] == '-' && arg[n - 2] == ']' && arg[n - 3] == '[')
+    else if (n >= 3 && arg[n - 1] == '-' && arg[n - 2] == ']' && arg[n - 3] == '[')
         a->kind = A_REMOVE, n -= 3;
-    else if (n > 1 && (arg[n - 1] == '+' || arg[n - 1] == '-'))
+    else if (arg[n - 1] == '+' || arg[n - 1] == '-')
         a->kind = A_INCR, n -= 1;
-    else if (n > 3 && memcmp(arg + n - 3, ":mv", 3) == 0)
+    else if (n >= 3 && memcmp(arg + n - 3, ":mv", 3) == 0)
         a->kind = A_MV, n -= 3;
     if (n == 0 || n > FM_MAX_FIELD_LEN)
         return FM_EINVAL;

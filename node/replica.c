@@ -22,7 +22,7 @@ struct fm_txn {
     uint32_t name_len;
     fm_buf ops;
     uint32_t nops;
-    fm_buf fresh; /* "id\0field\0" for each field the ops add to their record */
+    fm_buf fresh; /* "id\0field\0" per field the ops add; "id\0\0" per record they delete */
 };
 
 static int state_load(void *arg, fm_coll *c, const uint8_t *id, uint32_t len, fm_buf *out)
@@ -194,19 +194,25 @@ void fm_txn_abort(fm_txn *t)
     free(t);
 }
 
-/* Fields the transaction's earlier ops add to record id; *has if field is one of them. */
-static uint32_t txn_fresh_fields(const fm_txn *t, const char *id, const char *field, bool *has)
+/* Fields the transaction's earlier ops add to record id; *has if field is one of them,
+ * *deleted if an earlier op deletes the record (field names are never empty). */
+static uint32_t txn_fresh_fields(const fm_txn *t, const char *id, const char *field, bool *has,
+                                 bool *deleted)
 {
     uint32_t n = 0;
-    *has = false;
+    *has = *deleted = false;
     for (size_t off = 0; off < t->fresh.len;) {
         const char *fid = (const char *)t->fresh.data + off;
         const char *fname = fid + strlen(fid) + 1;
         off += strlen(fid) + strlen(fname) + 2;
-        if (strcmp(fid, id) == 0) {
-            n++;
-            *has |= strcmp(fname, field) == 0;
+        if (strcmp(fid, id) != 0)
+            continue;
+        if (!fname[0]) {
+            *deleted = true;
+            continue;
         }
+        n++;
+        *has |= field && strcmp(fname, field) == 0;
     }
     return n;
 }
@@ -224,16 +230,16 @@ static int txn_check_record(fm_txn *t, const char *id, size_t id_len, const char
         c ? fm_state_record(&t->r->st, c, (const uint8_t *)id, (uint32_t)id_len, &rc) : NULL;
     if (rc)
         return rc;
-    if (rec && rec->deleted)
-        return FM_EDELETED;
+    bool has, deleted;
+    uint32_t n = (rec ? rec->nfields : 0) + txn_fresh_fields(t, id, field, &has, &deleted);
+    if ((rec && rec->deleted) || deleted)
+        return FM_EDELETED; /* also within this transaction: the write would vanish */
     if (!field)
         return 0;
     for (uint32_t i = 0; rec && i < rec->nfields; i++)
         if (rec->fields[i].name_len == strlen(field) &&
             memcmp(rec->fields[i].name, field, rec->fields[i].name_len) == 0)
             return 0;
-    bool has;
-    uint32_t n = (rec ? rec->nfields : 0) + txn_fresh_fields(t, id, field, &has);
     if (has)
         return 0;
     if (n >= FM_MAX_FIELDS_PER_RECORD)
@@ -267,9 +273,9 @@ static int txn_op(fm_txn *t, fm_op_type type, const char *id, const char *field,
     rc = fm_op_encode(&t->ops, type, id, id_len, field, field_len, v ? val.data : NULL, val.len);
     if (!rc && t->ops.len > FM_MAX_BATCH_BYTES - 4096)
         rc = FM_ELIMIT;
-    if (!rc && fresh &&
+    if (!rc && (fresh || type == FM_OP_DELETE) &&
         (fm_buf_append(&t->fresh, id, id_len + 1) ||
-         fm_buf_append(&t->fresh, field, field_len + 1)))
+         fm_buf_append(&t->fresh, type == FM_OP_DELETE ? "" : field, field_len + 1)))
         rc = FM_ENOMEM;
     if (rc)
         t->ops.len = mark, t->fresh.len = fresh_mark; /* the transaction stays as it was */

@@ -229,7 +229,7 @@ for a in name '=5' 'name:mv' '[]+=1' '[]-=1' 'name=' 'name=Ann' 'name="untermina
     'name={}' 'name=[1]' 'name=01' 'name=1.' 'name=.5' 'name= 1' 'name="\x"' 'name=tru' \
     'name="a"b' "name=\"$(printf '\x01')\"" 'name="\ud800"' 'n+=1.5' 'n+="x"' 'n+=true' \
     'n+=null' 'n-=1e3' 'n+=9223372036854775808' "$(printf 'f%.0s' {1..65})=1" \
-    'tags[]+=' 'tags[]+=nope'; do
+    'tags[]+=' 'tags[]+=nope' '+=1' '-=1' ':mv=1'; do
     bad_assign "$D" "$a"
 done
 ok "$FM" --dir "$D" get people p1

@@ -640,6 +640,16 @@ static void test_deleted_records(void)
     CHECK_EQ_INT(status_of(a.r).ops, s0.ops + 1);
     CHECK_JSON(a.r, "people", "p1", "!record is deleted");
     CHECK_JSON(a.r, "people", "p2", "{\"name\":\"Bea\"}");
+    /* Within one transaction too: a write after the delete would vanish, so it is refused. */
+    CHECK_OK(fm_txn_begin(a.r, "people", &t));
+    CHECK_OK(fm_txn_set(t, "p3", "name", FM_KIND_LWW, fm_value_str("Cy")));
+    CHECK_OK(fm_txn_delete(t, "p3"));
+    CHECK_RC(fm_txn_set(t, "p3", "name", FM_KIND_LWW, fm_value_str("Cy2")), FM_EDELETED);
+    CHECK_RC(fm_txn_delete(t, "p3"), FM_EDELETED);
+    CHECK_OK(fm_txn_set(t, "p4", "name", FM_KIND_LWW, fm_value_str("Di")));
+    commit_ok(t);
+    CHECK_JSON(a.r, "people", "p3", "!record is deleted");
+    CHECK_JSON(a.r, "people", "p4", "{\"name\":\"Di\"}");
     /* Deleting a record that never existed leaves a tombstone. */
     CHECK_OK(fm_txn_begin(a.r, "people", &t));
     CHECK_OK(fm_txn_delete(t, "ghost"));
