@@ -101,8 +101,10 @@ fail:
 
 static void pending_clear(fm_replica *r)
 {
-    for (uint32_t i = 0; i < r->npending; i++)
+    for (uint32_t i = 0; i < r->npending; i++) {
         free(r->pending[i].data);
+        fm_batch_free(&r->pending[i].hdr);
+    }
     r->npending = 0;
     r->pending_bytes = 0;
 }
@@ -395,6 +397,7 @@ static int classify_old(fm_replica *r, const fm_batch *b, const uint8_t *data, s
     return rc ? rc : FM_EFORK;
 }
 
+/* Holds the batch r->batch was decoded from. */
 static int pending_add(fm_replica *r, const uint8_t *data, size_t len)
 {
     for (uint32_t i = 0; i < r->npending; i++)
@@ -410,11 +413,23 @@ static int pending_add(fm_replica *r, const uint8_t *data, size_t len)
         r->pending = p;
         r->cpending = cap;
     }
-    uint8_t *copy = malloc(len);
-    if (!copy)
+    fm_pending *p = &r->pending[r->npending];
+    fm_batch_init(&p->hdr);
+    p->data = malloc(len);
+    if (!p->data || fm_vv_copy(&p->hdr.ctx, &r->batch.ctx)) {
+        free(p->data);
+        fm_batch_free(&p->hdr);
         return FM_ENOMEM;
-    memcpy(copy, data, len);
-    r->pending[r->npending++] = (fm_pending){copy, len};
+    }
+    memcpy(p->data, data, len);
+    p->len = len;
+    fm_vv ctx = p->hdr.ctx;
+    p->hdr = r->batch;
+    p->hdr.ctx = ctx;
+    p->hdr.coll = p->data + (r->batch.coll - data);
+    p->hdr.ops = NULL; /* readiness needs the header only; nops still gives the last seq */
+    p->hdr.ops_cap = 0;
+    r->npending++;
     r->pending_bytes += len;
     return FM_EPENDING;
 }
@@ -464,9 +479,7 @@ static int pending_drain(fm_replica *r, int *applied)
         progress = false;
         for (uint32_t i = 0; i < r->npending; i++) {
             fm_pending p = r->pending[i];
-            int ck = fm_batch_decode(p.data, p.len, &r->batch);
-            if (!ck)
-                ck = fm_state_check(&r->st, &r->batch);
+            int ck = fm_state_check(&r->st, &p.hdr);
             if (ck == FM_EPENDING || ck == FM_EGAP)
                 continue;
             /* Ready, or no longer applicable: leave the pending area either way. */
@@ -475,6 +488,7 @@ static int pending_drain(fm_replica *r, int *applied)
             bool fatal;
             int rc = ingest_one(r, p.data, p.len, &fatal);
             free(p.data);
+            fm_batch_free(&p.hdr);
             if (fatal)
                 return rc;
             if (rc == 0)

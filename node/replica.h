@@ -10,9 +10,12 @@
 /* Records kept in the cache between transactions; beyond this the clean ones are dropped. */
 #define FM_STATE_CACHE_RECORDS 65536
 
+/* A held batch: its bytes, and its decoded header (no ops; coll points into data) so that
+ * readiness checks cost no decoding. */
 typedef struct fm_pending {
     uint8_t *data;
     size_t len;
+    fm_batch hdr;
 } fm_pending;
 
 struct fm_replica {
