@@ -131,6 +131,21 @@ char *fm_buf_take_str(fm_buf *b)
     return s;
 }
 
+int fm_grow(void **arr, uint32_t n, uint32_t *cap, size_t size)
+{
+    if (n < *cap)
+        return 0;
+    if (*cap > UINT32_MAX / 2)
+        return FM_ENOMEM;
+    uint32_t c = *cap ? *cap * 2 : 4;
+    void *p = fm_reallocarray(*arr, c, size);
+    if (!p)
+        return FM_ENOMEM;
+    *arr = p;
+    *cap = c;
+    return 0;
+}
+
 void *fm_calloc(size_t n, size_t size)
 {
     return calloc(n ? n : 1, size ? size : 1);

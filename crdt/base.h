@@ -42,6 +42,10 @@ int fm_buf_printf(fm_buf *b, const char *fmt, ...) __attribute__((format(printf,
 /* Moves the contents out as a NUL-terminated string (caller frees); NULL on oom. */
 char *fm_buf_take_str(fm_buf *b);
 
+/* Grows an array of n used elements and *cap allocated ones (of size bytes each) so one more
+ * fits, doubling. On failure the array is unchanged. */
+int fm_grow(void **arr, uint32_t n, uint32_t *cap, size_t size);
+
 /* Checked allocation helpers: NULL on overflow or failure. */
 void *fm_calloc(size_t n, size_t size);
 void *fm_reallocarray(void *p, size_t n, size_t size);

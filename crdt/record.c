@@ -68,14 +68,8 @@ int fm_authors_intern(fm_authors *a, const uint8_t key[FM_ID_BYTES], uint32_t *i
     }
     if ((a->n + 1) * 2 > a->nslots && authors_grow(a))
         return FM_ENOMEM;
-    if (a->n == a->cap) {
-        uint32_t cap = a->cap ? a->cap * 2 : 8;
-        void *keys = fm_reallocarray(a->keys, cap, FM_ID_BYTES);
-        if (!keys)
-            return FM_ENOMEM;
-        a->keys = keys;
-        a->cap = cap;
-    }
+    if (fm_grow((void **)&a->keys, a->n, &a->cap, FM_ID_BYTES))
+        return FM_ENOMEM;
     memcpy(a->keys[a->n], key, FM_ID_BYTES);
     uint32_t i = key_hash(key) & (a->nslots - 1);
     while (a->slots[i])
@@ -135,20 +129,6 @@ void fm_rec_free(fm_rec *r)
     free(r);
 }
 
-/* Grows an array of n used / *cap allocated elements so one more fits. */
-static int grow(void **arr, uint32_t n, uint32_t *cap, size_t size)
-{
-    if (n < *cap)
-        return 0;
-    uint32_t c = *cap ? *cap * 2 : 2;
-    void *p = fm_reallocarray(*arr, c, size);
-    if (!p)
-        return FM_ENOMEM;
-    *arr = p;
-    *cap = c;
-    return 0;
-}
-
 static int cmp_name(const fm_field *f, const uint8_t *name, uint32_t len)
 {
     return fm_bytes_cmp(f->name, f->name_len, name, len);
@@ -168,7 +148,7 @@ static fm_field *rec_field(fm_rec *r, const uint8_t *name, uint32_t len)
         else
             hi = mid;
     }
-    if (grow((void **)&r->fields, r->nfields, &r->cfields, sizeof *r->fields))
+    if (fm_grow((void **)&r->fields, r->nfields, &r->cfields, sizeof *r->fields))
         return NULL;
     uint8_t *copy = malloc(len);
     if (!copy)
@@ -221,7 +201,7 @@ static int apply_reg(fm_field *f, const fm_opctx *c, const fm_op *op)
             f->regs[keep++] = f->regs[i];
     }
     f->nregs = keep;
-    if (grow((void **)&f->regs, f->nregs, &f->cregs, sizeof *f->regs))
+    if (fm_grow((void **)&f->regs, f->nregs, &f->cregs, sizeof *f->regs))
         return FM_ENOMEM;
     uint8_t *v = malloc(op->val_len);
     if (!v)
@@ -245,7 +225,7 @@ static int apply_ctr(fm_field *f, const fm_opctx *c, int64_t delta)
             return 0;
         }
     }
-    if (grow((void **)&f->ctrs, f->nctrs, &f->cctrs, sizeof *f->ctrs))
+    if (fm_grow((void **)&f->ctrs, f->nctrs, &f->cctrs, sizeof *f->ctrs))
         return FM_ENOMEM;
     f->ctrs[f->nctrs++] = (fm_ctr){.author = c->author, .total = delta};
     return 0;
@@ -277,7 +257,7 @@ static int apply_set(fm_field *f, const fm_opctx *c, const fm_op *op)
         elem_drop_covered(e, c);
     if (op->type == FM_OP_ADD) {
         if (!e) {
-            if (grow((void **)&f->elems, f->nelems, &f->celems, sizeof *f->elems))
+            if (fm_grow((void **)&f->elems, f->nelems, &f->celems, sizeof *f->elems))
                 return FM_ENOMEM;
             e = &f->elems[f->nelems];
             memset(e, 0, sizeof *e);

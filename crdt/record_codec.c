@@ -18,14 +18,8 @@ static int refs_add(ref_map *m, uint32_t author)
     for (uint32_t i = 0; i < m->n; i++)
         if (m->idx[i] == author)
             return 0;
-    if (m->n == m->cap) {
-        uint32_t cap = m->cap ? m->cap * 2 : 8;
-        uint32_t *p = fm_reallocarray(m->idx, cap, sizeof *p);
-        if (!p)
-            return FM_ENOMEM;
-        m->idx = p;
-        m->cap = cap;
-    }
+    if (fm_grow((void **)&m->idx, m->n, &m->cap, sizeof *m->idx))
+        return FM_ENOMEM;
     m->idx[m->n++] = author;
     return 0;
 }

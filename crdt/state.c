@@ -86,14 +86,8 @@ int fm_state_coll_add(fm_state *s, const uint8_t *name, uint32_t len, fm_coll **
     }
     if (s->ncolls >= FM_MAX_COLLECTIONS)
         return FM_ELIMIT;
-    if (s->ncolls == s->ccolls) {
-        uint32_t cap = s->ccolls ? s->ccolls * 2 : 4;
-        fm_coll **p = fm_reallocarray(s->colls, cap, sizeof *p);
-        if (!p)
-            return FM_ENOMEM;
-        s->colls = p;
-        s->ccolls = cap;
-    }
+    if (fm_grow((void **)&s->colls, s->ncolls, &s->ccolls, sizeof *s->colls))
+        return FM_ENOMEM;
     fm_coll *c = calloc(1, sizeof *c);
     if (!c || !(c->name = fm_strndup((const char *)name, len))) {
         free(c);
@@ -138,14 +132,8 @@ int fm_state_set_feed(fm_state *s, fm_coll *c, const uint8_t author[FM_ID_BYTES]
     if (fm_authors_intern(&s->authors, author, &a))
         return FM_ENOMEM;
     fm_feed *f = feed_find(c, a, &pos);
-    if (!f && c->nfeeds == c->cfeeds) {
-        uint32_t cap = c->cfeeds ? c->cfeeds * 2 : 4;
-        fm_feed *p = fm_reallocarray(c->feeds, cap, sizeof *p);
-        if (!p)
-            return FM_ENOMEM;
-        c->feeds = p;
-        c->cfeeds = cap;
-    }
+    if (!f && fm_grow((void **)&c->feeds, c->nfeeds, &c->cfeeds, sizeof *c->feeds))
+        return FM_ENOMEM;
     /* The vector can refuse (FM_ELIMIT): set it before adding the feed, so a failed call adds no
      * feed with an unset seq and head. */
     int rc = fm_vv_set(&c->vv, author, seq);
@@ -293,14 +281,8 @@ static int ctx_prepare(fm_state *s, const fm_batch *b, fm_opctx *oc)
 
 static int mark_dirty(fm_state *s, fm_rec *r)
 {
-    if (s->ndirty == s->cdirty) {
-        uint32_t cap = s->cdirty ? s->cdirty * 2 : 64;
-        fm_rec **p = fm_reallocarray(s->dirty, cap, sizeof *p);
-        if (!p)
-            return FM_ENOMEM;
-        s->dirty = p;
-        s->cdirty = cap;
-    }
+    if (fm_grow((void **)&s->dirty, s->ndirty, &s->cdirty, sizeof *s->dirty))
+        return FM_ENOMEM;
     s->dirty[s->ndirty++] = r;
     return 0;
 }

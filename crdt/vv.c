@@ -73,14 +73,8 @@ int fm_vv_set(fm_vv *v, const uint8_t author[FM_ID_BYTES], uint64_t seq)
         return 0;
     if (v->n >= FM_MAX_VV_ENTRIES)
         return FM_ELIMIT;
-    if (v->n == v->cap) {
-        uint32_t cap = v->cap ? v->cap * 2 : 4;
-        fm_vv_entry *e = fm_reallocarray(v->e, cap, sizeof *e);
-        if (!e)
-            return FM_ENOMEM;
-        v->e = e;
-        v->cap = cap;
-    }
+    if (fm_grow((void **)&v->e, v->n, &v->cap, sizeof *v->e))
+        return FM_ENOMEM;
     memmove(&v->e[i + 1], &v->e[i], (v->n - i) * sizeof *v->e);
     memcpy(v->e[i].author, author, FM_ID_BYTES);
     v->e[i].seq = seq;

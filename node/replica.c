@@ -405,14 +405,8 @@ static int pending_add(fm_replica *r, const uint8_t *data, size_t len)
             return FM_EPENDING;
     if (r->npending >= FM_MAX_PENDING_BATCHES || r->pending_bytes + len > FM_MAX_PENDING_BYTES)
         return FM_ELIMIT;
-    if (r->npending == r->cpending) {
-        uint32_t cap = r->cpending ? r->cpending * 2 : 16;
-        fm_pending *p = fm_reallocarray(r->pending, cap, sizeof *p);
-        if (!p)
-            return FM_ENOMEM;
-        r->pending = p;
-        r->cpending = cap;
-    }
+    if (fm_grow((void **)&r->pending, r->npending, &r->cpending, sizeof *r->pending))
+        return FM_ENOMEM;
     fm_pending *p = &r->pending[r->npending];
     fm_batch_init(&p->hdr);
     p->data = malloc(len);
