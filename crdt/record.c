@@ -99,7 +99,7 @@ fm_rec *fm_rec_new(const uint8_t *id, uint32_t id_len)
 static void field_clear(fm_field *f)
 {
     for (uint32_t i = 0; i < f->nregs; i++)
-        free(f->regs[i].v);
+        fm_reg_free_value(&f->regs[i]);
     for (uint32_t i = 0; i < f->nelems; i++) {
         free(f->elems[i].v);
         free(f->elems[i].dots);
@@ -191,28 +191,41 @@ static const fm_kind OP_KIND[FM_OP__COUNT] = {[FM_OP_SET_LWW] = FM_KIND_LWW,
                                               [FM_OP_ADD] = FM_KIND_SET,
                                               [FM_OP_REMOVE] = FM_KIND_SET};
 
+int fm_reg_set_value(fm_reg *g, const uint8_t *enc, uint32_t len)
+{
+    FM_ASSERT(g->vlen == 0);
+    uint8_t *dst = g->v.inl;
+    if (len > sizeof g->v.inl && !(dst = g->v.p = malloc(len)))
+        return FM_ENOMEM;
+    memcpy(dst, enc, len);
+    g->vlen = len;
+    return 0;
+}
+
+void fm_reg_free_value(fm_reg *g)
+{
+    if (g->vlen > sizeof g->v.inl)
+        free(g->v.p);
+    g->vlen = 0;
+}
+
 static int apply_reg(fm_field *f, const fm_opctx *c, const fm_op *op)
 {
     uint32_t keep = 0;
     for (uint32_t i = 0; i < f->nregs; i++) {
         if (covered(c, f->regs[i].author, f->regs[i].seq))
-            free(f->regs[i].v);
+            fm_reg_free_value(&f->regs[i]);
         else
             f->regs[keep++] = f->regs[i];
     }
     f->nregs = keep;
     if (fm_grow((void **)&f->regs, f->nregs, &f->cregs, sizeof *f->regs))
         return FM_ENOMEM;
-    uint8_t *v = malloc(op->val_len);
-    if (!v)
+    fm_reg *g = &f->regs[f->nregs];
+    *g = (fm_reg){.seq = c->seq, .hlc = c->hlc, .author = c->author, .type = op->type};
+    if (fm_reg_set_value(g, op->val, op->val_len))
         return FM_ENOMEM;
-    memcpy(v, op->val, op->val_len);
-    f->regs[f->nregs++] = (fm_reg){.seq = c->seq,
-                                   .hlc = c->hlc,
-                                   .author = c->author,
-                                   .type = op->type,
-                                   .vlen = op->val_len,
-                                   .v = v};
+    f->nregs++;
     return 0;
 }
 

@@ -40,13 +40,25 @@ static inline const uint8_t *fm_authors_key(const fm_authors *a, uint32_t idx)
     return a->keys[idx];
 }
 
+/* A register value. Small encodings (most scalars) live inline: no allocation per write. */
 typedef struct fm_reg {
     uint64_t seq, hlc;
     uint32_t author;
     uint8_t type; /* FM_OP_SET_LWW or FM_OP_SET_MV */
     uint32_t vlen;
-    uint8_t *v;
+    union {
+        uint8_t *p;      /* vlen > sizeof inl */
+        uint8_t inl[16]; /* vlen <= sizeof inl */
+    } v;
 } fm_reg;
+
+static inline const uint8_t *fm_reg_value(const fm_reg *g)
+{
+    return g->vlen <= sizeof g->v.inl ? g->v.inl : g->v.p;
+}
+/* Copies the encoding in (vlen must be 0 on entry); FM_ENOMEM leaves vlen 0. */
+int fm_reg_set_value(fm_reg *g, const uint8_t *enc, uint32_t len);
+void fm_reg_free_value(fm_reg *g);
 
 typedef struct fm_ctr {
     uint32_t author;

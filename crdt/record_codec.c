@@ -123,7 +123,7 @@ static int write_field(fm_wr *w, const ref_map *m, const fm_field *f)
         msgpack_pack_uint64(FM_PK(w), g->seq);
         msgpack_pack_uint64(FM_PK(w), g->hlc);
         msgpack_pack_uint8(FM_PK(w), g->type);
-        fm_wr_bytes_raw(w, g->v, g->vlen);
+        fm_wr_bytes_raw(w, fm_reg_value(g), g->vlen);
     }
     for (uint32_t k = 0; k < f->nctrs; k++)
         tmp[k] = (sort_item){refs_get(m, f->ctrs[k].author), 0, &f->ctrs[k], 0};
@@ -221,15 +221,15 @@ static int rd_regs(dec *d, fm_field *f)
         fm_rd_uint(r, &g->seq);
         fm_rd_uint(r, &g->hlc);
         fm_rd_uint(r, &type);
-        if (fm_rd_value(r, &v, &raw, &g->vlen))
+        uint32_t vlen;
+        if (fm_rd_value(r, &v, &raw, &vlen))
             return r->err;
         if ((type != FM_OP_SET_LWW && type != FM_OP_SET_MV) || g->seq == 0 ||
             !pair_after(pref, pseq, ref, g->seq, k))
             return r->err = FM_ENONCANON;
         g->type = (uint8_t)type;
-        if (!(g->v = malloc(g->vlen)))
+        if (fm_reg_set_value(g, raw, vlen))
             return r->err = FM_ENOMEM;
-        memcpy(g->v, raw, g->vlen);
         f->nregs++;
         pref = ref, pseq = g->seq;
     }

@@ -43,6 +43,8 @@ void fm_state_free(fm_state *s)
     fm_state_reset(s);
     free(s->colls);
     free(s->dirty);
+    free(s->dirty_coll);
+    free(s->recs);
     free(s->ctx_seq);
     fm_buf_free(&s->scratch);
     fm_authors_free(&s->authors);
@@ -279,10 +281,12 @@ static int ctx_prepare(fm_state *s, const fm_batch *b, fm_opctx *oc)
     return 0;
 }
 
-static int mark_dirty(fm_state *s, fm_rec *r)
+static int mark_dirty(fm_state *s, fm_coll *c, fm_rec *r)
 {
-    if (fm_grow((void **)&s->dirty, s->ndirty, &s->cdirty, sizeof *s->dirty))
+    if (fm_grow((void **)&s->dirty, s->ndirty, &s->cdirty, sizeof *s->dirty) ||
+        fm_grow((void **)&s->dirty_coll, s->ndirty, &s->cdirty_coll, sizeof *s->dirty_coll))
         return FM_ENOMEM;
+    s->dirty_coll[s->ndirty] = c;
     s->dirty[s->ndirty++] = r;
     return 0;
 }
@@ -295,9 +299,17 @@ int fm_state_apply(fm_state *s, const fm_batch *b)
     int rc = fm_state_coll_add(s, b->coll, b->coll_len, &c);
     if (rc || (rc = fm_authors_intern(&s->authors, b->author, &author)))
         return rc;
-    /* Load every record first: loading interns authors, and the dense context must cover them. */
+    if (b->nops > s->crecs) {
+        fm_rec **p = fm_reallocarray(s->recs, b->nops, sizeof *p);
+        if (!p)
+            return FM_ENOMEM;
+        s->recs = p;
+        s->crecs = b->nops;
+    }
+    /* Load every record first: loading interns authors, and the dense context must cover them.
+     * The pointers stay valid: nothing is evicted during an apply. */
     for (uint32_t i = 0; i < b->nops; i++)
-        if (!get_rec(s, c, b->ops[i].id, b->ops[i].id_len, true, &rc))
+        if (!(s->recs[i] = get_rec(s, c, b->ops[i].id, b->ops[i].id_len, true, &rc)))
             return rc;
     fm_opctx oc;
     if ((rc = ctx_prepare(s, b, &oc)))
@@ -305,13 +317,13 @@ int fm_state_apply(fm_state *s, const fm_batch *b)
     oc.author = author;
     for (uint32_t i = 0; i < b->nops; i++) {
         const fm_op *op = &b->ops[i];
-        fm_rec *r = get_rec(s, c, op->id, op->id_len, true, &rc);
-        FM_ASSERT(r); /* loaded above; the map only grows */
+        fm_rec *r = s->recs[i];
+        FM_ASSERT(r->id_len == op->id_len && memcmp(r->id, op->id, op->id_len) == 0);
         bool was_dirty = r->dirty;
         oc.seq = b->first_seq + i;
         if ((rc = fm_rec_apply(r, &oc, op)))
             return rc;
-        if (!was_dirty && r->dirty && (rc = mark_dirty(s, r)))
+        if (!was_dirty && r->dirty && (rc = mark_dirty(s, c, r)))
             return rc;
     }
     rc = fm_state_set_feed(s, c, b->author, fm_batch_last_seq(b), b->hash);
@@ -342,22 +354,11 @@ void fm_state_record_hash(const fm_coll *c, const uint8_t *id, uint32_t id_len, 
     crypto_generichash_final(&st, out, FM_HASH_BYTES);
 }
 
-static fm_coll *rec_coll(fm_state *s, const fm_rec *r)
-{
-    /* Dirty lists are short and collections few; find the owner by probing each map. */
-    for (uint32_t i = 0; i < s->ncolls; i++) {
-        fm_coll *c = s->colls[i];
-        if (c->cap && *map_slot(c, r->id, r->id_len, r->hash32) == r)
-            return c;
-    }
-    FM_ASSERT(0 && "dirty record without a collection");
-}
-
 int fm_state_flush(fm_state *s)
 {
     for (uint32_t i = 0; i < s->ndirty; i++) {
         fm_rec *r = s->dirty[i];
-        fm_coll *c = rec_coll(s, r);
+        fm_coll *c = s->dirty_coll[i];
         fm_buf_reset(&s->scratch);
         int rc = fm_rec_encode(r, &s->authors, &s->scratch);
         if (rc)

@@ -48,8 +48,11 @@ typedef struct fm_state {
     fm_coll **colls; /* sorted by name */
     uint32_t ncolls, ccolls;
     fm_state_io io;
-    fm_rec **dirty;
-    uint32_t ndirty, cdirty;
+    fm_rec **dirty;       /* in apply order */
+    fm_coll **dirty_coll; /* the collection of each dirty record */
+    uint32_t ndirty, cdirty, cdirty_coll;
+    fm_rec **recs; /* scratch: the record of each op of the batch being applied */
+    uint32_t crecs;
     uint64_t *ctx_seq; /* scratch: dense context by author index */
     uint32_t cctx;
     fm_buf scratch;

@@ -112,7 +112,7 @@ static int view_field(fm_record *rec, const fm_field *f, const fm_authors *a, fm
     if (f->kind == FM_KIND_LWW) {
         const fm_reg *w = fm_field_winner(f, a);
         if (w)
-            rc = add_value(rec, w->v, w->vlen);
+            rc = add_value(rec, fm_reg_value(w), w->vlen);
     } else if (f->kind == FM_KIND_MV) {
         ordered *o = fm_calloc(f->nregs, sizeof *o);
         if (!o)
@@ -121,7 +121,7 @@ static int view_field(fm_record *rec, const fm_field *f, const fm_authors *a, fm
             o[i] = (ordered){&f->regs[i], a};
         qsort(o, f->nregs, sizeof *o, reg_newest_first);
         for (uint32_t i = 0; i < f->nregs && !rc; i++)
-            rc = add_value(rec, o[i].g->v, o[i].g->vlen);
+            rc = add_value(rec, fm_reg_value(o[i].g), o[i].g->vlen);
         free(o);
         fv->conflict = f->nregs > 1;
     } else if (f->kind == FM_KIND_COUNTER) {

@@ -425,7 +425,8 @@ static void model_regs(fm_state *st, const fm_field *f, const mop *ops, size_t n
         if (g) {
             CHECK(g->hlc == ops[i].b->hlc);
             CHECK_EQ_INT(g->type, ops[i].op->type);
-            CHECK(g->vlen == ops[i].op->val_len && !memcmp(g->v, ops[i].op->val, g->vlen));
+            CHECK(g->vlen == ops[i].op->val_len &&
+                  !memcmp(fm_reg_value(g), ops[i].op->val, g->vlen));
         }
         if (!best || stamp_greater(&ops[i], best))
             best = &ops[i];

@@ -54,7 +54,7 @@ static const char *winner_str(fm_state *st, const char *id, const char *name, ch
     fm_field *f = field_of(st, id, name);
     const fm_reg *g = f ? fm_field_winner(f, &st->authors) : NULL;
     fm_value v;
-    if (!g || fm_value_decode(g->v, g->vlen, &v) || v.type != FM_V_STR)
+    if (!g || fm_value_decode(fm_reg_value(g), g->vlen, &v) || v.type != FM_V_STR)
         return "(none)";
     memcpy(buf, v.u.s.bytes, v.u.s.len);
     buf[v.u.s.len] = 0;
