@@ -86,7 +86,7 @@ int fm_buf_reserve(fm_buf *b, size_t extra)
     return 0;
 }
 
-int fm_buf_append(fm_buf *b, const void *p, size_t n)
+int fm_buf__append_slow(fm_buf *b, const void *p, size_t n)
 {
     int rc = fm_buf_reserve(b, n);
     if (rc)

@@ -10,6 +10,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <string.h>
 
 /* Invariants and programmer errors only; bad input is an error return, never an assert. */
 #define FM_ASSERT(cond)                                                                            \
@@ -36,7 +37,18 @@ void fm_buf_init(fm_buf *b);
 void fm_buf_free(fm_buf *b);
 void fm_buf_reset(fm_buf *b); /* len = 0, keeps capacity, clears oom */
 int fm_buf_reserve(fm_buf *b, size_t extra);
-int fm_buf_append(fm_buf *b, const void *p, size_t n);
+int fm_buf__append_slow(fm_buf *b, const void *p, size_t n);
+/* Inline fast path: the codec appends a few bytes at a time. */
+static inline int fm_buf_append(fm_buf *b, const void *p, size_t n)
+{
+    if (__builtin_expect(!b->oom && n <= b->cap - b->len, 1)) {
+        if (n)
+            memcpy(b->data + b->len, p, n);
+        b->len += n;
+        return 0;
+    }
+    return fm_buf__append_slow(b, p, n);
+}
 int fm_buf_putc(fm_buf *b, uint8_t c);
 int fm_buf_printf(fm_buf *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 /* Moves the contents out as a NUL-terminated string (caller frees); NULL on oom. */
