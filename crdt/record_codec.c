@@ -100,11 +100,14 @@ static int write_field(fm_wr *w, const ref_map *m, const fm_field *f)
     uint32_t n = FM_MAX(FM_MAX(f->nregs, f->nctrs), f->nelems);
     for (uint32_t k = 0; k < f->nelems; k++)
         n = FM_MAX(n, f->elems[k].ndots);
-    sort_item *tmp = fm_reallocarray(NULL, n, sizeof *tmp);
-    sort_item *tmp2 = fm_reallocarray(NULL, n, sizeof *tmp2);
+    /* Fields rarely hold more than a few values: sort on the stack when they fit. */
+    sort_item stack[2][8];
+    bool heap = n > FM_ARRAY_LEN(stack[0]);
+    sort_item *tmp = heap ? fm_reallocarray(NULL, n, sizeof *tmp) : stack[0];
+    sort_item *tmp2 = heap ? fm_reallocarray(NULL, n, sizeof *tmp2) : stack[1];
     if (!tmp || !tmp2) {
-        free(tmp);
-        free(tmp2);
+        if (heap)
+            free(tmp), free(tmp2);
         return FM_ENOMEM;
     }
     msgpack_pack_array(FM_PK(w), 7);
@@ -143,8 +146,8 @@ static int write_field(fm_wr *w, const ref_map *m, const fm_field *f)
         msgpack_pack_array(FM_PK(w), 2);
         write_elem(w, m, &f->elems[tmp2[k].seq], tmp);
     }
-    free(tmp);
-    free(tmp2);
+    if (heap)
+        free(tmp), free(tmp2);
     return 0;
 }
 
