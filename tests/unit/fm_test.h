@@ -122,4 +122,31 @@ static inline void fm_test_env_init(fm_test_env *te, uint64_t now, uint64_t seed
     te->rng = seed * 0x9e3779b97f4a7c15ull + 1;
 }
 
+/* Golden-vector check: the file at path must hold exactly `want` (FM_WRITE_VECTORS=1 rewrites
+ * it first, for regenerating vectors after a deliberate format change). */
+static inline void fm_test_golden(const char *path, const char *want)
+{
+    if (getenv("FM_WRITE_VECTORS")) {
+        FILE *out = fopen(path, "wb");
+        CHECK(out != NULL);
+        if (out) {
+            fputs(want, out);
+            fclose(out);
+        }
+    }
+    FILE *fp = fopen(path, "rb");
+    CHECK(fp != NULL);
+    if (!fp)
+        return;
+    size_t cap = strlen(want) + 2, len = 0, n;
+    char *have = malloc(cap);
+    while (have && (n = fread(have + len, 1, cap - 1 - len, fp)) > 0)
+        len += n;
+    fclose(fp);
+    if (have)
+        have[len] = '\0';
+    CHECK_STR(have, want);
+    free(have);
+}
+
 #endif

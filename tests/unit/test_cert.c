@@ -510,21 +510,6 @@ static const char CERT_VECTOR_HEADER[] =
     "# \"fieldmesh-cert-v1\" / \"fieldmesh-revocation-v1\". Text: prefix + base64url, no "
     "padding.\n";
 
-static char *read_file(const char *path)
-{
-    FILE *fp = fopen(path, "rb");
-    if (!fp)
-        return NULL;
-    fm_buf b;
-    fm_buf_init(&b);
-    char chunk[4096];
-    size_t n;
-    while ((n = fread(chunk, 1, sizeof chunk, fp)) > 0)
-        fm_buf_append(&b, chunk, n);
-    fclose(fp);
-    return fm_buf_take_str(&b);
-}
-
 static void test_golden_vectors(void)
 {
     fm_buf b;
@@ -532,19 +517,7 @@ static void test_golden_vectors(void)
     fm_buf_append(&b, CERT_VECTOR_HEADER, strlen(CERT_VECTOR_HEADER));
     cert_vectors(&b);
     char *want = fm_buf_take_str(&b);
-    const char *path = FM_VECTORS_DIR "/cert_v1.txt";
-    if (getenv("FM_WRITE_VECTORS")) {
-        FILE *fp = fopen(path, "wb");
-        CHECK(fp != NULL);
-        if (fp) {
-            fputs(want, fp);
-            fclose(fp);
-        }
-    }
-    char *have = read_file(path);
-    CHECK(have != NULL);
-    CHECK_STR(have, want);
-    free(have);
+    fm_test_golden(FM_VECTORS_DIR "/cert_v1.txt", want);
     free(want);
 }
 

@@ -849,21 +849,6 @@ static const char SESSION_VECTOR_HEADER[] =
     "# stream header (24), responder stream header (24).\n"
     "# Ephemerals: crypto_kx_seed_keypair(seed). See crypto/session.c for the key schedule.\n";
 
-static char *read_file(const char *path)
-{
-    FILE *fp = fopen(path, "rb");
-    if (!fp)
-        return NULL;
-    fm_buf b;
-    fm_buf_init(&b);
-    char chunk[4096];
-    size_t n;
-    while ((n = fread(chunk, 1, sizeof chunk, fp)) > 0)
-        fm_buf_append(&b, chunk, n);
-    fclose(fp);
-    return fm_buf_take_str(&b);
-}
-
 static void test_golden_vectors(void)
 {
     fm_buf b;
@@ -871,19 +856,7 @@ static void test_golden_vectors(void)
     fm_buf_append(&b, SESSION_VECTOR_HEADER, strlen(SESSION_VECTOR_HEADER));
     session_vectors(&b);
     char *want = fm_buf_take_str(&b);
-    const char *path = FM_VECTORS_DIR "/session_v1.txt";
-    if (getenv("FM_WRITE_VECTORS")) {
-        FILE *fp = fopen(path, "wb");
-        CHECK(fp != NULL);
-        if (fp) {
-            fputs(want, fp);
-            fclose(fp);
-        }
-    }
-    char *have = read_file(path);
-    CHECK(have != NULL);
-    CHECK_STR(have, want);
-    free(have);
+    fm_test_golden(FM_VECTORS_DIR "/session_v1.txt", want);
     free(want);
 }
 
