@@ -237,7 +237,8 @@ FM_API int fm_replica_vv(fm_replica *r, const char *collection, fm_bytes *out);
 typedef int (*fm_batch_fn)(void *arg, const uint8_t *batch, size_t len);
 FM_API int fm_replica_export(fm_replica *r, const char *collection, const uint8_t *vv, size_t vvlen,
                              fm_batch_fn fn, void *arg);
-/* Ingest remote batches in one store transaction. Each result[i] (if results != NULL) gets 0
+/* Ingest remote batches in one store transaction (all or nothing: if the store fails, every
+ * result[i] gets that code and nothing is applied). Each result[i] (if results != NULL) gets 0
  * (applied), FM_EPENDING (held until its context is satisfied), FM_EDUP, or an error. Returns the
  * number applied (including pending ones released), or a negative code if the store failed. */
 FM_API int fm_replica_ingest(fm_replica *r, const fm_bytes *batches, size_t n, int *results);

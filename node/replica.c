@@ -500,20 +500,22 @@ int fm_replica_ingest(fm_replica *r, const fm_bytes *batches, size_t n, int *res
     int rc = fm_store_begin(r->store), applied = 0;
     if (rc)
         return rc;
-    for (size_t i = 0; i < n; i++) {
+    for (size_t i = 0; i < n && !rc; i++) {
         bool fatal;
         int one = ingest_one(r, batches[i].data, batches[i].len, &fatal);
         if (fatal)
-            return finish_txn(r, one);
-        if (results)
+            rc = one;
+        else if (results)
             results[i] = one;
-        if (one == 0) {
+        if (one == 0 && !fatal) {
             applied++;
-            if ((rc = pending_drain(r, &applied)))
-                return finish_txn(r, rc);
+            rc = pending_drain(r, &applied);
         }
     }
-    rc = finish_txn(r, 0);
+    rc = finish_txn(r, rc);
+    /* The transaction rolled back: nothing of this call was applied, whatever came before. */
+    for (size_t i = 0; rc && results && i < n; i++)
+        results[i] = rc;
     return rc ? rc : applied;
 }
 
