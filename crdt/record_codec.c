@@ -81,12 +81,19 @@ static int bytes_item_cmp(const void *x, const void *y)
     return fm_bytes_cmp(a->p, a->len, b->p, b->len);
 }
 
+/* Most fields hold one register: nothing to sort. */
+static void sort_items(sort_item *a, uint32_t n, int (*cmp)(const void *, const void *))
+{
+    if (n > 1)
+        qsort(a, n, sizeof *a, cmp);
+}
+
 static void write_elem(fm_wr *w, const ref_map *m, const fm_elem *e, sort_item *tmp)
 {
     fm_wr_bytes_raw(w, e->v, e->vlen);
     for (uint32_t d = 0; d < e->ndots; d++)
         tmp[d] = (sort_item){refs_get(m, e->dots[d].author), e->dots[d].seq, NULL, 0};
-    qsort(tmp, e->ndots, sizeof *tmp, item_cmp);
+    sort_items(tmp, e->ndots, item_cmp);
     msgpack_pack_array(FM_PK(w), e->ndots);
     for (uint32_t d = 0; d < e->ndots; d++) {
         msgpack_pack_array(FM_PK(w), 2);
@@ -117,7 +124,7 @@ static int write_field(fm_wr *w, const ref_map *m, const fm_field *f)
     msgpack_pack_uint32(FM_PK(w), refs_get(m, f->kind_author));
     for (uint32_t k = 0; k < f->nregs; k++)
         tmp[k] = (sort_item){refs_get(m, f->regs[k].author), f->regs[k].seq, &f->regs[k], 0};
-    qsort(tmp, f->nregs, sizeof *tmp, item_cmp);
+    sort_items(tmp, f->nregs, item_cmp);
     msgpack_pack_array(FM_PK(w), f->nregs);
     for (uint32_t k = 0; k < f->nregs; k++) {
         const fm_reg *g = tmp[k].p;
@@ -130,7 +137,7 @@ static int write_field(fm_wr *w, const ref_map *m, const fm_field *f)
     }
     for (uint32_t k = 0; k < f->nctrs; k++)
         tmp[k] = (sort_item){refs_get(m, f->ctrs[k].author), 0, &f->ctrs[k], 0};
-    qsort(tmp, f->nctrs, sizeof *tmp, item_cmp);
+    sort_items(tmp, f->nctrs, item_cmp);
     msgpack_pack_array(FM_PK(w), f->nctrs);
     for (uint32_t k = 0; k < f->nctrs; k++) {
         msgpack_pack_array(FM_PK(w), 2);
@@ -140,7 +147,7 @@ static int write_field(fm_wr *w, const ref_map *m, const fm_field *f)
     /* Elements in value-byte order; seq remembers where each came from. */
     for (uint32_t k = 0; k < f->nelems; k++)
         tmp2[k] = (sort_item){0, k, f->elems[k].v, f->elems[k].vlen};
-    qsort(tmp2, f->nelems, sizeof *tmp2, bytes_item_cmp);
+    sort_items(tmp2, f->nelems, bytes_item_cmp);
     msgpack_pack_array(FM_PK(w), f->nelems);
     for (uint32_t k = 0; k < f->nelems; k++) {
         msgpack_pack_array(FM_PK(w), 2);

@@ -441,12 +441,12 @@ static int vv_room(fm_replica *r, const fm_batch *b)
 /* Verifies and applies (or holds) one remote batch. Returns 0 if applied, FM_EPENDING if held,
  * another negative code if refused; *fatal tells store failures and failed applies, which abort
  * the transaction. */
-static int ingest_one(fm_replica *r, const uint8_t *data, size_t len, bool *fatal)
+static int ingest_one(fm_replica *r, const uint8_t *data, size_t len, bool verified, bool *fatal)
 {
     fm_batch *b = &r->batch;
     bool partial = false;
     int rc = fm_batch_decode(data, len, b);
-    if (!rc)
+    if (!rc && !verified)
         rc = fm_batch_verify(b, data, len);
     if (!rc)
         rc = fm__mesh_check_batch(r, b);
@@ -480,7 +480,8 @@ static int pending_drain(fm_replica *r, int *applied)
             r->pending[i] = r->pending[--r->npending];
             r->pending_bytes -= p.len;
             bool fatal;
-            int rc = ingest_one(r, p.data, p.len, &fatal);
+            /* Held batches passed verification on arrival: the same bytes need not again. */
+            int rc = ingest_one(r, p.data, p.len, true, &fatal);
             free(p.data);
             fm_batch_free(&p.hdr);
             if (fatal)
@@ -502,7 +503,7 @@ int fm_replica_ingest(fm_replica *r, const fm_bytes *batches, size_t n, int *res
         return rc;
     for (size_t i = 0; i < n && !rc; i++) {
         bool fatal;
-        int one = ingest_one(r, batches[i].data, batches[i].len, &fatal);
+        int one = ingest_one(r, batches[i].data, batches[i].len, false, &fatal);
         if (fatal)
             rc = one;
         else if (results)

@@ -165,7 +165,10 @@ int fm_store_open(const char *path, fm_store **out)
     }
     if (path && (rc = exec(st, "PRAGMA journal_mode=WAL")))
         goto fail;
-    if ((rc = exec(st, "PRAGMA synchronous=FULL")) || (rc = migrate(st)))
+    /* A 16 MiB page-cache ceiling (sqlite's default is 2 MiB): an ingest transaction rewrites
+     * records all over the table, and a smaller cache re-reads pages and spills dirty ones. */
+    if ((rc = exec(st, "PRAGMA synchronous=FULL")) || (rc = exec(st, "PRAGMA cache_size=-16384")) ||
+        (rc = migrate(st)))
         goto fail;
     for (int i = 0; i < S__COUNT; i++) {
         if (sqlite3_prepare_v3(st->db, SQL[i], -1, SQLITE_PREPARE_PERSISTENT, &st->stmt[i], NULL) !=
