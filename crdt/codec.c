@@ -79,6 +79,17 @@ static int rd_fail(fm_rd *r, int rc)
     return r->err;
 }
 
+/* The next tag byte, not consumed: the sticky error, or FM_ETRUNC at the end. */
+static int rd_peek(fm_rd *r, uint8_t *t)
+{
+    if (r->err)
+        return r->err;
+    if (r->p >= r->end)
+        return rd_fail(r, FM_ETRUNC);
+    *t = *r->p;
+    return 0;
+}
+
 static uint64_t be(const uint8_t *p, int n)
 {
     uint64_t v = 0;
@@ -99,11 +110,10 @@ static int rd_be(fm_rd *r, int n, uint64_t *v)
 
 int fm_rd_array(fm_rd *r, uint32_t *n)
 {
-    if (r->err)
+    uint8_t t;
+    if (rd_peek(r, &t))
         return r->err;
-    if (r->p >= r->end)
-        return rd_fail(r, FM_ETRUNC);
-    uint8_t t = *r->p++;
+    r->p++;
     uint64_t v;
     if ((t & 0xf0) == 0x90) {
         *n = t & 0x0f;
@@ -140,11 +150,10 @@ int fm_rd_array_exact(fm_rd *r, uint32_t n)
 /* Integers: returns the value as (negative?, magnitude-ish) in two's complement. */
 static int rd_integer(fm_rd *r, bool *neg, uint64_t *u)
 {
-    if (r->err)
+    uint8_t t;
+    if (rd_peek(r, &t))
         return r->err;
-    if (r->p >= r->end)
-        return rd_fail(r, FM_ETRUNC);
-    uint8_t t = *r->p++;
+    r->p++;
     uint64_t v;
     *neg = false;
     if (t <= 0x7f) {
@@ -205,11 +214,10 @@ int fm_rd_int(fm_rd *r, int64_t *v)
 /* str (base 0xa0/0xd9..0xdb) or bin (0xc4..0xc6) header. */
 static int rd_blob(fm_rd *r, bool str, const uint8_t **p, uint32_t *n, uint32_t max)
 {
-    if (r->err)
+    uint8_t t;
+    if (rd_peek(r, &t))
         return r->err;
-    if (r->p >= r->end)
-        return rd_fail(r, FM_ETRUNC);
-    uint8_t t = *r->p++;
+    r->p++;
     uint64_t v;
     int k;
     if (str && (t & 0xe0) == 0xa0) {
@@ -265,11 +273,10 @@ int fm_rd_bin_fixed(fm_rd *r, uint8_t *out, uint32_t n)
 
 int fm_rd_nil(fm_rd *r)
 {
-    if (r->err)
+    uint8_t t;
+    if (rd_peek(r, &t))
         return r->err;
-    if (r->p >= r->end)
-        return rd_fail(r, FM_ETRUNC);
-    if (*r->p != 0xc0)
+    if (t != 0xc0)
         return 0;
     r->p++;
     return 1;
@@ -277,12 +284,10 @@ int fm_rd_nil(fm_rd *r)
 
 int fm_rd_value(fm_rd *r, fm_value *v, const uint8_t **raw, uint32_t *rawlen)
 {
-    if (r->err)
+    uint8_t t;
+    if (rd_peek(r, &t))
         return r->err;
-    if (r->p >= r->end)
-        return rd_fail(r, FM_ETRUNC);
     const uint8_t *start = r->p;
-    uint8_t t = *r->p;
     if (t == 0xc0 || t == 0xc2 || t == 0xc3) {
         r->p++;
         v->type = t == 0xc0 ? FM_V_NIL : FM_V_BOOL;
