@@ -18,6 +18,7 @@
  */
 #include "crdt/base.h"
 #include "fm_test.h"
+#include "replica_dump.h"
 
 #include <dirent.h>
 #include <errno.h>
@@ -139,7 +140,7 @@ static void model_free(model *m)
     memset(m, 0, sizeof *m);
 }
 
-/* The model in the format of dump() below. Caller frees. */
+/* The model in the format of fm_test_dump() (replica_dump.h). Caller frees. */
 static char *model_dump(const model *m)
 {
     fm_buf b;
@@ -170,37 +171,6 @@ static char *model_dump(const model *m)
 }
 
 /* ---- the replica side ---------------------------------------------------------------------- */
-
-typedef struct dump_ctx {
-    fm_replica *r;
-    fm_buf out;
-} dump_ctx;
-
-static int dump_rec(void *arg, const fm_record *rec)
-{
-    dump_ctx *d = arg;
-    char *j = fm_record_json(rec);
-    fm_buf_printf(&d->out, "%s/%s %s\n", fm_record_collection(rec), fm_record_id(rec),
-                  j ? j : "(oom)");
-    free(j);
-    return 0;
-}
-
-static int dump_coll(void *arg, const char *name)
-{
-    dump_ctx *d = arg;
-    return fm_collection_list(d->r, name, dump_rec, d);
-}
-
-/* Every live record, one "coll/id json" line each. Caller frees. */
-static char *dump(fm_replica *r)
-{
-    dump_ctx d = {.r = r};
-    fm_buf_init(&d.out);
-    CHECK_OK(fm_replica_collections(r, dump_coll, &d));
-    fm_buf_putc(&d.out, '\0');
-    return (char *)d.out.data;
-}
 
 typedef struct replay_ctx {
     fm_replica *src, *dst;
@@ -271,7 +241,7 @@ static void verify(const char *store, const model *acked, const txn *inflight, b
     }
     fm_status s;
     CHECK_OK(fm_replica_status(r, &s));
-    char *actual = dump(r);
+    char *actual = fm_test_dump(r);
     char *without = model_dump(acked), *with = NULL;
     model m1;
     if (inflight) {
@@ -319,7 +289,7 @@ static void verify(const char *store, const model *acked, const txn *inflight, b
             fprintf(stderr, "round %d: replayed state differs from the stored state\n", round);
         CHECK_STR(h2, h1);
         CHECK_EQ_INT(fs.ops, s.ops);
-        char *replayed = dump(fresh);
+        char *replayed = fm_test_dump(fresh);
         CHECK_STR(replayed, actual);
         free(replayed);
         fm_replica_close(fresh);

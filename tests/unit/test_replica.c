@@ -10,6 +10,7 @@
 #include "crdt/batch.h"
 #include "crypto/identity.h"
 #include "fm_test.h"
+#include "replica_dump.h"
 
 #include <dirent.h>
 #include <float.h>
@@ -151,38 +152,6 @@ static char *json_of(fm_replica *r, const char *coll, const char *id)
         free(_j);                                                                                  \
     } while (0)
 
-/* Every live record of every collection, one "coll/id json" line each: a replica's readable
- * state, to compare replicas with. Caller frees. */
-typedef struct dump_ctx {
-    fm_replica *r;
-    fm_buf out;
-} dump_ctx;
-
-static int dump_rec(void *arg, const fm_record *rec)
-{
-    dump_ctx *d = arg;
-    char *j = fm_record_json(rec);
-    fm_buf_printf(&d->out, "%s/%s %s\n", fm_record_collection(rec), fm_record_id(rec),
-                  j ? j : "(oom)");
-    free(j);
-    return 0;
-}
-
-static int dump_coll(void *arg, const char *name)
-{
-    dump_ctx *d = arg;
-    return fm_collection_list(d->r, name, dump_rec, d);
-}
-
-static char *dump(fm_replica *r)
-{
-    dump_ctx d = {.r = r};
-    fm_buf_init(&d.out);
-    CHECK_OK(fm_replica_collections(r, dump_coll, &d));
-    fm_buf_putc(&d.out, '\0');
-    return (char *)d.out.data;
-}
-
 static void hash_hex(fm_replica *r, char out[2 * FM_HASH_BYTES + 1])
 {
     fm_status s;
@@ -227,7 +196,7 @@ static void check_same_status(const fm_status *a, const fm_status *b, const char
         hash_hex((ra), _ha);                                                                       \
         hash_hex((rb), _hb);                                                                       \
         CHECK_STR(_ha, _hb);                                                                       \
-        char *_da = dump(ra), *_db = dump(rb);                                                     \
+        char *_da = fm_test_dump(ra), *_db = fm_test_dump(rb);                                     \
         CHECK_STR(_da, _db);                                                                       \
         free(_da);                                                                                 \
         free(_db);                                                                                 \
@@ -1396,14 +1365,14 @@ static void test_file_reopen(void)
     node_open(&n[2], 3, NULL, T0 + 7);
     build_history(n, g_seed + 100);
     fm_status s0 = status_of(n[0].r);
-    char *d0 = dump(n[0].r);
+    char *d0 = fm_test_dump(n[0].r);
     CHECK_RANGE(s0.ops, 1, 1000);
     CHECK_RANGE(s0.records, 1, 1000);
     for (int round = 0; round < 2; round++) {
         node_reopen(&n[0]);
         fm_status s1 = status_of(n[0].r);
         CHECK_SAME_STATUS(s1, s0);
-        char *d1 = dump(n[0].r);
+        char *d1 = fm_test_dump(n[0].r);
         CHECK_STR(d1, d0);
         free(d1);
     }
