@@ -96,16 +96,12 @@ static int rd_header(fm_rd *r, fm_batch *b)
     return 0;
 }
 
-static int rd_ops(fm_rd *r, fm_batch *b)
+/* n ops (1..FM_MAX_BATCH_OPS) into b->ops. */
+static int rd_op_list(fm_rd *r, fm_batch *b, uint32_t n)
 {
-    uint32_t n;
-    if (fm_rd_array(r, &n))
-        return r->err;
     if (n == 0)
         return r->err = FM_EDECODE;
     if (n > FM_MAX_BATCH_OPS)
-        return r->err = FM_ELIMIT;
-    if (b->first_seq > UINT64_MAX / 2 - n)
         return r->err = FM_ELIMIT;
     if (n > b->ops_cap) {
         fm_op *ops = fm_reallocarray(b->ops, n, sizeof *ops);
@@ -119,6 +115,18 @@ static int rd_ops(fm_rd *r, fm_batch *b)
             return r->err;
     b->nops = n;
     return 0;
+}
+
+static int rd_ops(fm_rd *r, fm_batch *b)
+{
+    uint32_t n;
+    if (fm_rd_array(r, &n))
+        return r->err;
+    if (n == 0)
+        return r->err = FM_EDECODE;
+    if (n > FM_MAX_BATCH_OPS || b->first_seq > UINT64_MAX / 2 - n)
+        return r->err = FM_ELIMIT;
+    return rd_op_list(r, b, n);
 }
 
 int fm_batch_decode(const uint8_t *p, size_t len, fm_batch *b)
@@ -139,6 +147,18 @@ int fm_batch_decode(const uint8_t *p, size_t len, fm_batch *b)
 fail:
     b->nops = 0;
     return r.err;
+}
+
+int fm_batch_decode_ops(const uint8_t *p, size_t len, uint32_t nops, fm_batch *b)
+{
+    b->nops = 0;
+    fm_rd r;
+    fm_rd_init(&r, p, len);
+    if (rd_op_list(&r, b, nops) || fm_rd_end(&r)) {
+        b->nops = 0;
+        return r.err;
+    }
+    return 0;
 }
 
 int fm_batch_verify(const fm_batch *b, const uint8_t *p, size_t len)

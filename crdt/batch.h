@@ -6,8 +6,10 @@
  * op    = [type, record id str, field str, value]   for SET_LWW, SET_MV, INCR (int), ADD, REMOVE
  *       = [5, record id str]                        for DELETE
  * Op i of a batch has dot (author, first_seq + i) and context = batch context plus the author's
- * own ops before it. The signature covers every byte before the sig element, under the domain
- * "fieldmesh-batch-v1"; the batch hash (the feed chain link) covers the whole encoding.
+ * own ops before it. Writers put in the context only what the ops supersede (fm_state_context),
+ * which is part of what they have seen. The signature covers every byte before the sig element,
+ * under the domain "fieldmesh-batch-v1"; the batch hash (the feed chain link) covers the whole
+ * encoding.
  */
 #ifndef FM_BATCH_H
 #define FM_BATCH_H
@@ -66,6 +68,9 @@ void fm_batch_free(fm_batch *b);
 /* Strict decode of one batch (exactly len bytes); b's pointers borrow p. Does not verify the
  * signature. Errors: FM_EDECODE, FM_ETRUNC, FM_ENONCANON, FM_ELIMIT, FM_EVERSION, FM_ENOMEM. */
 int fm_batch_decode(const uint8_t *p, size_t len, fm_batch *b);
+/* Strict decode of nops ops written back to back by fm_op_encode (the ops of a batch being built)
+ * into b->ops and b->nops; the rest of b is left as it is. Errors as fm_batch_decode. */
+int fm_batch_decode_ops(const uint8_t *p, size_t len, uint32_t nops, fm_batch *b);
 /* 0 or FM_ESIG. */
 int fm_batch_verify(const fm_batch *b, const uint8_t *p, size_t len);
 

@@ -134,20 +134,40 @@ static int cmp_name(const fm_field *f, const uint8_t *name, uint32_t len)
     return fm_bytes_cmp(f->name, f->name_len, name, len);
 }
 
-/* Finds or inserts (keeping name order) the field. */
-static fm_field *rec_field(fm_rec *r, const uint8_t *name, uint32_t len)
+/* The field's index, or where it would be inserted (*found false). */
+static uint32_t field_pos(const fm_rec *r, const uint8_t *name, uint32_t len, bool *found)
 {
     uint32_t lo = 0, hi = r->nfields;
     while (lo < hi) {
         uint32_t mid = lo + (hi - lo) / 2;
         int c = cmp_name(&r->fields[mid], name, len);
-        if (c == 0)
-            return &r->fields[mid];
+        if (c == 0) {
+            *found = true;
+            return mid;
+        }
         if (c < 0)
             lo = mid + 1;
         else
             hi = mid;
     }
+    *found = false;
+    return lo;
+}
+
+fm_field *fm_rec_field(const fm_rec *r, const uint8_t *name, uint32_t len)
+{
+    bool found;
+    uint32_t i = field_pos(r, name, len, &found);
+    return found ? &r->fields[i] : NULL;
+}
+
+/* Finds or inserts (keeping name order) the field. */
+static fm_field *rec_field(fm_rec *r, const uint8_t *name, uint32_t len)
+{
+    bool found;
+    uint32_t lo = field_pos(r, name, len, &found);
+    if (found)
+        return &r->fields[lo];
     if (fm_grow((void **)&r->fields, r->nfields, &r->cfields, sizeof *r->fields))
         return NULL;
     uint8_t *copy = malloc(len);
@@ -244,7 +264,7 @@ static int apply_ctr(fm_field *f, const fm_opctx *c, int64_t delta)
     return 0;
 }
 
-static fm_elem *find_elem(fm_field *f, const uint8_t *v, uint32_t len)
+fm_elem *fm_field_elem(const fm_field *f, const uint8_t *v, uint32_t len)
 {
     for (uint32_t i = 0; i < f->nelems; i++)
         if (f->elems[i].vlen == len && memcmp(f->elems[i].v, v, len) == 0)
@@ -265,7 +285,7 @@ static void elem_drop_covered(fm_elem *e, const fm_opctx *c)
  * an add concurrent with a remove survives (add wins). */
 static int apply_set(fm_field *f, const fm_opctx *c, const fm_op *op)
 {
-    fm_elem *e = find_elem(f, op->val, op->val_len);
+    fm_elem *e = fm_field_elem(f, op->val, op->val_len);
     if (e)
         elem_drop_covered(e, c);
     if (op->type == FM_OP_ADD) {

@@ -129,6 +129,10 @@ int fm_rec_apply(fm_rec *r, const fm_opctx *c, const fm_op *op);
 int fm_rec_encode(const fm_rec *r, const fm_authors *authors, fm_buf *out);
 /* Replaces r's state with a stored encoding (strict decode), interning its authors. */
 int fm_rec_decode(fm_rec *r, fm_authors *authors, const uint8_t *p, size_t len);
+/* The field named name, or NULL; valid until the record changes. */
+fm_field *fm_rec_field(const fm_rec *r, const uint8_t *name, uint32_t len);
+/* The set element with encoding v, or NULL. */
+fm_elem *fm_field_elem(const fm_field *f, const uint8_t *v, uint32_t len);
 /* Fields in conflict: mv-kind fields holding more than one concurrent value. */
 uint32_t fm_rec_conflicts(const fm_rec *r);
 /* The winning register of an lww field: greatest (hlc, author id). NULL if none. */

@@ -75,6 +75,14 @@ const fm_feed *fm_coll_feed(const fm_state *s, const fm_coll *c, const uint8_t *
  * a duplicate from a fork); FM_EGAP: earlier batches of the feed are missing; FM_EPENDING: the
  * causal context names ops not applied yet; FM_ECHAIN: prev is not the feed's head. */
 int fm_state_check(fm_state *s, const fm_batch *b);
+/* The causal context for a batch of ops that author is about to write to collection coll, as seen
+ * by this state: per other author, the greatest seq among the dots the ops supersede here (SET:
+ * every register of the field; ADD and REMOVE: the element's dots; DELETE: every register and
+ * element dot of the record; INCR: nothing). out must be empty; the author itself never appears.
+ * Records are loaded as needed (errors from the loader). See state.c for why this suffices. */
+int fm_state_context(fm_state *s, const uint8_t *coll, uint32_t coll_len,
+                     const uint8_t author[FM_ID_BYTES], const fm_op *ops, uint32_t nops,
+                     fm_vv *out);
 /* Applies a checked batch: every op, the feed head and the vector. */
 int fm_state_apply(fm_state *s, const fm_batch *b);
 

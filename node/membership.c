@@ -13,6 +13,8 @@
 #include "crypto/identity.h"
 #include "node/replica.h"
 
+#include <sodium.h>
+#include <stdlib.h>
 #include <string.h>
 
 _Static_assert(FM_MEMBER_TEXT_MAX > FM_MAX_CERT_TEXT, "member text buffer too small");
@@ -20,19 +22,94 @@ _Static_assert(FM_MEMBER_TEXT_MAX > FM_MAX_REVOCATION_TEXT, "member text buffer 
 
 #define DAY_MS (24ull * 3600 * 1000)
 
+/* ---- the installed records' hashes -------------------------------------------------------
+ * Sorted, so the digest is over a canonical order; kept in step with the store (rebuilt from it
+ * with the view after a failed install). */
+
+static void hashes_reset(fm_replica *r)
+{
+    r->nmember_hash = 0;
+    r->member_digest_ok = false;
+}
+
+/* Adds the hash of one record's encoding (a no-op if present). */
+static int hashes_add(fm_replica *r, const uint8_t *data, size_t len)
+{
+    uint8_t h[FM_HASH_BYTES];
+    crypto_generichash(h, sizeof h, data, len, NULL, 0);
+    uint32_t lo = 0, hi = r->nmember_hash;
+    while (lo < hi) {
+        uint32_t mid = lo + (hi - lo) / 2;
+        int c = memcmp(r->member_hash[mid], h, FM_HASH_BYTES);
+        if (c == 0)
+            return 0;
+        if (c < 0)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    if (fm_grow((void **)&r->member_hash, r->nmember_hash, &r->cmember_hash, FM_HASH_BYTES))
+        return FM_ENOMEM;
+    memmove(r->member_hash[lo + 1], r->member_hash[lo], (r->nmember_hash - lo) * FM_HASH_BYTES);
+    memcpy(r->member_hash[lo], h, FM_HASH_BYTES);
+    r->nmember_hash++;
+    r->member_digest_ok = false;
+    return 0;
+}
+
+int fm__replica_member_digest(fm_replica *r, uint8_t out[FM_HASH_BYTES], uint32_t *count)
+{
+    if (!r || !out)
+        return FM_EINVAL;
+    if (!r->member_digest_ok) {
+        crypto_generichash_state st;
+        crypto_generichash_init(&st, NULL, 0, FM_HASH_BYTES);
+        for (uint32_t i = 0; i < r->nmember_hash; i++)
+            crypto_generichash_update(&st, r->member_hash[i], FM_HASH_BYTES);
+        crypto_generichash_final(&st, r->member_digest, FM_HASH_BYTES);
+        r->member_digest_ok = true;
+    }
+    memcpy(out, r->member_digest, FM_HASH_BYTES);
+    if (count)
+        *count = r->nmember_hash;
+    return 0;
+}
+
+uint64_t fm__replica_member_epoch(const fm_replica *r)
+{
+    return r->member_epoch;
+}
+
+/* ---- loading --------------------------------------------------------------------------------- */
+
 static int load_member(void *arg, fm_member_kind kind, const uint8_t *data, size_t len)
 {
-    fm_membership *m = arg;
+    fm_replica *r = arg;
+    int rc;
     if (kind == FM_MEMBER_CERT) {
         fm_cert c;
-        return fm_cert_decode(data, len, &c) ? FM_ESTORE : fm_membership_add_cert(m, &c);
+        rc = fm_cert_decode(data, len, &c) ? FM_ESTORE : fm_membership_add_cert(r->mesh, &c);
+    } else {
+        fm_revocation rv;
+        rc = fm_revocation_decode(data, len, &rv) ? FM_ESTORE
+                                                  : fm_membership_add_revocation(r->mesh, &rv);
     }
-    fm_revocation rv;
-    return fm_revocation_decode(data, len, &rv) ? FM_ESTORE : fm_membership_add_revocation(m, &rv);
+    return rc ? rc : hashes_add(r, data, len);
+}
+
+void fm__mesh_free(fm_replica *r)
+{
+    fm_membership_free(r->mesh);
+    r->mesh = NULL;
+    free(r->member_hash);
+    r->member_hash = NULL;
+    r->nmember_hash = r->cmember_hash = 0;
+    r->member_digest_ok = false;
 }
 
 int fm__mesh_load(fm_replica *r)
 {
+    hashes_reset(r);
     fm_buf id;
     fm_buf_init(&id);
     int rc = fm_store_meta_get(r->store, "mesh_id", &id);
@@ -42,10 +119,13 @@ int fm__mesh_load(fm_replica *r)
     }
     if (!rc && id.len != FM_ID_BYTES)
         rc = FM_ESTORE;
+    /* Offline admission: a session admits any device presenting a valid certificate of the
+     * authority. Its batches are accepted once the certificate is installed, which the node
+     * does after the handshake and membership gossip does everywhere else. */
     if (!rc)
-        rc = fm_membership_new(id.data, FM_ADMIT_INSTALLED, &r->mesh);
+        rc = fm_membership_new(id.data, FM_ADMIT_PRESENTED, &r->mesh);
     if (!rc)
-        rc = fm_store_each_member(r->store, load_member, r->mesh);
+        rc = fm_store_each_member(r->store, load_member, r);
     fm_buf_free(&id);
     return rc;
 }
@@ -85,45 +165,131 @@ int fm_replica_mesh(fm_replica *r, uint8_t mesh_id[FM_ID_BYTES])
     return 0;
 }
 
-/* Installs a verified certificate (and, when joining, the mesh itself) in one transaction. */
-static int install(fm_replica *r, const uint8_t *mesh_id, const fm_cert *c, const fm_revocation *rv)
+/* ---- installing ------------------------------------------------------------------------------ */
+
+/* Adds one certificate or revocation (exactly one of c, rv) to view m, which verifies it
+ * (FM_EMESH, FM_ESIG; FM_ELIMIT past a view bound: nothing changed then), and then to the store
+ * inside the caller's transaction and to the hashes. 1 if the store did not hold it yet, 0 if it
+ * did, or a negative code. */
+static int install_one(fm_replica *r, fm_membership *m, const fm_cert *c, const fm_revocation *rv)
 {
+    FM_ASSERT(!c != !rv);
     uint8_t enc[FM_MAX_CERT_BYTES > FM_MAX_REVOCATION_BYTES ? FM_MAX_CERT_BYTES
                                                             : FM_MAX_REVOCATION_BYTES];
     size_t len;
-    fm_membership *fresh = NULL;
     int rc = c ? fm_cert_encode(c, enc, &len) : fm_revocation_encode(rv, enc, &len);
-    if (!rc && !r->mesh)
-        rc = fm_membership_new(mesh_id, FM_ADMIT_INSTALLED, &fresh);
-    fm_membership *m = r->mesh ? r->mesh : fresh;
     if (!rc)
         rc = c ? fm_membership_add_cert(m, c) : fm_membership_add_revocation(m, rv);
     if (!rc)
-        rc = fm_store_begin(r->store);
-    if (rc)
-        goto out;
-    if (fresh)
-        rc = fm_store_meta_set(r->store, "mesh_id", mesh_id, FM_ID_BYTES);
-    if (!rc)
         rc = fm_store_put_member(r->store, c ? FM_MEMBER_CERT : FM_MEMBER_REVOCATION,
                                  c ? c->device_id : rv->device_id, enc, len);
+    if (rc == 1 && (rc = hashes_add(r, enc, len)) == 0)
+        rc = 1;
+    return rc;
+}
+
+/* Ends an install transaction: commits (the epoch moves if anything was new), or rolls back and
+ * rebuilds the view and the hashes from the store, which may hold less than they do now. */
+static int install_finish(fm_replica *r, int rc, uint32_t added)
+{
     if (!rc)
         rc = fm_store_commit(r->store);
-    if (rc) {
-        fm_store_rollback(r->store);
-        goto out;
+    if (!rc) {
+        r->member_epoch += added > 0;
+        return 0;
     }
-    if (fresh)
-        r->mesh = fresh, fresh = NULL;
-out:
-    fm_membership_free(fresh);
-    if (rc && r->mesh) {
-        /* The view may hold what the store refused: rebuild it from the store. */
+    fm_store_rollback(r->store);
+    hashes_reset(r);
+    if (r->mesh) {
         fm_membership_free(r->mesh);
         r->mesh = NULL;
         fm__mesh_load(r);
     }
     return rc;
+}
+
+/* Installs a verified certificate or revocation (and, when joining, the mesh itself) in one
+ * transaction. */
+static int install(fm_replica *r, const uint8_t *mesh_id, const fm_cert *c, const fm_revocation *rv)
+{
+    fm_membership *fresh = NULL;
+    int rc = r->mesh ? 0 : fm_membership_new(mesh_id, FM_ADMIT_PRESENTED, &fresh);
+    if (!rc)
+        rc = fm_store_begin(r->store);
+    if (rc) {
+        fm_membership_free(fresh);
+        return rc;
+    }
+    if (fresh)
+        rc = fm_store_meta_set(r->store, "mesh_id", mesh_id, FM_ID_BYTES);
+    if (!rc)
+        rc = install_one(r, r->mesh ? r->mesh : fresh, c, rv);
+    uint32_t added = rc == 1 || fresh;
+    rc = install_finish(r, rc < 0 ? rc : 0, added);
+    if (!rc && fresh)
+        r->mesh = fresh, fresh = NULL;
+    fm_membership_free(fresh);
+    return rc;
+}
+
+/* One binary record: a certificate or a revocation (strict decoders: one spelling each). */
+static int decode_member(const fm_bytes *rec, fm_cert *c, fm_revocation *rv, bool *is_cert)
+{
+    if (!rec->data)
+        return FM_EDECODE;
+    *is_cert = fm_cert_decode(rec->data, rec->len, c) == 0;
+    if (*is_cert)
+        return 0;
+    return fm_revocation_decode(rec->data, rec->len, rv) ? FM_EDECODE : 0;
+}
+
+int fm__replica_import_members(fm_replica *r, const fm_bytes *recs, size_t n)
+{
+    if (!r || (n && !recs))
+        return FM_EINVAL;
+    if (!r->mesh)
+        return FM_ENOTFOUND;
+    int rc = fm_store_begin(r->store);
+    if (rc)
+        return rc;
+    uint32_t added = 0, skipped = 0;
+    for (size_t i = 0; i < n && rc >= 0; i++) {
+        fm_cert c;
+        fm_revocation rv;
+        bool is_cert;
+        rc = decode_member(&recs[i], &c, &rv, &is_cert);
+        if (!rc)
+            rc = install_one(r, r->mesh, is_cert ? &c : NULL, is_cert ? NULL : &rv);
+        if (rc == 1)
+            added++;
+        else if (rc == FM_EDECODE || rc == FM_EMESH || rc == FM_ESIG || rc == FM_ELIMIT)
+            skipped++, rc = 0;
+    }
+    if ((rc = install_finish(r, rc < 0 ? rc : 0, added)))
+        return rc;
+    r->members_skipped += skipped;
+    return (int)added;
+}
+
+typedef struct each_bin_ctx {
+    int (*fn)(void *arg, const uint8_t *rec, size_t len);
+    void *arg;
+} each_bin_ctx;
+
+static int each_bin(void *arg, fm_member_kind kind, const uint8_t *data, size_t len)
+{
+    (void)kind;
+    each_bin_ctx *x = arg;
+    return x->fn(x->arg, data, len);
+}
+
+int fm__replica_each_member_bin(fm_replica *r, int (*fn)(void *arg, const uint8_t *rec, size_t len),
+                                void *arg)
+{
+    if (!r || !fn)
+        return FM_EINVAL;
+    each_bin_ctx x = {fn, arg};
+    return fm_store_each_member(r->store, each_bin, &x);
 }
 
 int fm_replica_mesh_create(fm_replica *r, const fm_identity *authority, uint32_t days)

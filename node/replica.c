@@ -83,6 +83,7 @@ int fm_replica_open(const fm_replica_config *cfg, fm_replica **out)
     r->env = cfg->env ? cfg->env : fm_env_system();
     r->max_skew_ms = cfg->max_skew_ms ? cfg->max_skew_ms : FM_HLC_DEFAULT_MAX_SKEW_MS;
     fm_batch_init(&r->batch);
+    fm_buf_init(&r->applied);
     fm_state_io io = {r, state_load, state_save};
     fm_state_init(&r->st, &io);
     int rc = fm_identity_dup(cfg->identity, &r->identity);
@@ -116,8 +117,10 @@ void fm_replica_close(fm_replica *r)
     pending_clear(r);
     free(r->pending);
     fm_batch_free(&r->batch);
+    fm_buf_free(&r->applied);
+    free(r->applied_end);
     fm_state_free(&r->st);
-    fm_membership_free(r->mesh);
+    fm__mesh_free(r);
     fm_store_close(r->store);
     fm_identity_free(r->identity);
     free(r);
@@ -126,6 +129,70 @@ void fm_replica_close(fm_replica *r)
 void fm_replica_device_id(const fm_replica *r, uint8_t out[FM_ID_BYTES])
 {
     memcpy(out, r->device, FM_ID_BYTES);
+}
+
+/* ---- the applied hook ------------------------------------------------------------------------ */
+
+void fm__replica_set_applied_hook(fm_replica *r, fm_applied_fn fn, void *arg)
+{
+    r->applied_fn = fn;
+    r->applied_arg = arg;
+}
+
+/* Forgets what the previous call applied (and a big buffer with it). */
+static void applied_reset(fm_replica *r)
+{
+    r->napplied = 0;
+    if (r->applied.cap > FM_MAX_BATCH_BYTES)
+        fm_buf_free(&r->applied);
+    fm_buf_reset(&r->applied);
+}
+
+/* Keeps a copy of an applied batch for the hook (only when there is one). */
+static int applied_note(fm_replica *r, const uint8_t *data, size_t len)
+{
+    if (!r->applied_fn)
+        return 0;
+    if (fm_grow((void **)&r->applied_end, r->napplied, &r->capplied, sizeof *r->applied_end) ||
+        fm_buf_append(&r->applied, data, len)) {
+        r->applied.oom = false;
+        return FM_ENOMEM;
+    }
+    r->applied_end[r->napplied++] = r->applied.len;
+    return 0;
+}
+
+/* After the call's transaction committed: the hook sees every batch it applied, in order. */
+static void applied_fire(fm_replica *r)
+{
+    if (!r->applied_fn)
+        return;
+    r->in_hook = true;
+    for (uint32_t i = 0; i < r->napplied; i++) {
+        size_t start = i ? r->applied_end[i - 1] : 0;
+        r->applied_fn(r->applied_arg, r->applied.data + start, r->applied_end[i] - start);
+    }
+    r->in_hook = false;
+    applied_reset(r);
+}
+
+/* ---- signatures ------------------------------------------------------------------------------ */
+
+void fm__replica_set_sigcache(fm_replica *r, fm_sigcache *c)
+{
+    r->sigcache = c;
+}
+
+/* fm_batch_verify, skipped for bytes the cache saw verify (the hash covers every byte). */
+static int verify_batch(fm_replica *r, const fm_batch *b, const uint8_t *data, size_t len)
+{
+    if (r->sigcache && fm_sigcache_has(r->sigcache, b->hash))
+        return 0;
+    r->verifies++;
+    int rc = fm_batch_verify(b, data, len);
+    if (!rc && r->sigcache)
+        fm_sigcache_add(r->sigcache, b->hash);
+    return rc;
 }
 
 /* ---- applying batches (local and remote share this path) ---------------------------------- */
@@ -139,9 +206,10 @@ static int apply_checked(fm_replica *r, const fm_batch *b, const uint8_t *data, 
     fm_coll *c = fm_state_coll(&r->st, b->coll, b->coll_len);
     FM_ASSERT(c);
     if ((rc = fm_store_coll_ensure(r->store, c)) ||
-        (rc = fm_store_put_batch(r->store, c, b, data, len)))
+        (rc = fm_store_put_batch(r->store, c, b, data, len)) ||
+        (rc = fm_store_put_feed(r->store, c, b->author, fm_batch_last_seq(b), b->hash)))
         return rc;
-    return fm_store_put_feed(r->store, c, b->author, fm_batch_last_seq(b), b->hash);
+    return applied_note(r, data, len);
 }
 
 /* Flushes dirty records and collection aggregates, then commits; on failure rolls back and
@@ -318,19 +386,27 @@ int fm_txn_delete(fm_txn *t, const char *id)
     return txn_op(t, FM_OP_DELETE, id, NULL, NULL);
 }
 
-/* Encodes and signs the transaction's batch against the current feed head and vector. */
+/* Encodes and signs the transaction's batch against the current feed head. The causal context
+ * names only what the ops supersede here (fm_state_context; state.c says why the outcome equals
+ * that of the whole collection vector): with a thousand authors in a collection the whole vector
+ * would cost ~35 KB per batch. */
 static int txn_encode(fm_txn *t, fm_buf *out)
 {
     fm_replica *r = t->r;
-    fm_coll *c = fm_state_coll(&r->st, t->name, t->name_len);
-    const fm_feed *f = c ? fm_coll_feed(&r->st, c, r->device) : NULL;
     fm_vv ctx;
     fm_vv_init(&ctx);
-    int rc = c ? fm_vv_copy(&ctx, &c->vv) : 0;
+    /* The ops read back from their encoding, with r->batch as scratch (they borrow t->ops). */
+    int rc = fm_batch_decode_ops(t->ops.data, t->ops.len, t->nops, &r->batch);
+    FM_ASSERT(rc == 0 || rc == FM_ENOMEM);
     if (!rc)
-        rc = fm_vv_set(&ctx, r->device, 0);
+        rc = fm_state_context(&r->st, t->name, t->name_len, r->device, r->batch.ops, r->batch.nops,
+                              &ctx);
+    r->batch.nops = 0;
     if (rc)
         goto out;
+    /* Looked up after the context: it may load records, never collections or feeds. */
+    fm_coll *c = fm_state_coll(&r->st, t->name, t->name_len);
+    const fm_feed *f = c ? fm_coll_feed(&r->st, c, r->device) : NULL;
     fm_batch_head h = {.coll = t->name,
                        .coll_len = t->name_len,
                        .first_seq = (f ? f->seq : 0) + 1,
@@ -350,10 +426,15 @@ int fm_txn_commit(fm_txn *t)
         return FM_EINVAL;
     fm_replica *r = t->r;
     int rc = 0;
+    if (r->in_hook) {
+        rc = FM_ESTATE;
+        goto out;
+    }
     if (t->nops == 0)
         goto out; /* nothing to write is not an error */
     if ((rc = fm__mesh_check_local(r)))
         goto out;
+    applied_reset(r);
     fm_buf enc;
     fm_buf_init(&enc);
     if ((rc = txn_encode(t, &enc)))
@@ -366,6 +447,10 @@ int fm_txn_commit(fm_txn *t)
     if (rc || (rc = fm_store_begin(r->store)))
         goto out_enc;
     rc = finish_txn(r, apply_checked(r, &r->batch, enc.data, enc.len));
+    if (!rc && r->sigcache)
+        fm_sigcache_add(r->sigcache, r->batch.hash); /* verified just above */
+    if (!rc)
+        applied_fire(r);
 out_enc:
     fm_buf_free(&enc);
 out:
@@ -375,11 +460,12 @@ out:
 
 /* ---- remote batches -------------------------------------------------------------------------- */
 
-/* A batch for feed positions we already hold is a duplicate if it is the very batch we hold;
- * anything else signed by the author is a fork. So is a batch next in line that does not chain
- * onto the head we hold (chain_break). A fork's proof, both signed batches, is kept. */
+/* A batch for feed positions we already hold is a duplicate if it is the very batch we hold
+ * (same hash: no signature check needed); anything else signed by the author is a fork. So is a
+ * batch next in line that does not chain onto the head we hold (chain_break). A fork's proof,
+ * both signed batches, is kept: only once the new one's signature checks out. */
 static int classify_old(fm_replica *r, const fm_batch *b, const uint8_t *data, size_t len,
-                        bool chain_break)
+                        bool chain_break, bool verified)
 {
     fm_coll *c = fm_state_coll(&r->st, b->coll, b->coll_len);
     uint64_t seq = chain_break ? b->first_seq - 1 : b->first_seq;
@@ -389,20 +475,26 @@ static int classify_old(fm_replica *r, const fm_batch *b, const uint8_t *data, s
     int rc = fm_store_batch_at(r->store, c, b->author, seq, hash, &have);
     if (rc == FM_ENOTFOUND)
         rc = FM_ESTORE; /* the vector says we hold it: the store disagrees */
-    if (rc == 0 && !chain_break && sodium_memcmp(hash, b->hash, FM_HASH_BYTES) == 0)
+    if (rc == 0 && !chain_break && memcmp(hash, b->hash, FM_HASH_BYTES) == 0)
         rc = FM_EDUP;
-    else if (rc == 0)
+    else if (rc == 0 && (verified || (rc = verify_batch(r, b, data, len)) == 0))
         rc = fm_store_put_fork(r->store, b->author, have.data, have.len, data, len);
     fm_buf_free(&have);
     return rc ? rc : FM_EFORK;
 }
 
-/* Holds the batch r->batch was decoded from. */
-static int pending_add(fm_replica *r, const uint8_t *data, size_t len)
+static bool pending_has(const fm_replica *r, const uint8_t *data, size_t len)
 {
     for (uint32_t i = 0; i < r->npending; i++)
         if (r->pending[i].len == len && memcmp(r->pending[i].data, data, len) == 0)
-            return FM_EPENDING;
+            return true;
+    return false;
+}
+
+/* Holds the batch r->batch was decoded from (verified, and not held yet). */
+static int pending_add(fm_replica *r, const uint8_t *data, size_t len)
+{
+    FM_ASSERT(!pending_has(r, data, len));
     if (r->npending >= FM_MAX_PENDING_BATCHES || r->pending_bytes + len > FM_MAX_PENDING_BYTES)
         return FM_ELIMIT;
     if (fm_grow((void **)&r->pending, r->npending, &r->cpending, sizeof *r->pending))
@@ -438,16 +530,28 @@ static int vv_room(fm_replica *r, const fm_batch *b)
     return 0;
 }
 
-/* Verifies and applies (or holds) one remote batch. Returns 0 if applied, FM_EPENDING if held,
+/* The feed's head batch itself: bytes we verified and hold, so a duplicate for free. */
+static bool is_head(fm_replica *r, const fm_batch *b)
+{
+    fm_coll *c = fm_state_coll(&r->st, b->coll, b->coll_len);
+    const fm_feed *f = c ? fm_coll_feed(&r->st, c, b->author) : NULL;
+    return f && f->seq == fm_batch_last_seq(b) && memcmp(f->head, b->hash, FM_HASH_BYTES) == 0;
+}
+
+/* Checks and applies (or holds) one remote batch. Returns 0 if applied, FM_EPENDING if held,
  * another negative code if refused; *fatal tells store failures and failed applies, which abort
- * the transaction. */
+ * the transaction. The cheap checks come first, the signature only where it matters: nothing is
+ * applied, held or kept as fork proof unless verified (verified: the caller already did), while
+ * a duplicate of what we hold costs no verification (and the head batch, the common case of
+ * gossip, no store read either). */
 static int ingest_one(fm_replica *r, const uint8_t *data, size_t len, bool verified, bool *fatal)
 {
     fm_batch *b = &r->batch;
     bool partial = false;
+    *fatal = false;
     int rc = fm_batch_decode(data, len, b);
-    if (!rc && !verified)
-        rc = fm_batch_verify(b, data, len);
+    if (!rc && is_head(r, b))
+        return FM_EDUP;
     if (!rc)
         rc = fm__mesh_check_batch(r, b);
     if (!rc)
@@ -455,7 +559,12 @@ static int ingest_one(fm_replica *r, const uint8_t *data, size_t len, bool verif
     if (!rc)
         rc = vv_room(r, b);
     if (rc == FM_EDUP || rc == FM_ECHAIN)
-        rc = classify_old(r, b, data, len, rc == FM_ECHAIN);
+        rc = classify_old(r, b, data, len, rc == FM_ECHAIN, verified);
+    else if ((rc == FM_EGAP || rc == FM_EPENDING) && pending_has(r, data, len))
+        rc = FM_EPENDING; /* held already: verified when it arrived */
+    else if ((rc == FM_EGAP || rc == FM_EPENDING || rc == 0) && !verified &&
+             verify_batch(r, b, data, len))
+        rc = FM_ESIG;
     else if (rc == FM_EGAP || rc == FM_EPENDING)
         rc = pending_add(r, data, len);
     else if (rc == 0 && (rc = apply_checked(r, b, data, len)))
@@ -498,6 +607,9 @@ int fm_replica_ingest(fm_replica *r, const fm_bytes *batches, size_t n, int *res
 {
     if (!r || (n && !batches))
         return FM_EINVAL;
+    if (r->in_hook)
+        return FM_ESTATE;
+    applied_reset(r);
     int rc = fm_store_begin(r->store), applied = 0;
     if (rc)
         return rc;
@@ -517,13 +629,16 @@ int fm_replica_ingest(fm_replica *r, const fm_bytes *batches, size_t n, int *res
     /* The transaction rolled back: nothing of this call was applied, whatever came before. */
     for (size_t i = 0; rc && results && i < n; i++)
         results[i] = rc;
-    return rc ? rc : applied;
+    if (rc)
+        return rc;
+    applied_fire(r);
+    return applied;
 }
 
 /* ---- export, vectors, status ----------------------------------------------------------------- */
 
 typedef struct export_ctx {
-    fm_vv theirs;
+    const fm_vv *theirs;
     fm_batch_fn fn;
     void *arg;
 } export_ctx;
@@ -532,9 +647,51 @@ static int export_one(void *arg, const uint8_t author[FM_ID_BYTES], uint64_t las
                       const uint8_t *data, size_t len)
 {
     export_ctx *x = arg;
-    if (last_seq <= fm_vv_get(&x->theirs, author))
+    if (last_seq <= fm_vv_get(x->theirs, author))
         return 0;
     return x->fn(x->arg, data, len);
+}
+
+/* Where the scan for what theirs lacks starts: the smallest log position, over every author
+ * theirs is behind on, of that author's first batch beyond theirs (one index lookup each; the
+ * vectors are walked together, both being sorted by author). *from = 0: nothing lacking. */
+static int export_start(fm_replica *r, const fm_coll *c, const fm_vv *theirs, int64_t *from)
+{
+    *from = 0;
+    uint32_t k = 0;
+    for (uint32_t i = 0; i < c->vv.n; i++) {
+        const fm_vv_entry *e = &c->vv.e[i];
+        while (k < theirs->n && memcmp(theirs->e[k].author, e->author, FM_ID_BYTES) < 0)
+            k++;
+        uint64_t have = k < theirs->n && memcmp(theirs->e[k].author, e->author, FM_ID_BYTES) == 0
+                            ? theirs->e[k].seq
+                            : 0;
+        if (e->seq <= have)
+            continue;
+        int64_t id;
+        int rc = fm_store_first_batch_after(r->store, c, e->author, have, &id);
+        if (rc)
+            return rc == FM_ENOTFOUND ? FM_ESTORE : rc; /* the vector says we hold it */
+        if (*from == 0 || id < *from)
+            *from = id;
+    }
+    return 0;
+}
+
+int fm__replica_export_vv(fm_replica *r, const uint8_t *coll, uint32_t coll_len,
+                          const fm_vv *theirs, fm_batch_fn fn, void *arg)
+{
+    if (!r || !coll || !theirs || !fn)
+        return FM_EINVAL;
+    fm_coll *c = fm_state_coll(&r->st, coll, coll_len);
+    if (!c || !c->store_id)
+        return 0;
+    int64_t from;
+    int rc = export_start(r, c, theirs, &from);
+    if (rc || from == 0)
+        return rc;
+    export_ctx x = {.theirs = theirs, .fn = fn, .arg = arg};
+    return fm_store_each_batch_from(r->store, c, from, export_one, &x);
 }
 
 int fm_replica_export(fm_replica *r, const char *collection, const uint8_t *vv, size_t vvlen,
@@ -542,13 +699,13 @@ int fm_replica_export(fm_replica *r, const char *collection, const uint8_t *vv, 
 {
     if (!r || !collection || !fn)
         return FM_EINVAL;
-    export_ctx x = {.fn = fn, .arg = arg};
-    fm_vv_init(&x.theirs);
-    int rc = vv && vvlen ? fm_vv_decode(vv, vvlen, &x.theirs) : 0;
-    fm_coll *c = fm_state_coll(&r->st, (const uint8_t *)collection, (uint32_t)strlen(collection));
-    if (!rc && c && c->store_id)
-        rc = fm_store_each_batch(r->store, c, export_one, &x);
-    fm_vv_free(&x.theirs);
+    fm_vv theirs;
+    fm_vv_init(&theirs);
+    int rc = vv && vvlen ? fm_vv_decode(vv, vvlen, &theirs) : 0;
+    if (!rc)
+        rc = fm__replica_export_vv(r, (const uint8_t *)collection, (uint32_t)strlen(collection),
+                                   &theirs, fn, arg);
+    fm_vv_free(&theirs);
     return rc;
 }
 
@@ -616,5 +773,4 @@ int fm_replica_forks(fm_replica *r, fm_author_fn fn, void *arg)
     if (!r || !fn)
         return FM_EINVAL;
     return fm_store_fork_authors(r->store, fn, arg);
-    return 0;
 }

@@ -5,10 +5,50 @@
 #define FM_REPLICA_H
 
 #include "crdt/state.h"
+#include "crypto/sigcache.h"
 #include "node/store.h"
 
 /* Records kept in the cache between transactions; beyond this the clean ones are dropped. */
 #define FM_STATE_CACHE_RECORDS 65536
+
+/* ---- for the node core (node/node.c); not public API ------------------------------------------
+ */
+
+/* Called after a successful fm_txn_commit or fm_replica_ingest, once per batch that call applied
+ * (held batches it released included), in apply order (causal order), with the batch's exact
+ * encoding (valid during the call only). Never called for a failed call. The hook may call
+ * read-only functions of the replica (export, vectors, status, reads) but not ingest or commit
+ * (they fail with FM_ESTATE). fn NULL removes the hook. */
+typedef void (*fm_applied_fn)(void *arg, const uint8_t *batch, size_t len);
+void fm__replica_set_applied_hook(fm_replica *r, fm_applied_fn fn, void *arg);
+
+/* Calls fn for each stored batch of the collection that theirs lacks (last seq beyond theirs for
+ * its author), in log (causal) order; fn returning non-zero stops, and that value is returned.
+ * Reads only from the first batch any author's lacking part starts at; nothing lacking reads
+ * nothing. An unknown collection gives 0 without calling fn. */
+int fm__replica_export_vv(fm_replica *r, const uint8_t *coll, uint32_t coll_len,
+                          const fm_vv *theirs, fm_batch_fn fn, void *arg);
+
+/* A verified-signature cache, borrowed (it must outlive the replica; NULL: none), which may be
+ * shared by every replica in the process: a batch whose hash it holds is not verified again, and
+ * every batch this replica verifies (or signs) goes in. */
+void fm__replica_set_sigcache(fm_replica *r, fm_sigcache *c);
+
+/* Installs n membership records (binary canonical encodings of certificates and revocations, as
+ * fm__replica_each_member_bin yields them) in one store transaction. Records that do not decode,
+ * belong to another mesh, carry a bad signature or pass a view bound are skipped and counted in
+ * r->members_skipped; records already held are neither. Returns how many were new, or a negative
+ * code (FM_ENOTFOUND: in no mesh; FM_ESTORE, FM_ENOMEM: nothing was installed). */
+int fm__replica_import_members(fm_replica *r, const fm_bytes *recs, size_t n);
+/* BLAKE2b-256 over the sorted BLAKE2b-256 hashes of the binary encodings of every installed
+ * record, and their number: equal sets give equal digests. Kept in memory (no store read). */
+int fm__replica_member_digest(fm_replica *r, uint8_t out[FM_HASH_BYTES], uint32_t *count);
+/* Every installed record's binary encoding (what fm__replica_import_members accepts). */
+int fm__replica_each_member_bin(fm_replica *r, int (*fn)(void *arg, const uint8_t *rec, size_t len),
+                                void *arg);
+/* Grows whenever an install changes the installed set (a certificate, a revocation, joining a
+ * mesh): a node re-checks its sessions when it moved. Starts at 0 at open. */
+uint64_t fm__replica_member_epoch(const fm_replica *r);
 
 /* A held batch: its bytes, and its decoded header (no ops; coll points into data) so that
  * readiness checks cost no decoding. */
@@ -32,13 +72,33 @@ struct fm_replica {
     size_t pending_bytes;
     fm_batch batch;             /* scratch for decoding */
     struct fm_membership *mesh; /* NULL: in no mesh */
+    fm_sigcache *sigcache;      /* borrowed; NULL: none */
+    uint64_t verifies;          /* batch signature verifications actually run */
+    /* The applied hook, and the batches the current ingest/commit call applied: their bytes back
+     * to back in applied, batch i ending at applied_end[i]. */
+    fm_applied_fn applied_fn;
+    void *applied_arg;
+    fm_buf applied;
+    size_t *applied_end;
+    uint32_t napplied, capplied;
+    bool in_hook;
+    /* Installed membership records (membership.c): their hashes, sorted, and the digest over
+     * them (recomputed when stale); the epoch grows whenever a record is installed. */
+    uint8_t (*member_hash)[FM_HASH_BYTES];
+    uint32_t nmember_hash, cmember_hash;
+    uint8_t member_digest[FM_HASH_BYTES];
+    bool member_digest_ok;
+    uint64_t member_epoch;
+    uint64_t members_skipped; /* records fm__replica_import_members refused, ever */
 };
 
-/* Mesh membership (membership.c): load at open; may this batch's author write (at the batch's
+/* Mesh membership (membership.c): load at open (and after a failed install: the view and the
+ * record hashes are rebuilt from the store); may this batch's author write (at the batch's
  * time)? may this device write now? 0 or FM_EUNKNOWN_DEVICE, FM_EREVOKED, FM_EPERM. */
 int fm__mesh_load(fm_replica *r);
 int fm__mesh_check_batch(fm_replica *r, const fm_batch *b);
 int fm__mesh_check_local(fm_replica *r);
+void fm__mesh_free(fm_replica *r);
 
 /* Record views (record_view.c). */
 int fm__record_view(fm_replica *r, const fm_coll *c, const fm_rec *rec, fm_record **out);

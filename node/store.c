@@ -23,6 +23,8 @@ enum {
     S_REC_PUT,
     S_FORK_PUT,
     S_MEMBER_PUT,
+    S_FEED_FIRST_AFTER,
+    S_BATCHES_FROM,
     S__COUNT
 };
 
@@ -46,6 +48,14 @@ static const char *const SQL[S__COUNT] = {
         "INSERT OR REPLACE INTO records(coll, id, state, conflicts) VALUES (?1, ?2, ?3, ?4)",
     [S_FORK_PUT] = "INSERT INTO forks(author, first, second) VALUES (?1, ?2, ?3)",
     [S_MEMBER_PUT] = "INSERT OR IGNORE INTO members(device, kind, data) VALUES (?1, ?2, ?3)",
+    /* A feed's batches are inserted in seq order, so the first one beyond seq (an index lookup
+     * on batches_feed) also has the feed's smallest log position beyond seq. */
+    [S_FEED_FIRST_AFTER] = "SELECT id FROM batches WHERE coll = ?1 AND author = ?2 "
+                           "AND last_seq > ?3 ORDER BY last_seq LIMIT 1",
+    /* A rowid range, the collection filtered in C: an index on coll would read the collection's
+     * whole log and sort it; this way every row read is counted (fm_store_batch_rows_read). */
+    [S_BATCHES_FROM] = "SELECT coll, author, last_seq, data FROM batches WHERE id >= ?1 "
+                       "ORDER BY id",
 };
 
 /* Migrations: MIGRATIONS[v] moves a store from schema v to v+1. Never edit a shipped step. */
@@ -76,6 +86,7 @@ static const char *const MIGRATIONS[FM_STORE_SCHEMA_VERSION] = {
 struct fm_store {
     sqlite3 *db;
     sqlite3_stmt *stmt[S__COUNT];
+    uint64_t batch_rows; /* log rows read by fm_store_each_batch_from */
 };
 
 const char *fm_store_errmsg(fm_store *st)
@@ -143,13 +154,23 @@ fail:
     return rc;
 }
 
+/* sqlite's in-memory VFS: the data already lives in memory, shared by every connection to the
+ * same name, so a big page cache would only hold it twice. */
+static bool is_memdb_uri(const char *path)
+{
+    return path && strncmp(path, "file:", 5) == 0 && strstr(path, "vfs=memdb") != NULL;
+}
+
 int fm_store_open(const char *path, fm_store **out)
 {
     fm_store *st = calloc(1, sizeof *st);
     if (!st)
         return FM_ENOMEM;
     int rc = FM_ESTORE;
+    bool uri = path && strncmp(path, "file:", 5) == 0;
     int flags = SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX;
+    if (uri)
+        flags |= SQLITE_OPEN_URI;
     if (sqlite3_open_v2(path ? path : ":memory:", &st->db, flags, NULL) != SQLITE_OK)
         goto fail;
     sqlite3_busy_timeout(st->db, 10000);
@@ -163,12 +184,15 @@ int fm_store_open(const char *path, fm_store **out)
         rc = FM_ESCHEMA;
         goto fail;
     }
-    if (path && (rc = exec(st, "PRAGMA journal_mode=WAL")))
+    /* A URI may name a VFS without WAL (memdb): it keeps whatever journal mode sqlite gives it. */
+    if (path && (rc = exec(st, "PRAGMA journal_mode=WAL")) && !uri)
         goto fail;
     /* A 16 MiB page-cache ceiling (sqlite's default is 2 MiB): an ingest transaction rewrites
-     * records all over the table, and a smaller cache re-reads pages and spills dirty ones. */
-    if ((rc = exec(st, "PRAGMA synchronous=FULL")) || (rc = exec(st, "PRAGMA cache_size=-16384")) ||
-        (rc = migrate(st)))
+     * records all over the table, and a smaller cache re-reads pages and spills dirty ones. An
+     * in-memory database gets 512 KiB: its pages are in memory anyway, and a simulator runs a
+     * thousand of them in one process. */
+    const char *cache = is_memdb_uri(path) ? "PRAGMA cache_size=-512" : "PRAGMA cache_size=-16384";
+    if ((rc = exec(st, "PRAGMA synchronous=FULL")) || (rc = exec(st, cache)) || (rc = migrate(st)))
         goto fail;
     for (int i = 0; i < S__COUNT; i++) {
         if (sqlite3_prepare_v3(st->db, SQL[i], -1, SQLITE_PREPARE_PERSISTENT, &st->stmt[i], NULL) !=
@@ -448,25 +472,57 @@ int fm_store_save_record(fm_store *st, const fm_coll *c, const uint8_t *id, uint
 
 int fm_store_each_batch(fm_store *st, const fm_coll *c, fm_store_batch_fn fn, void *arg)
 {
-    sqlite3_stmt *q;
-    if (sqlite3_prepare_v2(st->db,
-                           "SELECT author, last_seq, data FROM batches WHERE coll = ?1 ORDER BY id",
-                           -1, &q, NULL) != SQLITE_OK)
+    return fm_store_each_batch_from(st, c, 1, fn, arg);
+}
+
+int fm_store_each_batch_from(fm_store *st, const fm_coll *c, int64_t from_id, fm_store_batch_fn fn,
+                             void *arg)
+{
+    /* The prepared statement, unless fn re-entered us while it is stepping (then a fresh one). */
+    sqlite3_stmt *q = st->stmt[S_BATCHES_FROM];
+    bool own = sqlite3_stmt_busy(q);
+    if (own && sqlite3_prepare_v2(st->db, SQL[S_BATCHES_FROM], -1, &q, NULL) != SQLITE_OK)
         return FM_ESTORE;
-    sqlite3_bind_int64(q, 1, c->store_id);
+    sqlite3_bind_int64(q, 1, from_id);
     int rc = 0, step;
     while (!rc && (step = sqlite3_step(q)) == SQLITE_ROW) {
-        if (sqlite3_column_bytes(q, 0) != FM_ID_BYTES) {
+        st->batch_rows++;
+        if (sqlite3_column_int64(q, 0) != c->store_id)
+            continue; /* another collection's: its data is never read */
+        if (sqlite3_column_bytes(q, 1) != FM_ID_BYTES) {
             rc = FM_ESTORE;
             break;
         }
-        rc = fn(arg, sqlite3_column_blob(q, 0), (uint64_t)sqlite3_column_int64(q, 1),
-                sqlite3_column_blob(q, 2), (size_t)sqlite3_column_bytes(q, 2));
+        rc = fn(arg, sqlite3_column_blob(q, 1), (uint64_t)sqlite3_column_int64(q, 2),
+                sqlite3_column_blob(q, 3), (size_t)sqlite3_column_bytes(q, 3));
     }
     if (!rc && step != SQLITE_DONE)
         rc = FM_ESTORE;
-    sqlite3_finalize(q);
+    if (own)
+        sqlite3_finalize(q);
+    else
+        done(q);
     return rc;
+}
+
+int fm_store_first_batch_after(fm_store *st, const fm_coll *c, const uint8_t author[FM_ID_BYTES],
+                               uint64_t seq, int64_t *id)
+{
+    sqlite3_stmt *s = st->stmt[S_FEED_FIRST_AFTER];
+    sqlite3_bind_int64(s, 1, c->store_id);
+    sqlite3_bind_blob(s, 2, author, FM_ID_BYTES, SQLITE_STATIC);
+    sqlite3_bind_int64(s, 3, (int64_t)seq);
+    int rc = lookup(s);
+    if (rc)
+        return rc;
+    *id = sqlite3_column_int64(s, 0);
+    done(s);
+    return 0;
+}
+
+uint64_t fm_store_batch_rows_read(const fm_store *st)
+{
+    return st->batch_rows;
 }
 
 int fm_store_each_record(fm_store *st, const fm_coll *c, bool conflicts_only, fm_store_rec_fn fn,
@@ -511,7 +567,8 @@ int fm_store_put_member(fm_store *st, fm_member_kind kind, const uint8_t device[
     sqlite3_bind_blob(s, 1, device, FM_ID_BYTES, SQLITE_STATIC);
     sqlite3_bind_int(s, 2, (int)kind);
     sqlite3_bind_blob(s, 3, data, (int)len, SQLITE_STATIC);
-    return run(s);
+    int rc = run(s);
+    return rc ? rc : sqlite3_changes(st->db) > 0;
 }
 
 int fm_store_each_member(fm_store *st, fm_store_member_fn fn, void *arg)

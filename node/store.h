@@ -14,7 +14,11 @@
 
 typedef struct fm_store fm_store;
 
-/* path NULL = a private in-memory database. */
+/* path NULL = a private in-memory database. A path starting with "file:" is an sqlite URI
+ * (SQLITE_OPEN_URI), e.g. "file:/fmsim-17?vfs=memdb": an in-memory database shared by the
+ * connections of one process that lives while any of them is open (so closing and reopening a
+ * replica while another connection stays open is a crash and restart). A URI keeps whatever
+ * journal mode its VFS allows (memdb has no WAL); memdb gets a small page cache. */
 int fm_store_open(const char *path, fm_store **out);
 void fm_store_close(fm_store *st);
 /* The sqlite error text of the last failure (for logs). */
@@ -53,6 +57,16 @@ int fm_store_save_record(fm_store *st, const fm_coll *c, const uint8_t *id, uint
 typedef int (*fm_store_batch_fn)(void *arg, const uint8_t author[FM_ID_BYTES], uint64_t last_seq,
                                  const uint8_t *data, size_t len);
 int fm_store_each_batch(fm_store *st, const fm_coll *c, fm_store_batch_fn fn, void *arg);
+/* The same from log position from_id on (a rowid range: rows before it are not read; rows of
+ * other collections after it are, without their data). */
+int fm_store_each_batch_from(fm_store *st, const fm_coll *c, int64_t from_id, fm_store_batch_fn fn,
+                             void *arg);
+/* The log position of the feed's first batch whose last seq is beyond seq; FM_ENOTFOUND. */
+int fm_store_first_batch_after(fm_store *st, const fm_coll *c, const uint8_t author[FM_ID_BYTES],
+                               uint64_t seq, int64_t *id);
+/* Log rows (of any collection) fm_store_each_batch(_from) has read on this handle: what scans
+ * cost (tests). */
+uint64_t fm_store_batch_rows_read(const fm_store *st);
 /* Every stored record state of a collection in id order (conflicts_only: only those with
  * fields in conflict, across all collections when c is NULL). */
 typedef int (*fm_store_rec_fn)(void *arg, int64_t coll_id, const uint8_t *id, size_t id_len,
@@ -62,7 +76,7 @@ int fm_store_each_record(fm_store *st, const fm_coll *c, bool conflicts_only, fm
 int64_t fm_store_batch_count(fm_store *st);
 
 /* Membership records (certificates and revocations), kept as installed; installing the same
- * record twice is a no-op. */
+ * record twice is a no-op. fm_store_put_member returns 1 if the record is new, 0 if held. */
 typedef enum fm_member_kind { FM_MEMBER_CERT = 0, FM_MEMBER_REVOCATION = 1 } fm_member_kind;
 int fm_store_put_member(fm_store *st, fm_member_kind kind, const uint8_t device[FM_ID_BYTES],
                         const uint8_t *data, size_t len);

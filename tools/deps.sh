@@ -76,7 +76,7 @@ APT_OPTS=(-o Acquire::Retries=3 -o DPkg::Lock::Timeout=600)
 apt-get "${APT_OPTS[@]}" update </dev/null
 UNAVAILABLE=()
 for pkg in "${MISSING[@]}"; do
-    if ! apt-cache policy "$pkg" 2>/dev/null | grep -q 'Candidate: [^(]'; then
+    if ! apt-cache policy "$pkg" 2>/dev/null | grep 'Candidate: [^(]' >/dev/null; then
         UNAVAILABLE+=("$pkg")
     fi
 done

@@ -110,7 +110,7 @@ CHECKS=$((CHECKS + 1))
 CHECKS=$((CHECKS + 1))
 [[ $HASH0 =~ ^[0-9a-f]{64}$ ]] || fail "state_hash is 64 hex digits, got '$HASH0'"
 eq "status --json of a new store" "$OUT" \
-    "{\"device_id\":\"$FPR\",\"device_key\":\"$KEY\",\"mesh_id\":null,\"ops\":0,\"batches\":0,\"records\":0,\"conflicts\":0,\"pending\":0,\"state_hash\":\"$HASH0\",\"clock_skew\":false,\"forked_authors\":0}"
+    "{\"device_id\":\"$FPR\",\"device_key\":\"$KEY\",\"mesh_id\":null,\"ops\":0,\"batches\":0,\"records\":0,\"conflicts\":0,\"pending\":0,\"state_hash\":\"$HASH0\",\"clock_skew\":false,\"forked_authors\":0,\"running\":false}"
 
 # ---- put / get / list / del -------------------------------------------------------------------------
 ok "$FM" --dir "$D" put people p1 name='"Ann"' age=42

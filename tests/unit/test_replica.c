@@ -3,16 +3,24 @@
  * as exact JSON; listing and conflicts; deleted records; bad input and every bound (at and past)
  * leave nothing written; replicas exchanging batches converge in any delivery order through the
  * pending area; duplicates, tampered batches and forks; file stores reopened; export/replay.
+ * Then the internals the node core uses: the applied hook (order, exact bytes, never for a failed
+ * call); export from a vector (what it reads); duplicates that cost no verification and a shared
+ * signature cache; compact causal contexts (exactly what they name, and a property test that
+ * they end in the same state as whole-vector contexts); bulk membership import, digest and
+ * epoch; memdb URI stores surviving a reopen.
  *
  * Identities come from fixed seeds and every replica gets a deterministic fm_test_env, so a run
  * is reproducible; orders are shuffled from a printed seed (FM_TEST_SEED overrides it).
  */
 #include "crdt/batch.h"
+#include "crypto/cert.h"
 #include "crypto/identity.h"
 #include "fm_test.h"
+#include "node/replica.h"
 #include "replica_dump.h"
 
 #include <dirent.h>
+#include <sqlite3.h>
 #include <float.h>
 #include <math.h>
 #include <sys/stat.h>
@@ -1044,7 +1052,8 @@ static void test_pending_area(void)
     put_str(a.r, "c", "x", "f", FM_KIND_LWW, "a1"); /* a:1 */
     put_str(a.r, "c", "x", "f", FM_KIND_LWW, "a2"); /* a:2 */
     sync_all(b.r, a.r);
-    put_str(b.r, "c", "x", "g", FM_KIND_LWW, "b1"); /* b:1, context a:2 */
+    /* b:1 overwrites a:2, so its context is a:2 (a write to a fresh field would need none). */
+    put_str(b.r, "c", "x", "f", FM_KIND_LWW, "b1");
     blist la = {0}, lb = {0};
     CHECK_OK(fm_replica_export(a.r, "c", NULL, 0, blist_collect, &la));
     missing(a.r, b.r, "c", &lb);
@@ -1073,7 +1082,7 @@ static void test_pending_area(void)
     CHECK_EQ_INT(s.pending, 0);
     CHECK_EQ_INT(s.ops, 3);
     CHECK_EQ_INT(s.batches, 3);
-    CHECK_JSON(d.r, "c", "x", "{\"f\":\"a2\",\"g\":\"b1\"}");
+    CHECK_JSON(d.r, "c", "x", "{\"f\":\"b1\"}");
     CHECK_SAME_STATE(d.r, b.r);
     /* Everything again: duplicates. */
     CHECK_EQ_INT(fm_replica_ingest(d.r, &la.b[0], 1, &one), 0);
@@ -1574,6 +1583,936 @@ static void test_vv_entries_bound(void)
     node_close(&d);
 }
 
+/* ---- node-core internals: applied hook, export from a vector, verification ------------------ */
+
+/* Raw SQL on a store file from outside (as another process would), printing sqlite's error. */
+static void raw_sql(const char *path, const char *sql)
+{
+    sqlite3 *db = NULL;
+    char *err = NULL;
+    int rc = sqlite3_open(path, &db);
+    if (rc == SQLITE_OK)
+        rc = sqlite3_exec(db, sql, NULL, NULL, &err);
+    if (rc != SQLITE_OK)
+        fprintf(stderr, "raw_sql(%s): %s\n", sql, err ? err : sqlite3_errmsg(db));
+    CHECK_EQ_INT(rc, SQLITE_OK);
+    sqlite3_free(err);
+    sqlite3_close(db);
+}
+
+/* What the applied hook saw, and what the replica allowed from inside it. */
+typedef struct hook_log {
+    fm_replica *r;
+    blist seen;
+    int reads_ok, reentry_refused;
+} hook_log;
+
+static void hook_cb(void *arg, const uint8_t *batch, size_t len)
+{
+    hook_log *h = arg;
+    blist_push(&h->seen, batch, len);
+    fm_status s;
+    fm_bytes vv = {0};
+    if (fm_replica_status(h->r, &s) == 0 && fm_replica_vv(h->r, "c", &vv) == 0)
+        h->reads_ok++;
+    fm_bytes_free(&vv);
+    fm_bytes again = {(uint8_t *)batch, len};
+    fm_txn *t = NULL;
+    if (fm_replica_ingest(h->r, &again, 1, NULL) == FM_ESTATE && fm_txn_begin(h->r, "c", &t) == 0 &&
+        fm_txn_set(t, "hook", "f", FM_KIND_LWW, fm_value_int(1)) == 0 &&
+        fm_txn_commit(t) == FM_ESTATE)
+        h->reentry_refused++;
+}
+
+static void hook_reset(hook_log *h)
+{
+    blist_free(&h->seen);
+    h->reads_ok = h->reentry_refused = 0;
+}
+
+/* The hook saw exactly these batches, in this order, byte for byte. */
+static void check_seen(hook_log *h, const fm_bytes *want, size_t n, int line)
+{
+    fm_test_checks++;
+    bool same = h->seen.n == n;
+    for (size_t i = 0; same && i < n; i++)
+        same = h->seen.b[i].len == want[i].len &&
+               memcmp(h->seen.b[i].data, want[i].data, want[i].len) == 0;
+    if (!same) {
+        fprintf(stderr, "%s:%d: the hook saw %zu batches, not the %zu expected\n", __FILE__, line,
+                h->seen.n, n);
+        fm_test_failures++;
+    }
+    CHECK_EQ_INT(h->reads_ok, n);
+    CHECK_EQ_INT(h->reentry_refused, n);
+    hook_reset(h);
+}
+#define CHECK_SEEN(h, want, n) check_seen((h), (want), (n), __LINE__)
+
+/* The hook fires after a successful commit or ingest, once per applied batch (released held
+ * ones included) in apply order, with the exact bytes; never for a call that applied nothing. */
+static void test_applied_hook(void)
+{
+    node a, b, d;
+    node_open(&a, 1, NULL, T0);
+    node_open(&b, 2, NULL, T0 + 1);
+    node_open(&d, 3, NULL, T0 + 2);
+    hook_log ha = {.r = a.r}, hd = {.r = d.r};
+    fm__replica_set_applied_hook(a.r, hook_cb, &ha);
+    fm__replica_set_applied_hook(d.r, hook_cb, &hd);
+    put_str(a.r, "c", "x", "f", FM_KIND_LWW, "a1");
+    blist la = {0};
+    CHECK_OK(fm_replica_export(a.r, "c", NULL, 0, blist_collect, &la));
+    CHECK_SEEN(&ha, la.b, 1);
+    put_str(a.r, "c", "x", "f", FM_KIND_LWW, "a2");
+    blist_free(&la);
+    CHECK_OK(fm_replica_export(a.r, "c", NULL, 0, blist_collect, &la));
+    CHECK_SEEN(&ha, &la.b[1], 1);
+    /* An empty transaction applies nothing. */
+    fm_txn *t;
+    CHECK_OK(fm_txn_begin(a.r, "c", &t));
+    CHECK_OK(fm_txn_commit(t));
+    CHECK_SEEN(&ha, NULL, 0);
+
+    sync_all(b.r, a.r);
+    put_str(b.r, "c", "x", "f", FM_KIND_LWW, "b1"); /* context a:2 */
+    blist lb = {0};
+    missing(a.r, b.r, "c", &lb);
+    CHECK_EQ_INT(lb.n, 1);
+    int one;
+    /* Held, held: nothing applied, nothing seen. */
+    CHECK_EQ_INT(fm_replica_ingest(d.r, &lb.b[0], 1, &one), 0);
+    CHECK_EQ_INT(fm_replica_ingest(d.r, &la.b[1], 1, &one), 0);
+    CHECK_SEEN(&hd, NULL, 0);
+    /* a:1 releases a:2 and then b:1: three batches, in causal order. */
+    CHECK_EQ_INT(fm_replica_ingest(d.r, &la.b[0], 1, &one), 3);
+    fm_bytes order[3] = {la.b[0], la.b[1], lb.b[0]};
+    CHECK_SEEN(&hd, order, 3);
+    /* Duplicates apply nothing. */
+    CHECK_EQ_INT(fm_replica_ingest(d.r, order, 3, NULL), 0);
+    CHECK_SEEN(&hd, NULL, 0);
+    /* Several in one call, in the order they applied. */
+    put_str(a.r, "c", "y", "f", FM_KIND_LWW, "a3");
+    put_str(a.r, "c", "y", "g", FM_KIND_LWW, "a4");
+    blist lc = {0};
+    missing(d.r, a.r, "c", &lc);
+    CHECK_EQ_INT(lc.n, 2);
+    hook_reset(&ha);
+    fm_bytes rev[2] = {lc.b[1], lc.b[0]};
+    CHECK_EQ_INT(fm_replica_ingest(d.r, rev, 2, NULL), 2);
+    CHECK_SEEN(&hd, lc.b, 2);
+    /* Removed: nothing more is seen. */
+    fm__replica_set_applied_hook(d.r, NULL, NULL);
+    put_str(d.r, "c", "z", "f", FM_KIND_LWW, "d1");
+    CHECK_SEEN(&hd, NULL, 0);
+    blist_free(&la);
+    blist_free(&lb);
+    blist_free(&lc);
+    hook_reset(&ha);
+    node_close(&a);
+    node_close(&b);
+    node_close(&d);
+}
+
+/* A call whose transaction fails (the store refuses a write) fires nothing, local or remote. */
+static void test_applied_hook_failed_call(void)
+{
+    tmp_setup();
+    char p[600];
+    node a, d;
+    node_open(&a, 1, NULL, T0);
+    node_open(&d, 2, tmp_path("hook.db", p, sizeof p), T0);
+    hook_log hd = {.r = d.r};
+    fm__replica_set_applied_hook(d.r, hook_cb, &hd);
+    put_str(a.r, "c", "x", "f", FM_KIND_LWW, "a1");
+    put_str(a.r, "c", "x", "f", FM_KIND_LWW, "a2");
+    blist la = {0};
+    CHECK_OK(fm_replica_export(a.r, "c", NULL, 0, blist_collect, &la));
+    raw_sql(p, "CREATE TRIGGER boom BEFORE INSERT ON batches WHEN NEW.first_seq = 2 "
+               "BEGIN SELECT RAISE(ABORT, 'boom'); END");
+    int res[2];
+    CHECK_RC(fm_replica_ingest(d.r, la.b, 2, res), FM_ESTORE); /* a:1 applied, then a:2 failed */
+    CHECK_RC(res[0], FM_ESTORE);
+    CHECK_SEEN(&hd, NULL, 0);
+    CHECK_EQ_INT(status_of(d.r).batches, 0);
+    /* Local: the first commit is fine, the second (seq 2) fails. */
+    put_str(d.r, "mine", "x", "f", FM_KIND_LWW, "d1");
+    CHECK_EQ_INT(hd.seen.n, 1);
+    hook_reset(&hd);
+    fm_txn *t;
+    CHECK_OK(fm_txn_begin(d.r, "mine", &t));
+    CHECK_OK(fm_txn_set(t, "x", "f", FM_KIND_LWW, fm_value_str("d2")));
+    CHECK_RC(fm_txn_commit(t), FM_ESTORE);
+    CHECK_SEEN(&hd, NULL, 0);
+    raw_sql(p, "DROP TRIGGER boom");
+    CHECK_EQ_INT(fm_replica_ingest(d.r, la.b, 2, res), 2);
+    CHECK_SEEN(&hd, la.b, 2);
+    blist_free(&la);
+    node_close(&a);
+    node_close(&d);
+    tmp_teardown();
+}
+
+/* Where a batch sits in a replica's log, for checking what an export read. */
+typedef struct logged {
+    uint8_t author[FM_ID_BYTES];
+    uint64_t last_seq;
+    size_t pos; /* 0-based position in the whole log (every collection) */
+    bool in_c;  /* of collection "c" */
+} logged;
+
+static int count_calls(void *arg, const uint8_t *batch, size_t len)
+{
+    int *n = arg;
+    return ++*n == 2 ? 42 : 0;
+}
+
+/* fm__replica_export_vv yields what the vector lacks, in log order, reading the log only from
+ * the first lacking batch on; nothing lacking reads nothing. Checked against a full scan for
+ * random vectors. */
+static void test_export_vv(void)
+{
+    enum { NW = 3, NB = 40 };
+    node w[NW], d;
+    for (int i = 0; i < NW; i++)
+        node_open(&w[i], (uint8_t)(1 + i), NULL, T0 + (uint64_t)i);
+    node_open(&d, 9, NULL, T0);
+    logged log[NB];
+    uint64_t rng = g_seed + 7;
+    for (int k = 0; k < NB; k++) {
+        node *x = &w[fm_test_rand64(&rng) % NW];
+        bool in_c = fm_test_rand64(&rng) % 4 != 0 || k == NB - 1;
+        char id[16];
+        snprintf(id, sizeof id, "r%d", k);
+        put_str(x->r, in_c ? "c" : "o", id, "f", FM_KIND_LWW, "v");
+        blist nb = {0};
+        missing(d.r, x->r, in_c ? "c" : "o", &nb);
+        CHECK_EQ_INT(nb.n, 1);
+        CHECK_EQ_INT(fm_replica_ingest(d.r, nb.b, nb.n, NULL), 1);
+        blist_free(&nb);
+        fm_bytes vv = {0};
+        fm_vv v;
+        fm_vv_init(&v);
+        CHECK_OK(fm_replica_vv(x->r, in_c ? "c" : "o", &vv));
+        CHECK_OK(fm_vv_decode(vv.data, vv.len, &v));
+        log[k] = (logged){.last_seq = fm_vv_get(&v, x->pk), .pos = (size_t)k, .in_c = in_c};
+        memcpy(log[k].author, x->pk, FM_ID_BYTES);
+        fm_vv_free(&v);
+        fm_bytes_free(&vv);
+    }
+    blist all = {0};
+    CHECK_OK(fm_replica_export(d.r, "c", NULL, 0, blist_collect, &all));
+    fm_bytes ours = {0};
+    CHECK_OK(fm_replica_vv(d.r, "c", &ours));
+    fm_vv full;
+    fm_vv_init(&full);
+    CHECK_OK(fm_vv_decode(ours.data, ours.len, &full));
+    fm_store *st = d.r->store;
+
+    /* Nothing lacking: no read at all. */
+    uint64_t r0 = fm_store_batch_rows_read(st);
+    blist got = {0};
+    CHECK_OK(fm__replica_export_vv(d.r, (const uint8_t *)"c", 1, &full, blist_collect, &got));
+    CHECK_EQ_INT(got.n, 0);
+    CHECK_EQ_INT(fm_store_batch_rows_read(st) - r0, 0);
+    /* Only the tail lacking: one row read. */
+    fm_vv theirs;
+    fm_vv_init(&theirs);
+    CHECK_OK(fm_vv_copy(&theirs, &full));
+    CHECK_OK(fm_vv_set(&theirs, log[NB - 1].author, log[NB - 1].last_seq - 1));
+    r0 = fm_store_batch_rows_read(st);
+    CHECK_OK(fm__replica_export_vv(d.r, (const uint8_t *)"c", 1, &theirs, blist_collect, &got));
+    CHECK_EQ_INT(got.n, 1);
+    if (got.n == 1) {
+        CHECK_EQ_INT(got.b[0].len, all.b[all.n - 1].len);
+        CHECK_MEM(got.b[0].data, all.b[all.n - 1].data, got.b[0].len);
+    }
+    CHECK_EQ_INT(fm_store_batch_rows_read(st) - r0, 1);
+    blist_free(&got);
+
+    /* Random vectors: the same batches as a filter over everything, and rows read only from the
+     * first lacking one. */
+    for (int round = 0; round < 200; round++) {
+        fm_vv_free(&theirs);
+        fm_vv_init(&theirs);
+        for (uint32_t i = 0; i < full.n; i++) {
+            uint64_t pick = fm_test_rand64(&rng) % (full.e[i].seq + 2);
+            CHECK_OK(fm_vv_set(&theirs, full.e[i].author, FM_MIN(pick, full.e[i].seq)));
+        }
+        size_t first = NB, want = 0;
+        for (int k = 0; k < NB; k++)
+            if (log[k].in_c && log[k].last_seq > fm_vv_get(&theirs, log[k].author)) {
+                first = FM_MIN(first, log[k].pos);
+                want++;
+            }
+        r0 = fm_store_batch_rows_read(st);
+        CHECK_OK(fm__replica_export_vv(d.r, (const uint8_t *)"c", 1, &theirs, blist_collect, &got));
+        CHECK_EQ_INT(got.n, want);
+        CHECK_EQ_INT(fm_store_batch_rows_read(st) - r0, first == NB ? 0 : NB - first);
+        size_t j = 0;
+        for (size_t i = 0; i < all.n && j < got.n; i++) {
+            fm_batch b;
+            fm_batch_init(&b);
+            CHECK_OK(fm_batch_decode(all.b[i].data, all.b[i].len, &b));
+            if (fm_batch_last_seq(&b) > fm_vv_get(&theirs, b.author)) {
+                CHECK_EQ_INT(got.b[j].len, all.b[i].len);
+                CHECK_MEM(got.b[j].data, all.b[i].data, FM_MIN(got.b[j].len, all.b[i].len));
+                j++;
+            }
+            fm_batch_free(&b);
+        }
+        CHECK_EQ_INT(j, want);
+        blist_free(&got);
+    }
+    /* fn's non-zero stops the scan and comes back; unknown collections and bad arguments. */
+    fm_vv empty;
+    fm_vv_init(&empty);
+    int calls = 0;
+    CHECK_RC(fm__replica_export_vv(d.r, (const uint8_t *)"c", 1, &empty, count_calls, &calls), 42);
+    CHECK_EQ_INT(calls, 2);
+    calls = 0;
+    CHECK_OK(fm__replica_export_vv(d.r, (const uint8_t *)"zz", 2, &empty, count_calls, &calls));
+    CHECK_EQ_INT(calls, 0);
+    CHECK_RC(fm__replica_export_vv(d.r, (const uint8_t *)"c", 1, NULL, count_calls, &calls),
+             FM_EINVAL);
+    CHECK_RC(fm__replica_export_vv(d.r, (const uint8_t *)"c", 1, &empty, NULL, NULL), FM_EINVAL);
+    fm_vv_free(&theirs);
+    fm_vv_free(&full);
+    fm_bytes_free(&ours);
+    blist_free(&all);
+    for (int i = 0; i < NW; i++)
+        node_close(&w[i]);
+    node_close(&d);
+}
+
+/* Duplicates of what a replica holds cost no signature verification; whatever is applied, held
+ * or kept as fork proof was verified, so a forged copy of anything is refused unverified. */
+static void test_dup_costs_no_verify(void)
+{
+    node a, d;
+    node_open(&a, 1, NULL, T0);
+    node_open(&d, 2, NULL, T0);
+    for (int i = 0; i < 4; i++)
+        put_str(a.r, "people", "p1", "name", FM_KIND_LWW, i % 2 ? "Amy" : "Ann");
+    blist l = {0};
+    CHECK_OK(fm_replica_export(a.r, "people", NULL, 0, blist_collect, &l));
+    CHECK_EQ_INT(l.n, 4);
+    int one;
+    uint64_t v0 = d.r->verifies;
+    CHECK_EQ_INT(fm_replica_ingest(d.r, &l.b[0], 1, &one), 1);
+    CHECK_EQ_INT(d.r->verifies - v0, 1);
+    CHECK_EQ_INT(fm_replica_ingest(d.r, &l.b[0], 1, &one), 0); /* the head itself */
+    CHECK_RC(one, FM_EDUP);
+    CHECK_EQ_INT(d.r->verifies - v0, 1);
+    CHECK_EQ_INT(fm_replica_ingest(d.r, &l.b[1], 1, &one), 1);
+    CHECK_EQ_INT(fm_replica_ingest(d.r, &l.b[0], 1, &one), 0); /* an older one: from the store */
+    CHECK_RC(one, FM_EDUP);
+    CHECK_EQ_INT(d.r->verifies - v0, 2);
+    /* Held: verified once on arrival, not when offered again nor when released. */
+    CHECK_EQ_INT(fm_replica_ingest(d.r, &l.b[3], 1, &one), 0);
+    CHECK_RC(one, FM_EPENDING);
+    CHECK_EQ_INT(fm_replica_ingest(d.r, &l.b[3], 1, &one), 0);
+    CHECK_RC(one, FM_EPENDING);
+    CHECK_EQ_INT(d.r->verifies - v0, 3);
+    CHECK_EQ_INT(fm_replica_ingest(d.r, &l.b[2], 1, &one), 2);
+    CHECK_EQ_INT(d.r->verifies - v0, 4);
+    CHECK_EQ_INT(fm_replica_ingest(d.r, l.b, l.n, NULL), 0); /* all four again: free */
+    CHECK_EQ_INT(d.r->verifies - v0, 4);
+
+    /* Forgeries with a bad signature: a different batch at a held seq, one next in line that
+     * does not chain, one with a gap. Each is refused as such: no fork proof, nothing held. */
+    fm_buf f;
+    fm_buf_init(&f);
+    uint8_t wrong_prev[FM_HASH_BYTES];
+    memset(wrong_prev, 0x5c, sizeof wrong_prev);
+    const struct {
+        uint64_t seq;
+        const uint8_t *prev;
+    } forged[3] = {{1, NULL}, {5, wrong_prev}, {7, wrong_prev}};
+    fm_status s0 = status_of(d.r);
+    for (int i = 0; i < 3; i++) {
+        forge(&a, "people", forged[i].seq, forged[i].prev, "Eve", &f);
+        f.data[f.len - 1] ^= 1; /* the signature's last byte */
+        fm_bytes fb = {f.data, f.len};
+        CHECK_EQ_INT(fm_replica_ingest(d.r, &fb, 1, &one), 0);
+        CHECK_RC(one, FM_ESIG);
+    }
+    fm_status s1 = status_of(d.r);
+    CHECK_SAME_STATUS(s1, s0);
+    CHECK_EQ_INT(s1.forked_authors, 0);
+    CHECK_EQ_INT(s1.pending, 0);
+    /* Correctly signed, the first is a fork (verified, then kept). */
+    uint64_t v1 = d.r->verifies;
+    forge(&a, "people", 1, NULL, "Eve", &f);
+    fm_bytes fb = {f.data, f.len};
+    CHECK_EQ_INT(fm_replica_ingest(d.r, &fb, 1, &one), 0);
+    CHECK_RC(one, FM_EFORK);
+    CHECK_EQ_INT(d.r->verifies - v1, 1);
+    CHECK_EQ_INT(status_of(d.r).forked_authors, 1);
+    fm_buf_free(&f);
+    blist_free(&l);
+    node_close(&a);
+    node_close(&d);
+}
+
+/* Replicas sharing a signature cache verify each batch once between them; a cached hash is
+ * exactly the bytes that verified, so a tampered copy is still checked and refused. */
+static void test_sigcache_shared(void)
+{
+    fm_sigcache *cache = NULL;
+    CHECK_OK(fm_sigcache_new(1024, &cache));
+    node a, w, d1, d2, d3;
+    node_open(&a, 1, NULL, T0);
+    node_open(&w, 2, NULL, T0);
+    node_open(&d1, 3, NULL, T0);
+    node_open(&d2, 4, NULL, T0);
+    node_open(&d3, 5, NULL, T0);
+    fm__replica_set_sigcache(w.r, cache);
+    fm__replica_set_sigcache(d1.r, cache);
+    fm__replica_set_sigcache(d2.r, cache);
+    fm__replica_set_sigcache(d3.r, cache);
+    for (int i = 0; i < 5; i++)
+        put_str(a.r, "c", "x", "f", FM_KIND_LWW, i % 2 ? "odd" : "even");
+    blist l = {0};
+    CHECK_OK(fm_replica_export(a.r, "c", NULL, 0, blist_collect, &l));
+    CHECK_EQ_INT(l.n, 5);
+    CHECK_EQ_INT(fm_replica_ingest(d1.r, l.b, l.n, NULL), 5);
+    CHECK_EQ_INT(d1.r->verifies, 5);
+    CHECK_EQ_INT(fm_sigcache_count(cache), 5);
+    CHECK_EQ_INT(fm_replica_ingest(d2.r, l.b, l.n, NULL), 5);
+    CHECK_EQ_INT(d2.r->verifies, 0);
+    CHECK_SAME_STATE(d1.r, d2.r);
+    /* One flipped byte in a cached batch's signature: not the cached bytes. */
+    fm_bytes bad = {malloc(l.b[0].len), l.b[0].len};
+    memcpy(bad.data, l.b[0].data, bad.len);
+    bad.data[bad.len - 2] ^= 0x10;
+    int one;
+    CHECK_EQ_INT(fm_replica_ingest(d3.r, &bad, 1, &one), 0);
+    CHECK_RC(one, FM_ESIG);
+    CHECK_EQ_INT(d3.r->verifies, 1);
+    CHECK_EQ_INT(fm_sigcache_count(cache), 5); /* failures are not cached */
+    /* A writer with the cache adds what it signs: its readers verify nothing. */
+    put_str(w.r, "c", "y", "f", FM_KIND_LWW, "w1");
+    put_str(w.r, "c", "y", "f", FM_KIND_LWW, "w2");
+    CHECK_EQ_INT(fm_sigcache_count(cache), 7);
+    uint64_t v = d1.r->verifies;
+    sync_all(d1.r, w.r);
+    CHECK_EQ_INT(d1.r->verifies - v, 0);
+    CHECK_JSON(d1.r, "c", "y", "{\"f\":\"w2\"}");
+    fm_bytes_free(&bad);
+    blist_free(&l);
+    node_close(&a);
+    node_close(&w);
+    node_close(&d1);
+    node_close(&d2);
+    node_close(&d3);
+    fm_sigcache_free(cache);
+}
+
+/* ---- compact causal contexts ------------------------------------------------------------------
+ */
+
+/* The context of the batch a transaction commits (captured through the applied hook). */
+typedef struct ctx_grab {
+    fm_vv ctx;
+    size_t len;
+    int n;
+} ctx_grab;
+
+static void ctx_grab_cb(void *arg, const uint8_t *batch, size_t len)
+{
+    ctx_grab *g = arg;
+    fm_batch b;
+    fm_batch_init(&b);
+    CHECK_OK(fm_batch_decode(batch, len, &b));
+    fm_vv_free(&g->ctx);
+    CHECK_OK(fm_vv_copy(&g->ctx, &b.ctx));
+    g->len = len;
+    g->n++;
+    fm_batch_free(&b);
+}
+
+static void commit_grab(fm_replica *r, fm_txn *t, ctx_grab *g)
+{
+    g->n = 0;
+    fm__replica_set_applied_hook(r, ctx_grab_cb, g);
+    CHECK_OK(fm_txn_commit(t));
+    fm__replica_set_applied_hook(r, NULL, NULL);
+    CHECK_EQ_INT(g->n, 1);
+}
+
+/* ctx holds exactly these (author, seq) entries. */
+static void check_ctx(const fm_vv *ctx, const node *const *who, const uint64_t *seqs, uint32_t n,
+                      int line)
+{
+    fm_test_checks++;
+    bool same = ctx->n == n;
+    for (uint32_t i = 0; same && i < n; i++)
+        same = fm_vv_get(ctx, who[i]->pk) == seqs[i];
+    if (!same) {
+        fprintf(stderr, "%s:%d: context has %u entries, want %u:", __FILE__, line, ctx->n, n);
+        for (uint32_t i = 0; i < n; i++)
+            fprintf(stderr, " %02x:%llu(got %llu)", who[i]->pk[0], (unsigned long long)seqs[i],
+                    (unsigned long long)fm_vv_get(ctx, who[i]->pk));
+        fprintf(stderr, "\n");
+        fm_test_failures++;
+    }
+}
+#define CHECK_CTX(ctx, who, seqs, n) check_ctx((ctx), (who), (seqs), (n), __LINE__)
+
+/* A batch's context names only what its ops supersede at the writer, not the whole vector. */
+static void test_compact_context(void)
+{
+    enum { NA = 50 };
+    node *w = calloc(NA, sizeof *w);
+    node d;
+    node_open(&d, 200, NULL, T0 + 10);
+    /* 50 authors each write their own record; 0-2 also write x.f (mv, concurrently: none sees
+     * another), 3 writes x.g, 4 and 5 add 7 and 8 to x.s, 6 counts x.n. */
+    for (int i = 0; i < NA; i++) {
+        node_open(&w[i], (uint8_t)(10 + i), NULL, T0 + (uint64_t)i);
+        char id[16];
+        snprintf(id, sizeof id, "r%d", i);
+        put_str(w[i].r, "c", id, "f", FM_KIND_LWW, "v");
+        fm_txn *t;
+        CHECK_OK(fm_txn_begin(w[i].r, "c", &t));
+        if (i < 3)
+            CHECK_OK(fm_txn_set(t, "x", "f", FM_KIND_MV, fm_value_int(i)));
+        else if (i == 3)
+            CHECK_OK(fm_txn_set(t, "x", "g", FM_KIND_LWW, fm_value_int(i)));
+        else if (i < 6)
+            CHECK_OK(fm_txn_set_add(t, "x", "s", fm_value_int(i + 3)));
+        else if (i == 6)
+            CHECK_OK(fm_txn_incr(t, "x", "n", 2));
+        else
+            CHECK_OK(fm_txn_set(t, id, "g", FM_KIND_LWW, fm_value_int(i)));
+        commit_ok(t);
+        sync_all(d.r, w[i].r); /* two batches each: seq 1 and 2 */
+    }
+    CHECK_EQ_INT(status_of(d.r).ops, 2 * NA);
+    ctx_grab g = {0};
+    fm_vv_init(&g.ctx);
+    fm_txn *t;
+    /* (a) A fresh field, in a fresh record and in a record others wrote: no context at all. */
+    CHECK_OK(fm_txn_begin(d.r, "c", &t));
+    CHECK_OK(fm_txn_set(t, "fresh", "f", FM_KIND_LWW, fm_value_int(1)));
+    CHECK_OK(fm_txn_set(t, "r7", "h", FM_KIND_LWW, fm_value_int(1)));
+    commit_grab(d.r, t, &g);
+    CHECK_CTX(&g.ctx, NULL, NULL, 0);
+    CHECK_RANGE(g.len, 1, 300); /* the whole vector would be 50 * 35 bytes */
+    /* (b) An overwrite names exactly the authors of the values it replaces. */
+    CHECK_OK(fm_txn_begin(d.r, "c", &t));
+    CHECK_OK(fm_txn_set(t, "x", "f", FM_KIND_MV, fm_value_int(99)));
+    commit_grab(d.r, t, &g);
+    const node *f3[3] = {&w[0], &w[1], &w[2]};
+    const uint64_t s3[3] = {2, 2, 2};
+    CHECK_CTX(&g.ctx, f3, s3, 3);
+    CHECK_JSON(d.r, "c", "x", "{\"f\":99,\"g\":3,\"n\":2,\"s\":[7,8]}");
+    /* Overwriting one's own value names nobody. */
+    CHECK_OK(fm_txn_begin(d.r, "c", &t));
+    CHECK_OK(fm_txn_set(t, "x", "f", FM_KIND_MV, fm_value_int(100)));
+    commit_grab(d.r, t, &g);
+    CHECK_CTX(&g.ctx, NULL, NULL, 0);
+    /* A remove names the element's adders; a re-add too; an increment nobody. */
+    CHECK_OK(fm_txn_begin(d.r, "c", &t));
+    CHECK_OK(fm_txn_set_remove(t, "x", "s", fm_value_int(7)));
+    commit_grab(d.r, t, &g);
+    const node *f4[1] = {&w[4]};
+    const uint64_t s2[1] = {2};
+    CHECK_CTX(&g.ctx, f4, s2, 1);
+    CHECK_OK(fm_txn_begin(d.r, "c", &t));
+    CHECK_OK(fm_txn_set_add(t, "x", "s", fm_value_int(8)));
+    commit_grab(d.r, t, &g);
+    const node *f5[1] = {&w[5]};
+    CHECK_CTX(&g.ctx, f5, s2, 1);
+    CHECK_OK(fm_txn_begin(d.r, "c", &t));
+    CHECK_OK(fm_txn_incr(t, "x", "n", 1));
+    commit_grab(d.r, t, &g);
+    CHECK_CTX(&g.ctx, NULL, NULL, 0);
+    CHECK_JSON(d.r, "c", "x", "{\"f\":100,\"g\":3,\"n\":3,\"s\":[8]}");
+    /* A delete names every dot left in the record: only 3's x.g (the rest is d's own now). */
+    CHECK_OK(fm_txn_begin(d.r, "c", &t));
+    CHECK_OK(fm_txn_delete(t, "x"));
+    commit_grab(d.r, t, &g);
+    const node *f33[1] = {&w[3]};
+    CHECK_CTX(&g.ctx, f33, s2, 1);
+    /* Several ops: the union, per author the greatest seq. */
+    CHECK_OK(fm_txn_begin(d.r, "c", &t));
+    CHECK_OK(fm_txn_set(t, "r8", "f", FM_KIND_LWW, fm_value_int(1)));  /* 8's seq 1 */
+    CHECK_OK(fm_txn_set(t, "r8", "g", FM_KIND_LWW, fm_value_int(1)));  /* 8's seq 2 */
+    CHECK_OK(fm_txn_set(t, "r9", "f", FM_KIND_LWW, fm_value_int(1)));  /* 9's seq 1 */
+    CHECK_OK(fm_txn_set(t, "r10", "x", FM_KIND_LWW, fm_value_int(1))); /* fresh */
+    commit_grab(d.r, t, &g);
+    const node *f89[2] = {&w[8], &w[9]};
+    const uint64_t s21[2] = {2, 1};
+    CHECK_CTX(&g.ctx, f89, s21, 2);
+    /* Everyone converges on everything, whatever the delivery order. */
+    for (int i = 0; i < NA; i += 7) {
+        sync_all(w[i].r, d.r);
+        for (int k = 0; k < NA; k += 5)
+            sync_all(w[i].r, w[k].r);
+        CHECK_SAME_STATE(w[i].r, d.r);
+    }
+    fm_vv_free(&g.ctx);
+    for (int i = 0; i < NA; i++)
+        node_close(&w[i]);
+    free(w);
+    node_close(&d);
+}
+
+/* One committed batch and the writer's whole collection vector just before it. */
+typedef struct hist_ent {
+    fm_bytes b;
+    fm_vv full; /* without the writer */
+    int writer, coll;
+} hist_ent;
+
+/* Re-signs a batch with ctx in place of its own context, chained onto prev. */
+static void resign(const node *w, const fm_batch *b, const fm_vv *ctx, const uint8_t *prev,
+                   fm_buf *out)
+{
+    fm_buf ops;
+    fm_buf_init(&ops);
+    for (uint32_t i = 0; i < b->nops; i++) {
+        const fm_op *op = &b->ops[i];
+        CHECK_OK(fm_op_encode(&ops, (fm_op_type)op->type, (const char *)op->id, op->id_len,
+                              (const char *)op->field, op->field_len,
+                              op->type == FM_OP_DELETE ? NULL : op->val, op->val_len));
+    }
+    fm_batch_head h = {.coll = b->coll,
+                       .coll_len = b->coll_len,
+                       .first_seq = b->first_seq,
+                       .prev = prev,
+                       .ctx = ctx,
+                       .hlc = b->hlc,
+                       .nops = b->nops};
+    fm_buf_reset(out);
+    CHECK_OK(fm_batch_encode(w->id, &h, ops.data, ops.len, out));
+    fm_buf_free(&ops);
+}
+
+/* The compact context gives the same final state as the whole vector would: random histories
+ * of four writers with partial syncs, every batch also re-signed with its writer's whole vector
+ * (re-chained), that log replayed into a fresh state: equal state hash, byte for byte. And every
+ * compact context is covered by the whole vector (it names nothing the writer had not seen). */
+static void test_compact_context_equivalence(void)
+{
+    static const char *const colls[] = {"people", "tasks"};
+    enum { NN = 4, STEPS = 60, NHIST = 8 };
+    size_t compact_entries = 0, full_entries = 0;
+    for (int hist = 0; hist < NHIST; hist++) {
+        node n[NN];
+        for (int i = 0; i < NN; i++)
+            node_open(&n[i], (uint8_t)(1 + i), NULL, T0 + 5 * (uint64_t)i);
+        uint64_t rng = g_seed * 31 + (uint64_t)hist;
+        int serial = 0;
+        hist_ent *h = calloc(STEPS, sizeof *h);
+        size_t nh = 0;
+        for (int step = 0; step < STEPS; step++) {
+            int wi = (int)(fm_test_rand64(&rng) % NN), ci = (int)(fm_test_rand64(&rng) % 2);
+            node *w = &n[wi];
+            w->te.now += fm_test_rand64(&rng) % 3;
+            fm_bytes vv = {0};
+            CHECK_OK(fm_replica_vv(w->r, colls[ci], &vv));
+            hist_ent *e = &h[nh];
+            fm_vv_init(&e->full);
+            CHECK_OK(fm_vv_decode(vv.data, vv.len, &e->full));
+            fm_bytes_free(&vv);
+            random_txn(w, colls[ci], &rng, &serial);
+            blist nb = {0};
+            CHECK_OK(fm__replica_export_vv(w->r, (const uint8_t *)colls[ci],
+                                           (uint32_t)strlen(colls[ci]), &e->full, blist_collect,
+                                           &nb));
+            CHECK_RANGE(nb.n, 0, 1); /* 0: every op refused (a deleted record) */
+            if (nb.n == 1) {
+                CHECK_OK(fm_vv_set(&e->full, w->pk, 0));
+                e->b = nb.b[0];
+                nb.n = 0;
+                e->writer = wi;
+                e->coll = ci;
+                nh++;
+            } else {
+                fm_vv_free(&e->full);
+            }
+            blist_free(&nb);
+            if (fm_test_rand64(&rng) % 3 == 0) {
+                int x = (int)(fm_test_rand64(&rng) % NN);
+                int y = (x + 1 + (int)(fm_test_rand64(&rng) % (NN - 1))) % NN;
+                sync_all(n[x].r, n[y].r);
+            }
+        }
+        for (int pass = 0; pass < 2; pass++)
+            for (int x = 0; x < NN; x++)
+                for (int y = 0; y < NN; y++)
+                    if (x != y)
+                        sync_all(n[x].r, n[y].r);
+        for (int i = 1; i < NN; i++)
+            CHECK_SAME_STATE(n[0].r, n[i].r);
+
+        fm_state ref;
+        fm_state_init(&ref, NULL);
+        uint8_t prev[NN][2][FM_HASH_BYTES];
+        fm_buf out;
+        fm_buf_init(&out);
+        fm_batch b, fb;
+        fm_batch_init(&b);
+        fm_batch_init(&fb);
+        for (size_t k = 0; k < nh; k++) {
+            hist_ent *e = &h[k];
+            CHECK_OK(fm_batch_decode(e->b.data, e->b.len, &b));
+            for (uint32_t i = 0; i < b.ctx.n; i++)
+                CHECK(b.ctx.e[i].seq <= fm_vv_get(&e->full, b.ctx.e[i].author));
+            compact_entries += b.ctx.n;
+            full_entries += e->full.n;
+            resign(&n[e->writer], &b, &e->full, b.first_seq > 1 ? prev[e->writer][e->coll] : NULL,
+                   &out);
+            CHECK_OK(fm_batch_decode(out.data, out.len, &fb));
+            CHECK_OK(fm_state_check(&ref, &fb));
+            CHECK_OK(fm_state_apply(&ref, &fb));
+            memcpy(prev[e->writer][e->coll], fb.hash, FM_HASH_BYTES);
+        }
+        uint8_t want[FM_HASH_BYTES];
+        CHECK_OK(fm_state_hash(&ref, want));
+        fm_status s = status_of(n[0].r);
+        CHECK_EQ_INT(s.batches, nh);
+        char hw[65], hs[65];
+        fm_hex(want, FM_HASH_BYTES, hw);
+        fm_hex(s.state_hash, FM_HASH_BYTES, hs);
+        CHECK_STR(hs, hw);
+        if (strcmp(hs, hw) != 0)
+            fprintf(stderr, "  history %d differs (FM_TEST_SEED=%llu)\n", hist,
+                    (unsigned long long)g_seed);
+        fm_batch_free(&b);
+        fm_batch_free(&fb);
+        fm_buf_free(&out);
+        fm_state_free(&ref);
+        for (size_t k = 0; k < nh; k++) {
+            fm_bytes_free(&h[k].b);
+            fm_vv_free(&h[k].full);
+        }
+        free(h);
+        for (int i = 0; i < NN; i++)
+            node_close(&n[i]);
+    }
+    fprintf(stderr, "  context entries: %zu compact, %zu whole-vector\n", compact_entries,
+            full_entries);
+    CHECK(compact_entries < full_entries);
+}
+
+/* ---- bulk membership --------------------------------------------------------------------------
+ */
+
+#define DAY_MS (24ull * 3600 * 1000)
+
+static void cert_bin(const fm_identity *auth, const uint8_t *device, fm_bytes *out)
+{
+    uint8_t mesh[FM_ID_BYTES];
+    fm_identity_public(auth, mesh);
+    fm_cert c;
+    CHECK_OK(fm_cert_issue(auth, mesh, device, "dev", FM_PERM_ALL, T0 - DAY_MS, T0 + 30 * DAY_MS,
+                           T0, &c));
+    out->data = malloc(FM_MAX_CERT_BYTES);
+    CHECK_OK(fm_cert_encode(&c, out->data, &out->len));
+}
+
+static int bin_collect(void *arg, const uint8_t *rec, size_t len)
+{
+    blist_push(arg, rec, len);
+    return 0;
+}
+
+typedef struct mdigest {
+    uint8_t d[FM_HASH_BYTES];
+    uint32_t n;
+} mdigest;
+
+static mdigest digest_of(fm_replica *r)
+{
+    mdigest m = {0};
+    CHECK_OK(fm__replica_member_digest(r, m.d, &m.n));
+    return m;
+}
+
+/* The result of offering writer's latest batch of "c" to r. */
+static int offer_latest(fm_replica *r, node *writer)
+{
+    blist l = {0};
+    CHECK_OK(fm_replica_export(writer->r, "c", NULL, 0, blist_collect, &l));
+    int one = 1;
+    if (l.n)
+        fm_replica_ingest(r, &l.b[l.n - 1], 1, &one);
+    blist_free(&l);
+    return one;
+}
+
+static void test_import_members(void)
+{
+    tmp_setup();
+    char p[600];
+    uint8_t seed[32] = {0xa0, 0x42}, oseed[32] = {0xa1, 0x42};
+    fm_identity *auth = NULL, *other = NULL;
+    CHECK_OK(fm_identity_from_seed(seed, &auth));
+    CHECK_OK(fm_identity_from_seed(oseed, &other));
+    node a, b, dv[4];
+    node_open(&a, 1, NULL, T0);
+    node_open(&b, 2, NULL, T0);
+    for (int i = 0; i < 4; i++)
+        node_open(&dv[i], (uint8_t)(3 + i), NULL, T0 + 1000); /* not in any mesh */
+    CHECK_RC(fm__replica_import_members(dv[0].r, NULL, 0), FM_ENOTFOUND);
+    CHECK_EQ_INT(fm__replica_member_epoch(a.r), 0);
+    CHECK_OK(fm_replica_mesh_create(a.r, auth, 30));
+    CHECK_EQ_INT(fm__replica_member_epoch(a.r), 1);
+    char text[FM_MEMBER_TEXT_MAX];
+    CHECK_OK(fm_mesh_admit(&b.te.env, auth, b.pk, "b", 30, 0, text, sizeof text));
+    CHECK_OK(fm_replica_join(b.r, text));
+    CHECK_EQ_INT(digest_of(a.r).n, 1);
+    CHECK_EQ_INT(digest_of(b.r).n, 1);
+
+    /* Certificates for dv[0..3], a revocation of dv[1], and four records to skip: another mesh's
+     * certificate, a bad signature, junk, nothing. */
+    fm_bytes recs[9] = {{0}};
+    for (int i = 0; i < 4; i++)
+        cert_bin(auth, dv[i].pk, &recs[i]);
+    uint8_t mesh[FM_ID_BYTES];
+    fm_identity_public(auth, mesh);
+    fm_revocation rv;
+    CHECK_OK(fm_revocation_issue(auth, mesh, dv[1].pk, T0, T0, &rv));
+    recs[4].data = malloc(FM_MAX_REVOCATION_BYTES);
+    CHECK_OK(fm_revocation_encode(&rv, recs[4].data, &recs[4].len));
+    cert_bin(other, dv[2].pk, &recs[5]);
+    cert_bin(auth, dv[3].pk, &recs[6]);
+    recs[6].data[recs[6].len - 1] ^= 1;
+    recs[7].data = malloc(2);
+    recs[7].data[0] = 0x92, recs[7].data[1] = 0xc0;
+    recs[7].len = 2;
+    for (int i = 0; i < 3; i++)
+        put_str(dv[i].r, "c", "x", "f", FM_KIND_LWW, "v");
+    CHECK_RC(offer_latest(b.r, &dv[0]), FM_EUNKNOWN_DEVICE);
+
+    CHECK_EQ_INT(fm__replica_import_members(a.r, recs, 9), 5);
+    CHECK_EQ_INT(a.r->members_skipped, 4);
+    CHECK_EQ_INT(fm__replica_member_epoch(a.r), 2);
+    CHECK_EQ_INT(digest_of(a.r).n, 6);
+    /* Again: nothing new, the view did not move. */
+    mdigest da = digest_of(a.r);
+    CHECK_EQ_INT(fm__replica_import_members(a.r, recs, 9), 0);
+    CHECK_EQ_INT(fm__replica_member_epoch(a.r), 2);
+    CHECK_EQ_INT(a.r->members_skipped, 8);
+    mdigest da2 = digest_of(a.r);
+    CHECK_MEM(da2.d, da.d, FM_HASH_BYTES);
+
+    /* Exchange both ways through the binary form: equal sets, equal digests. */
+    CHECK(memcmp(digest_of(b.r).d, da.d, FM_HASH_BYTES) != 0);
+    blist from_a = {0}, from_b = {0};
+    CHECK_OK(fm__replica_each_member_bin(a.r, bin_collect, &from_a));
+    CHECK_OK(fm__replica_each_member_bin(b.r, bin_collect, &from_b));
+    CHECK_EQ_INT(from_a.n, 6);
+    CHECK_EQ_INT(from_b.n, 1);
+    uint64_t eb = fm__replica_member_epoch(b.r);
+    CHECK_EQ_INT(fm__replica_import_members(b.r, from_a.b, from_a.n), 6);
+    CHECK_EQ_INT(fm__replica_member_epoch(b.r), eb + 1);
+    CHECK_EQ_INT(fm__replica_import_members(a.r, from_b.b, from_b.n), 1);
+    mdigest fa = digest_of(a.r), fb = digest_of(b.r);
+    CHECK_EQ_INT(fa.n, 7);
+    CHECK_EQ_INT(fb.n, 7);
+    CHECK_MEM(fa.d, fb.d, FM_HASH_BYTES);
+    /* The view changed: dv[0] and dv[2] write (the other mesh's certificate for dv[2] was
+     * skipped, this mesh's taken), dv[1] is revoked, dv[3]'s forged certificate admitted
+     * nobody. */
+    put_str(dv[3].r, "c", "x", "f", FM_KIND_LWW, "v");
+    CHECK_RC(offer_latest(b.r, &dv[0]), 0);
+    CHECK_RC(offer_latest(b.r, &dv[1]), FM_EREVOKED);
+    CHECK_RC(offer_latest(b.r, &dv[2]), 0);
+    CHECK_RC(offer_latest(b.r, &dv[3]), 0); /* recs[3]: dv[3]'s genuine certificate */
+
+    /* All or nothing: the store refuses the third record installed, nothing stays. */
+    node f;
+    node_open(&f, 9, tmp_path("members.db", p, sizeof p), T0);
+    CHECK_OK(fm_mesh_admit(&f.te.env, auth, f.pk, "f", 30, 0, text, sizeof text));
+    CHECK_OK(fm_replica_join(f.r, text));
+    mdigest f0 = digest_of(f.r);
+    uint64_t ef = fm__replica_member_epoch(f.r);
+    raw_sql(p, "CREATE TRIGGER boom BEFORE INSERT ON members WHEN (SELECT count(*) FROM members) "
+               ">= 3 BEGIN SELECT RAISE(ABORT, 'boom'); END");
+    CHECK_RC(fm__replica_import_members(f.r, from_a.b, from_a.n), FM_ESTORE);
+    mdigest f1 = digest_of(f.r);
+    CHECK_EQ_INT(f1.n, 1);
+    CHECK_MEM(f1.d, f0.d, FM_HASH_BYTES);
+    CHECK_EQ_INT(fm__replica_member_epoch(f.r), ef);
+    CHECK_EQ_INT(f.r->members_skipped, 0);
+    blist from_f = {0};
+    CHECK_OK(fm__replica_each_member_bin(f.r, bin_collect, &from_f));
+    CHECK_EQ_INT(from_f.n, 1);
+    CHECK_RC(offer_latest(f.r, &dv[0]), FM_EUNKNOWN_DEVICE); /* the view was rolled back too */
+    raw_sql(p, "DROP TRIGGER boom");
+    CHECK_EQ_INT(fm__replica_import_members(f.r, from_a.b, from_a.n), 6);
+    CHECK_RC(offer_latest(f.r, &dv[0]), 0);
+    /* Reopened: the same digest, from the store. */
+    mdigest f2 = digest_of(f.r);
+    node_reopen(&f);
+    mdigest f3 = digest_of(f.r);
+    CHECK_EQ_INT(f3.n, f2.n);
+    CHECK_MEM(f3.d, f2.d, FM_HASH_BYTES);
+    CHECK_RC(offer_latest(f.r, &dv[1]), FM_EREVOKED);
+
+    for (int i = 0; i < 9; i++)
+        free(recs[i].data);
+    blist_free(&from_a);
+    blist_free(&from_b);
+    blist_free(&from_f);
+    node_close(&f);
+    for (int i = 0; i < 4; i++)
+        node_close(&dv[i]);
+    node_close(&a);
+    node_close(&b);
+    fm_identity_free(auth);
+    fm_identity_free(other);
+    tmp_teardown();
+}
+
+/* ---- in-memory stores shared within a process -------------------------------------------------
+ */
+
+/* A replica on a memdb URI survives close and reopen (a simulated crash) while another
+ * connection holds the database; with none left, the database is gone. Nothing touches disk. */
+static void test_memdb_uri_reopen(void)
+{
+    char uri[128], disk[64];
+    snprintf(uri, sizeof uri, "file:/fm-test-replica-%d?vfs=memdb", (int)getpid());
+    snprintf(disk, sizeof disk, "/fm-test-replica-%d", (int)getpid());
+    sqlite3 *hold = NULL;
+    CHECK_EQ_INT(sqlite3_open_v2(uri, &hold,
+                                 SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_URI,
+                                 NULL),
+                 SQLITE_OK);
+    node a, b;
+    node_open(&a, 1, uri, T0);
+    node_open(&b, 2, NULL, T0);
+    put_str(a.r, "c", "x", "f", FM_KIND_LWW, "before");
+    incr(a.r, "c", "x", "n", 4);
+    fm_status s0 = status_of(a.r);
+    node_reopen(&a);
+    fm_status s1 = status_of(a.r);
+    CHECK_SAME_STATUS(s1, s0);
+    CHECK_JSON(a.r, "c", "x", "{\"f\":\"before\",\"n\":4}");
+    /* The feed goes on where it was: a peer takes the whole chain. */
+    put_str(a.r, "c", "x", "f", FM_KIND_LWW, "after");
+    sync_all(b.r, a.r);
+    CHECK_SAME_STATE(b.r, a.r);
+    CHECK_EQ_INT(status_of(b.r).batches, 3);
+    CHECK_EQ_INT(status_of(b.r).forked_authors, 0);
+    struct stat sb;
+    CHECK(stat(disk, &sb) != 0);
+    sqlite3_close(hold);
+    CHECK_JSON(a.r, "c", "x", "{\"f\":\"after\",\"n\":4}"); /* a's connection holds it */
+    node_close(&a);
+    node_open(&a, 1, uri, T0); /* no connection left in between: a new, empty database */
+    CHECK_JSON(a.r, "c", "x", "!not found");
+    CHECK_EQ_INT(status_of(a.r).batches, 0);
+    node_close(&a);
+    node_close(&b);
+}
+
 int main(void)
 {
     const char *seed = getenv("FM_TEST_SEED");
@@ -1598,6 +2537,15 @@ int main(void)
     RUN(test_hlc_survives_reopen);
     RUN(test_export_replay);
     RUN(test_vv_entries_bound);
+    RUN(test_applied_hook);
+    RUN(test_applied_hook_failed_call);
+    RUN(test_export_vv);
+    RUN(test_dup_costs_no_verify);
+    RUN(test_sigcache_shared);
+    RUN(test_compact_context);
+    RUN(test_compact_context_equivalence);
+    RUN(test_import_members);
+    RUN(test_memdb_uri_reopen);
     if (fm_test_failures)
         fprintf(stderr, "test_replica: reproduce with FM_TEST_SEED=%llu\n",
                 (unsigned long long)g_seed);

@@ -1,8 +1,9 @@
 /*
  * test_store.c — the sqlite store: a fresh file gets the current schema; an older file is
  * migrated forward; a newer, foreign or non-sqlite file is refused and left byte-for-byte as it
- * was (no stray -wal/-shm/-journal files either); metadata; batch lookup by feed position; and
- * the iteration orders of records and batches.
+ * was (no stray -wal/-shm/-journal files either); metadata; batch lookup by feed position; the
+ * iteration orders of records and batches; scans from a log position (rows read, re-entry);
+ * whether a member record was new; "file:" URI paths (a WAL file; a shared memdb database).
  */
 #include "crypto/identity.h"
 #include "fm_test.h"
@@ -695,6 +696,193 @@ static void test_each_batch_order_and_load_state(void)
     fm_store_close(st);
 }
 
+/* Log positions by feed, and scans that start at one: only rows from there on are read, in log
+ * order, rows of other collections skipped. */
+static void test_batches_from(void)
+{
+    fm_store *st;
+    CHECK_OK(fm_store_open(NULL, &st));
+    fm_identity *a = ident(30), *b = ident(31);
+    uint8_t apk[FM_ID_BYTES], bpk[FM_ID_BYTES];
+    fm_identity_public(a, apk);
+    fm_identity_public(b, bpk);
+    fm_coll c = {.name = "c", .name_len = 1}, o = {.name = "o", .name_len = 1};
+    enum { N = 6 };
+    fm_buf e[N];
+    fm_batch bt[N];
+    for (int i = 0; i < N; i++)
+        fm_buf_init(&e[i]), fm_batch_init(&bt[i]);
+    /* Rowids 1..6: a1(c) o:b1(o) b1(c) a2(c) o:b2(o) b2(c). */
+    make_batch(a, "c", 1, NULL, 1, &e[0], &bt[0]);
+    make_batch(b, "o", 1, NULL, 1, &e[1], &bt[1]);
+    make_batch(b, "c", 1, NULL, 2, &e[2], &bt[2]); /* seqs 1-2 */
+    make_batch(a, "c", 2, bt[0].hash, 1, &e[3], &bt[3]);
+    make_batch(b, "o", 2, bt[1].hash, 1, &e[4], &bt[4]);
+    make_batch(b, "c", 3, bt[2].hash, 1, &e[5], &bt[5]);
+    CHECK_OK(fm_store_begin(st));
+    CHECK_OK(fm_store_coll_ensure(st, &c));
+    CHECK_OK(fm_store_coll_ensure(st, &o));
+    for (int i = 0; i < N; i++)
+        CHECK_OK(fm_store_put_batch(st, i == 1 || i == 4 ? &o : &c, &bt[i], e[i].data, e[i].len));
+    CHECK_OK(fm_store_commit(st));
+    int64_t id = -1;
+    CHECK_OK(fm_store_first_batch_after(st, &c, apk, 0, &id));
+    CHECK_EQ_INT(id, 1);
+    CHECK_OK(fm_store_first_batch_after(st, &c, apk, 1, &id));
+    CHECK_EQ_INT(id, 4);
+    CHECK_RC(fm_store_first_batch_after(st, &c, apk, 2, &id), FM_ENOTFOUND);
+    /* b's first batch holds seqs 1-2: beyond 1 is still that batch. */
+    CHECK_OK(fm_store_first_batch_after(st, &c, bpk, 1, &id));
+    CHECK_EQ_INT(id, 3);
+    CHECK_OK(fm_store_first_batch_after(st, &c, bpk, 2, &id));
+    CHECK_EQ_INT(id, 6);
+    CHECK_OK(fm_store_first_batch_after(st, &o, bpk, 1, &id));
+    CHECK_EQ_INT(id, 5);
+
+    uint64_t r0 = fm_store_batch_rows_read(st);
+    seen s = {0};
+    CHECK_OK(fm_store_each_batch_from(st, &c, 4, on_batch, &s));
+    CHECK_EQ_INT(s.n, 2); /* a2, b2; o's row 5 read but not handed out */
+    char want[2][80];
+    snprintf(want[0], 80, "%02x:2:1", apk[0]);
+    snprintf(want[1], 80, "%02x:3:1", bpk[0]);
+    for (int i = 0; i < 2 && i < s.n; i++)
+        CHECK_STR(s.items[i], want[i]);
+    CHECK_EQ_INT(fm_store_batch_rows_read(st) - r0, 3); /* rows 4, 5, 6 only */
+    r0 = fm_store_batch_rows_read(st);
+    seen none = {0};
+    CHECK_OK(fm_store_each_batch_from(st, &c, 7, on_batch, &none));
+    CHECK_EQ_INT(none.n, 0);
+    CHECK_EQ_INT(fm_store_batch_rows_read(st) - r0, 0);
+    seen whole = {0};
+    CHECK_OK(fm_store_each_batch(st, &o, on_batch, &whole));
+    CHECK_EQ_INT(whole.n, 2);
+    seen stop = {.stop_after = 1};
+    CHECK_RC(fm_store_each_batch_from(st, &c, 1, on_batch, &stop), 99);
+    CHECK_EQ_INT(stop.n, 1);
+    for (int i = 0; i < N; i++)
+        fm_buf_free(&e[i]), fm_batch_free(&bt[i]);
+    fm_identity_free(a);
+    fm_identity_free(b);
+    fm_store_close(st);
+}
+
+/* A re-entered scan (fn scanning again) works on its own statement. */
+typedef struct nest_ctx {
+    fm_store *st;
+    fm_coll *c;
+    int outer, inner;
+} nest_ctx;
+
+static int nest_inner(void *arg, const uint8_t author[FM_ID_BYTES], uint64_t last_seq,
+                      const uint8_t *data, size_t len)
+{
+    ((nest_ctx *)arg)->inner++;
+    return 0;
+}
+
+static int nest_outer(void *arg, const uint8_t author[FM_ID_BYTES], uint64_t last_seq,
+                      const uint8_t *data, size_t len)
+{
+    nest_ctx *x = arg;
+    x->outer++;
+    return fm_store_each_batch_from(x->st, x->c, 1, nest_inner, x);
+}
+
+static void test_batches_from_reentrant(void)
+{
+    fm_store *st;
+    CHECK_OK(fm_store_open(NULL, &st));
+    fm_identity *a = ident(32);
+    fm_coll c = {.name = "c", .name_len = 1};
+    fm_buf e[3];
+    fm_batch bt[3];
+    for (int i = 0; i < 3; i++)
+        fm_buf_init(&e[i]), fm_batch_init(&bt[i]);
+    CHECK_OK(fm_store_begin(st));
+    CHECK_OK(fm_store_coll_ensure(st, &c));
+    for (int i = 0; i < 3; i++) {
+        make_batch(a, "c", (uint64_t)i + 1, i ? bt[i - 1].hash : NULL, 1, &e[i], &bt[i]);
+        CHECK_OK(fm_store_put_batch(st, &c, &bt[i], e[i].data, e[i].len));
+    }
+    CHECK_OK(fm_store_commit(st));
+    nest_ctx x = {st, &c, 0, 0};
+    CHECK_OK(fm_store_each_batch_from(st, &c, 1, nest_outer, &x));
+    CHECK_EQ_INT(x.outer, 3);
+    CHECK_EQ_INT(x.inner, 9);
+    for (int i = 0; i < 3; i++)
+        fm_buf_free(&e[i]), fm_batch_free(&bt[i]);
+    fm_identity_free(a);
+    fm_store_close(st);
+}
+
+/* Installing a member record reports whether it was new. */
+static void test_put_member_new(void)
+{
+    fm_store *st;
+    CHECK_OK(fm_store_open(NULL, &st));
+    uint8_t dev[FM_ID_BYTES] = {1};
+    CHECK_OK(fm_store_begin(st));
+    CHECK_EQ_INT(fm_store_put_member(st, FM_MEMBER_CERT, dev, (const uint8_t *)"x", 1), 1);
+    CHECK_EQ_INT(fm_store_put_member(st, FM_MEMBER_CERT, dev, (const uint8_t *)"x", 1), 0);
+    CHECK_EQ_INT(fm_store_put_member(st, FM_MEMBER_REVOCATION, dev, (const uint8_t *)"x", 1), 1);
+    CHECK_OK(fm_store_commit(st));
+    fm_store_close(st);
+}
+
+/* "file:" paths are sqlite URIs: a file URI is an ordinary WAL store; a memdb URI lives in
+ * memory, shared by the connections of the process, while any of them is open. */
+static void test_uri_paths(void)
+{
+    tmp_setup();
+    char db[512], uri[600];
+    path_of("u.db", db, sizeof db);
+    snprintf(uri, sizeof uri, "file:%s?mode=rwc", db);
+    fm_store *st;
+    CHECK_OK(fm_store_open(uri, &st));
+    CHECK_OK(fm_store_meta_set(st, "k", "v1", 2));
+    fm_store_close(st);
+    struct stat sb;
+    CHECK_EQ_INT(stat(db, &sb), 0); /* the file itself, not one named "file:..." */
+    CHECK_EQ_INT(sql_int(db, "SELECT count(*) FROM meta WHERE key = 'k'"), 1);
+    sqlite3 *raw = NULL;
+    sqlite3_stmt *q = NULL;
+    CHECK_EQ_INT(sqlite3_open(db, &raw), SQLITE_OK);
+    CHECK_EQ_INT(sqlite3_prepare_v2(raw, "PRAGMA journal_mode", -1, &q, NULL), SQLITE_OK);
+    CHECK_EQ_INT(sqlite3_step(q), SQLITE_ROW);
+    CHECK_STR((const char *)sqlite3_column_text(q, 0), "wal");
+    sqlite3_finalize(q);
+    sqlite3_close(raw);
+
+    char mem[128];
+    snprintf(mem, sizeof mem, "file:/fm-test-store-%d?vfs=memdb", (int)getpid());
+    int flags = SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_URI;
+    CHECK_EQ_INT(sqlite3_open_v2(mem, &raw, flags, NULL), SQLITE_OK);
+    CHECK_OK(fm_store_open(mem, &st));
+    CHECK_OK(fm_store_meta_set(st, "k", "v2", 2));
+    fm_store_close(st);
+    CHECK_OK(fm_store_open(mem, &st)); /* held open by raw: still there */
+    fm_buf v;
+    fm_buf_init(&v);
+    CHECK_OK(fm_store_meta_get(st, "k", &v));
+    CHECK_EQ_INT(v.len, 2);
+    CHECK_MEM(v.data, "v2", 2);
+    fm_store_close(st);
+    /* The raw connection sees the store's tables too. */
+    CHECK_EQ_INT(sqlite3_prepare_v2(raw, "SELECT count(*) FROM meta", -1, &q, NULL), SQLITE_OK);
+    CHECK_EQ_INT(sqlite3_step(q), SQLITE_ROW);
+    CHECK_EQ_INT(sqlite3_column_int(q, 0), 2); /* app, k */
+    sqlite3_finalize(q);
+    sqlite3_close(raw);
+    /* Every connection closed: gone. */
+    CHECK_OK(fm_store_open(mem, &st));
+    fm_buf_reset(&v);
+    CHECK_RC(fm_store_meta_get(st, "k", &v), FM_ENOTFOUND);
+    fm_store_close(st);
+    fm_buf_free(&v);
+    tmp_teardown();
+}
+
 /* ---- records ------------------------------------------------------------------------------ */
 
 typedef struct rec_seen {
@@ -797,6 +985,10 @@ int main(void)
     RUN(test_meta);
     RUN(test_batch_at);
     RUN(test_each_batch_order_and_load_state);
+    RUN(test_batches_from);
+    RUN(test_batches_from_reentrant);
+    RUN(test_put_member_new);
+    RUN(test_uri_paths);
     RUN(test_each_record_order);
     TEST_MAIN_END();
 }

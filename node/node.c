@@ -1,0 +1,1569 @@
+/*
+ * node.c — the node core (node.h): connections, sessions, the sync protocol (proto.h), eager
+ * push, anti-entropy and peer selection, as a deterministic state machine. Time and randomness
+ * come only from the replica's fm_env; bytes leave only through fm_node_io.
+ *
+ * Per connection and collection the node keeps `known`: a lower bound of what the peer holds
+ * (its VECTOR, raised by every batch either side sent on this connection). What the peer lacks
+ * is always recomputed from `known` against the store, so nothing is queued in memory that a
+ * cut connection could lose. Eager push is the fast path of the same rule: a batch just applied
+ * goes straight out when it is the next one of its feed for the peer and its context is already
+ * covered; anything else marks the collection dirty and the pump exports it from the store.
+ */
+#include "node/node.h"
+
+#include "crypto/cert.h"
+#include "crypto/identity.h"
+#include "crypto/session.h"
+#include "node/proto.h"
+#include "node/replica.h"
+
+#include <sodium.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* Per connection and collection. */
+typedef struct csync {
+    char name[FM_MAX_COLLECTION_LEN + 1];
+    uint32_t len;
+    uint8_t prio;     /* the peer's priority for it */
+    bool known_valid; /* known reflects a VECTOR, an equal SUMMARY, or the peer's lack of it */
+    bool dirty;       /* the peer may lack batches we hold */
+    bool vec_sent;    /* our VECTOR went out in this exchange: no reply needed */
+    fm_vv known;
+} csync;
+
+typedef struct conn {
+    bool used;
+    fm_conn_id id;
+    bool initiator;
+    bool closing;
+    int err;  /* first protocol error seen while handling a frame */
+    int peer; /* index into peers, or -1 */
+    char addr[FM_NODE_MAX_ADDR + 1];
+    fm_session *s;
+    fm_buf out;
+    bool live;         /* HELLO sent (session established) */
+    bool hello_rcvd;   /* peer's HELLO processed */
+    bool summary_rcvd; /* a SUMMARY processed: collections it did not name, the peer lacks */
+    bool has_id;
+    uint8_t peer_id[FM_ID_BYTES];
+    char peer_name[FM_MAX_DEVICE_NAME + 1];
+    /* peer's subscriptions */
+    bool peer_all, peer_none;
+    uint32_t npeer_subs;
+    char (*peer_subs)[FM_MAX_COLLECTION_LEN + 1];
+    uint8_t *peer_prio;
+    uint64_t peer_window;
+    /* flow control: BATCHES payload bytes */
+    uint64_t sent_bytes, peer_acked; /* what we sent, what the peer acknowledged */
+    uint64_t recv_bytes, acked_sent; /* what we processed, what we acknowledged */
+    csync *cs;
+    uint32_t ncs, ccs;
+    uint64_t round;
+    uint64_t opened_ms, last_rx_ms, last_synced_ms, ae_at;
+    uint64_t bytes_in, bytes_out;
+} conn;
+
+typedef struct peer {
+    char addr[FM_NODE_MAX_ADDR + 1];
+    bool is_static, present, has_digest, has_id;
+    uint8_t digest[FM_HASH_BYTES];
+    uint8_t id[FM_ID_BYTES];
+    uint64_t last_seen_ms, last_synced_ms, retry_at;
+    uint32_t backoff_ms;
+    int conn; /* index into conns, or -1 */
+} peer;
+
+struct fm_node {
+    fm_replica *r;
+    const fm_env *env;
+    fm_node_io io;
+    fm_node_sub *subs;
+    char (*sub_names)[FM_MAX_COLLECTION_LEN + 1];
+    size_t nsubs;
+    bool sub_all, sub_none;
+    uint32_t max_conns, max_total, ae_ms, idle_ms, window, bmin, bmax;
+    uint8_t cert[FM_MAX_CERT_BYTES];
+    size_t cert_len;
+    const fm_membership *mesh; /* the view sessions borrow; sessions die if it is replaced */
+    uint64_t member_epoch;
+    conn *conns;
+    peer *peers;
+    uint32_t npeers;
+    fm_conn_id next_local_id;
+    fm_node_stats st;
+    /* batches the replica applied during a node call, processed when the call ends */
+    fm_buf applied;
+    fm_buf scratch;
+    fm_batch b;
+    fm_bytes *barr; /* a received BATCHES frame */
+    int *bres;
+    int depth;       /* > 0 while inside a node entry point */
+    int active_conn; /* conn whose fm_session_input is running, or -1 */
+    uint64_t connect_at;
+};
+
+static void node_log(fm_node *n, int level, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+static void node_log(fm_node *n, int level, const char *fmt, ...)
+{
+    if (!n->io.log)
+        return;
+    char line[512];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(line, sizeof line, fmt, ap);
+    va_end(ap);
+    n->io.log(n->io.ctx, level, line);
+}
+
+static uint64_t now_ms(const fm_node *n)
+{
+    return n->env->now_ms(n->env->ctx);
+}
+
+/* base +- 25%, from the env's randomness. */
+static uint64_t jitter(fm_node *n, uint64_t base)
+{
+    uint32_t r;
+    n->env->random(n->env->ctx, &r, sizeof r);
+    uint64_t span = base / 2;
+    return base - base / 4 + (span ? r % (span + 1) : 0);
+}
+
+/* ---- subscriptions -------------------------------------------------------------------------- */
+
+/* -1 if this node does not take the collection from peers, else its priority. */
+static int my_prio(const fm_node *n, const uint8_t *name, uint32_t len)
+{
+    if (n->sub_none)
+        return -1;
+    if (n->sub_all)
+        return FM_PRIO_NORMAL;
+    for (size_t i = 0; i < n->nsubs; i++)
+        if (strlen(n->sub_names[i]) == len && memcmp(n->sub_names[i], name, len) == 0)
+            return n->subs[i].prio;
+    return -1;
+}
+
+static int peer_prio(const conn *c, const uint8_t *name, uint32_t len)
+{
+    if (c->peer_none)
+        return -1;
+    if (c->peer_all)
+        return FM_PRIO_NORMAL;
+    for (uint32_t i = 0; i < c->npeer_subs; i++)
+        if (strlen(c->peer_subs[i]) == len && memcmp(c->peer_subs[i], name, len) == 0)
+            return c->peer_prio[i];
+    return -1;
+}
+
+/* A collection this node offers to peers: one it subscribes to, or one holding only what it
+ * wrote itself (a node relays only what it subscribes to). */
+static bool offers(fm_node *n, const fm_coll *c)
+{
+    if (my_prio(n, (const uint8_t *)c->name, c->name_len) >= 0)
+        return true;
+    return c->vv.n == 1 && memcmp(c->vv.e[0].author, n->r->device, FM_ID_BYTES) == 0;
+}
+
+/* ---- connections: output -------------------------------------------------------------------- */
+
+static void conn_flush(fm_node *n, conn *c)
+{
+    if (!c->out.len || c->closing)
+        return;
+    c->bytes_out += c->out.len;
+    n->st.bytes_out += c->out.len;
+    n->io.send(n->io.ctx, c->id, c->out.data, c->out.len);
+    fm_buf_reset(&c->out);
+}
+
+/* Encrypts one message into the connection's output; flushed at once unless the connection's
+ * input is being processed (then when it returns). */
+static int conn_send(fm_node *n, conn *c, const fm_buf *msg)
+{
+    if (c->closing)
+        return FM_ECLOSED;
+    if (msg->oom)
+        return FM_ENOMEM;
+    int rc = fm_session_send(c->s, msg->data, msg->len, &c->out);
+    if (rc)
+        return rc;
+    n->st.frames_out++;
+    if (n->active_conn != (int)(c - n->conns))
+        conn_flush(n, c);
+    return 0;
+}
+
+static void csync_free_all(conn *c)
+{
+    for (uint32_t i = 0; i < c->ncs; i++)
+        fm_vv_free(&c->cs[i].known);
+    free(c->cs);
+    c->cs = NULL;
+    c->ncs = c->ccs = 0;
+}
+
+static void peer_backoff(fm_node *n, peer *p, bool failed)
+{
+    uint64_t t = now_ms(n);
+    if (failed) {
+        p->backoff_ms = p->backoff_ms ? FM_MIN(p->backoff_ms * 2, n->bmax) : n->bmin;
+        p->retry_at = t + jitter(n, p->backoff_ms);
+    } else {
+        p->retry_at = t + jitter(n, n->bmin);
+    }
+    if (n->connect_at > p->retry_at)
+        n->connect_at = p->retry_at;
+}
+
+/* Forgets a connection. failed: it ended before the session was useful (the peer backs off). */
+static void conn_drop(fm_node *n, conn *c, bool failed)
+{
+    if (c->peer >= 0) {
+        peer *p = &n->peers[c->peer];
+        p->conn = -1;
+        if (c->last_synced_ms)
+            p->last_synced_ms = c->last_synced_ms;
+        peer_backoff(n, p, failed);
+    }
+    fm_session_free(c->s);
+    fm_buf_free(&c->out);
+    csync_free_all(c);
+    free(c->peer_subs);
+    free(c->peer_prio);
+    memset(c, 0, sizeof *c);
+    c->peer = -1;
+    n->st.conns--;
+}
+
+/* Closes a connection on our side: io->close, then forget it. The connection whose input is
+ * being processed is only marked; conn_data closes it when the session returns. */
+static void conn_close(fm_node *n, conn *c, int why)
+{
+    if (n->active_conn == (int)(c - n->conns)) {
+        c->err = c->err ? c->err : why ? why : FM_ECLOSED;
+        return;
+    }
+    if (why)
+        node_log(n, FM_LOG_INFO, "conn %llu (%s): closing: %s", (unsigned long long)c->id,
+                 c->addr[0] ? c->addr : "inbound", fm_strerror(why));
+    if (c->s && fm_session_state(c->s) == FM_SESSION_ESTABLISHED && !why)
+        fm_session_close(c->s, &c->out); /* the final frame, after whatever is queued */
+    conn_flush(n, c);
+    c->closing = true;
+    n->io.close(n->io.ctx, c->id);
+    conn_drop(n, c, why != 0 && !c->live);
+}
+
+static conn *conn_find(fm_node *n, fm_conn_id id)
+{
+    for (uint32_t i = 0; i < n->max_total; i++)
+        if (n->conns[i].used && n->conns[i].id == id)
+            return &n->conns[i];
+    return NULL;
+}
+
+/* ---- per-collection sync state -------------------------------------------------------------- */
+
+static csync *csync_get(conn *c, const uint8_t *name, uint32_t len, bool create)
+{
+    for (uint32_t i = 0; i < c->ncs; i++)
+        if (c->cs[i].len == len && memcmp(c->cs[i].name, name, len) == 0)
+            return &c->cs[i];
+    if (!create || c->ncs >= FM_MAX_COLLECTIONS)
+        return NULL;
+    if (fm_grow((void **)&c->cs, c->ncs, &c->ccs, sizeof *c->cs))
+        return NULL;
+    csync *s = &c->cs[c->ncs++];
+    memset(s, 0, sizeof *s);
+    memcpy(s->name, name, len);
+    s->len = len;
+    int pp = peer_prio(c, name, len);
+    s->prio = pp < 0 ? FM_PRIO_BULK : (uint8_t)pp;
+    /* Unnamed in the peer's last SUMMARY: it held none then, so empty is a true lower bound. */
+    s->known_valid = c->summary_rcvd;
+    fm_vv_init(&s->known);
+    return s;
+}
+
+static fm_coll *coll_of(fm_node *n, const uint8_t *name, uint32_t len)
+{
+    return fm_state_coll(&n->r->st, name, len);
+}
+
+/* ---- sending batches ------------------------------------------------------------------------ */
+
+typedef struct pump_ctx {
+    fm_node *n;
+    conn *c;
+    csync *s;
+    fm_buf body; /* concatenated bin-encoded batches */
+    uint32_t count;
+    int err;
+} pump_ctx;
+
+static int pump_flush(pump_ctx *x)
+{
+    if (!x->count)
+        return 0;
+    fm_buf *msg = &x->n->scratch;
+    fm_buf_reset(msg);
+    fm_wr w;
+    fm_wr_init(&w, msg);
+    fm_proto_batches_begin(&w, (const uint8_t *)x->s->name, x->s->len, x->count);
+    fm_wr_bytes_raw(&w, x->body.data, x->body.len);
+    int rc = conn_send(x->n, x->c, msg);
+    if (!rc) {
+        x->c->sent_bytes += msg->len;
+        x->n->st.batches_out += x->count;
+    }
+    fm_buf_reset(&x->body);
+    x->count = 0;
+    return rc;
+}
+
+/* Adds one batch to the frame under construction; raises known. */
+static int pump_add(pump_ctx *x, const fm_batch *b, const uint8_t *data, size_t len)
+{
+    if (x->count && (x->body.len + len > FM_PROTO_BATCHES_TARGET ||
+                     x->count >= FM_PROTO_MAX_BATCHES_PER_FRAME)) {
+        int rc = pump_flush(x);
+        if (rc)
+            return rc;
+    }
+    fm_wr w;
+    fm_wr_init(&w, &x->body);
+    fm_wr_bin(&w, data, len);
+    if (x->body.oom)
+        return FM_ENOMEM;
+    x->count++;
+    if (fm_vv_get(&x->s->known, b->author) < fm_batch_last_seq(b))
+        return fm_vv_set(&x->s->known, b->author, fm_batch_last_seq(b));
+    return 0;
+}
+
+static bool window_open(const conn *c, size_t pending)
+{
+    return c->sent_bytes + pending - c->peer_acked < c->peer_window;
+}
+
+static int pump_one(void *arg, const uint8_t *data, size_t len)
+{
+    pump_ctx *x = arg;
+    if (!window_open(x->c, x->body.len))
+        return 1; /* stop: the rest waits for an ACK */
+    fm_batch *b = &x->n->b;
+    int rc = fm_batch_decode(data, len, b);
+    if (rc) {
+        x->err = FM_ESTORE; /* the store holds only batches that decoded */
+        return 1;
+    }
+    if (fm_batch_last_seq(b) <= fm_vv_get(&x->s->known, b->author))
+        return 0;
+    if ((rc = pump_add(x, b, data, len))) {
+        x->err = rc;
+        return 1;
+    }
+    return 0;
+}
+
+/* Streams what the peer lacks of one collection, from the store, until the window is full. */
+static int pump_coll(fm_node *n, conn *c, csync *s)
+{
+    pump_ctx x = {.n = n, .c = c, .s = s};
+    fm_buf_init(&x.body);
+    fm_vv theirs;
+    fm_vv_init(&theirs);
+    int rc = fm_vv_copy(&theirs, &s->known);
+    if (!rc)
+        rc = fm__replica_export_vv(n->r, (const uint8_t *)s->name, s->len, &theirs, pump_one, &x);
+    if (rc < 0 || x.err) {
+        rc = x.err ? x.err : rc;
+    } else {
+        bool stopped = rc == 1;
+        rc = pump_flush(&x);
+        if (!rc && !stopped)
+            s->dirty = false;
+    }
+    fm_vv_free(&theirs);
+    fm_buf_free(&x.body);
+    return rc;
+}
+
+static int csync_order(const void *a, const void *b)
+{
+    const csync *x = *(const csync *const *)a, *y = *(const csync *const *)b;
+    if (x->prio != y->prio)
+        return x->prio < y->prio ? -1 : 1;
+    return fm_bytes_cmp((const uint8_t *)x->name, x->len, (const uint8_t *)y->name, y->len);
+}
+
+/* Sends whatever dirty collections need, critical first, while the window allows. */
+static void pump(fm_node *n, conn *c)
+{
+    if (!c->hello_rcvd || c->closing)
+        return;
+    csync *order[FM_MAX_COLLECTIONS];
+    uint32_t k = 0;
+    for (uint32_t i = 0; i < c->ncs; i++)
+        if (c->cs[i].dirty && c->cs[i].known_valid)
+            order[k++] = &c->cs[i];
+    qsort(order, k, sizeof *order, csync_order);
+    for (uint32_t i = 0; i < k && window_open(c, 0); i++) {
+        int rc = pump_coll(n, c, order[i]);
+        if (rc) {
+            c->err = c->err ? c->err : rc;
+            return;
+        }
+    }
+}
+
+/* The eager-push rule for one applied batch and one connection. */
+static void push_one(fm_node *n, conn *c, const fm_batch *b, const uint8_t *data, size_t len)
+{
+    if (!c->hello_rcvd || c->closing || peer_prio(c, b->coll, b->coll_len) < 0)
+        return;
+    fm_coll *coll = coll_of(n, b->coll, b->coll_len);
+    if (!coll || !offers(n, coll))
+        return;
+    csync *s = csync_get(c, b->coll, b->coll_len, true);
+    if (!s) {
+        c->err = FM_ENOMEM;
+        return;
+    }
+    uint64_t have = fm_vv_get(&s->known, b->author);
+    if (have >= fm_batch_last_seq(b))
+        return;
+    bool next = have + 1 == b->first_seq && fm_vv_compare(&b->ctx, &s->known) != FM_VV_GREATER &&
+                fm_vv_compare(&b->ctx, &s->known) != FM_VV_CONCURRENT;
+    if (!s->known_valid || s->dirty || !next || !window_open(c, len)) {
+        s->dirty = true;
+        return;
+    }
+    pump_ctx x = {.n = n, .c = c, .s = s};
+    fm_buf_init(&x.body);
+    int rc = pump_add(&x, b, data, len);
+    if (!rc)
+        rc = pump_flush(&x);
+    fm_buf_free(&x.body);
+    if (rc)
+        c->err = c->err ? c->err : rc;
+}
+
+/* Batches the replica applied (local commits and ingests) go to every connected peer. */
+static void process_applied(fm_node *n)
+{
+    size_t off = 0;
+    while (off < n->applied.len) {
+        uint32_t len;
+        memcpy(&len, n->applied.data + off, sizeof len);
+        const uint8_t *data = n->applied.data + off + sizeof len;
+        off += sizeof len + len;
+        if (fm_batch_decode(data, len, &n->b))
+            continue; /* cannot happen: the replica applied it */
+        for (uint32_t i = 0; i < n->max_total; i++)
+            if (n->conns[i].used)
+                push_one(n, &n->conns[i], &n->b, data, len);
+    }
+    fm_buf_reset(&n->applied);
+    for (uint32_t i = 0; i < n->max_total; i++)
+        if (n->conns[i].used && n->conns[i].err)
+            conn_close(n, &n->conns[i], n->conns[i].err);
+}
+
+static void on_applied(void *arg, const uint8_t *batch, size_t len)
+{
+    fm_node *n = arg;
+    uint32_t l = (uint32_t)len;
+    if (fm_buf_append(&n->applied, &l, sizeof l) || fm_buf_append(&n->applied, batch, len)) {
+        /* Not pushed now; anti-entropy will carry it. */
+        n->applied.oom = false;
+        return;
+    }
+    if (n->depth == 0) {
+        n->depth++;
+        process_applied(n);
+        n->depth--;
+    }
+}
+
+/* Every entry point brackets its work so batches applied on the way are pushed at the end. */
+static void enter(fm_node *n)
+{
+    n->depth++;
+}
+
+static void leave(fm_node *n)
+{
+    if (n->depth == 1 && n->applied.len)
+        process_applied(n);
+    n->depth--;
+}
+
+/* ---- summaries and vectors ------------------------------------------------------------------ */
+
+static int send_summary(fm_node *n, conn *c)
+{
+    fm_buf *msg = &n->scratch;
+    fm_buf_reset(msg);
+    fm_wr w;
+    fm_wr_init(&w, msg);
+    uint32_t k = 0;
+    for (uint32_t i = 0; i < n->r->st.ncolls; i++)
+        k += offers(n, n->r->st.colls[i]);
+    for (uint32_t i = 0; i < c->ncs; i++)
+        c->cs[i].vec_sent = false; /* a new exchange */
+    fm_proto_summary_begin(&w, ++c->round, k);
+    for (uint32_t i = 0; i < n->r->st.ncolls; i++) {
+        const fm_coll *coll = n->r->st.colls[i]; /* sorted by name */
+        if (!offers(n, coll))
+            continue;
+        uint8_t d[FM_HASH_BYTES];
+        int rc = fm_vv_digest(&coll->vv, d);
+        if (rc)
+            return rc;
+        fm_proto_summary_entry(&w, (const uint8_t *)coll->name, coll->name_len, d);
+    }
+    return conn_send(n, c, msg);
+}
+
+static int send_vector(fm_node *n, conn *c, const uint8_t *name, uint32_t len, uint64_t flags)
+{
+    fm_coll *coll = coll_of(n, name, len);
+    csync *s = csync_get(c, name, len, true);
+    if (!s)
+        return FM_ENOMEM;
+    s->vec_sent = true;
+    fm_vv empty;
+    fm_vv_init(&empty);
+    fm_buf *msg = &n->scratch;
+    fm_buf_reset(msg);
+    int rc = fm_proto_vector_encode(msg, c->round, flags, c->recv_bytes, name, len,
+                                    coll ? &coll->vv : &empty);
+    return rc ? rc : conn_send(n, c, msg);
+}
+
+typedef struct summary_ctx {
+    fm_node *n;
+    conn *c;
+    bool equal;
+    uint8_t *seen; /* per collection index of ours: named in the summary */
+} summary_ctx;
+
+static int summary_entry(void *arg, const fm_summary_entry *e)
+{
+    summary_ctx *x = arg;
+    fm_node *n = x->n;
+    if (my_prio(n, e->name.p, e->name.len) < 0)
+        return 0;
+    fm_coll *coll = coll_of(n, e->name.p, e->name.len);
+    uint8_t d[FM_HASH_BYTES];
+    fm_vv empty;
+    fm_vv_init(&empty);
+    int rc = fm_vv_digest(coll ? &coll->vv : &empty, d);
+    if (rc)
+        return rc;
+    if (coll)
+        for (uint32_t i = 0; i < n->r->st.ncolls; i++)
+            if (n->r->st.colls[i] == coll)
+                x->seen[i] = 1;
+    uint32_t before = x->c->ncs;
+    csync *s = csync_get(x->c, e->name.p, e->name.len, true);
+    if (!s)
+        return FM_ENOMEM;
+    if (x->c->ncs != before)
+        s->known_valid = false; /* the peer holds some of it: wait for its VECTOR */
+    s->vec_sent = false;        /* a new exchange */
+    if (sodium_memcmp(d, e->digest, FM_HASH_BYTES) == 0) {
+        if ((rc = fm_vv_copy(&s->known, coll ? &coll->vv : &empty)))
+            return rc;
+        s->known_valid = true;
+        return 0;
+    }
+    x->equal = false;
+    return send_vector(n, x->c, e->name.p, e->name.len, 0);
+}
+
+static int on_summary(fm_node *n, conn *c, const uint8_t *p, size_t len)
+{
+    uint64_t round;
+    uint8_t seen[FM_MAX_COLLECTIONS] = {0};
+    summary_ctx x = {.n = n, .c = c, .equal = true, .seen = seen};
+    int rc = fm_proto_summary_decode(p, len, &round, summary_entry, &x);
+    if (rc)
+        return rc;
+    c->summary_rcvd = true;
+    /* Collections we offer that the peer wants but did not name: it holds none of them. */
+    for (uint32_t i = 0; i < n->r->st.ncolls; i++) {
+        fm_coll *coll = n->r->st.colls[i];
+        if (seen[i] || !offers(n, coll) ||
+            peer_prio(c, (const uint8_t *)coll->name, coll->name_len) < 0)
+            continue;
+        csync *s = csync_get(c, (const uint8_t *)coll->name, coll->name_len, true);
+        if (!s)
+            return FM_ENOMEM;
+        if (!s->known_valid) {
+            s->known_valid = true;
+            s->dirty = true;
+        }
+        x.equal = false;
+    }
+    if (x.equal) {
+        c->last_synced_ms = now_ms(n);
+        if (c->peer >= 0)
+            n->peers[c->peer].last_synced_ms = c->last_synced_ms;
+    }
+    pump(n, c);
+    return 0;
+}
+
+static int on_vector(fm_node *n, conn *c, const uint8_t *p, size_t len)
+{
+    fm_vector_msg m;
+    fm_vv_init(&m.vv);
+    int rc = fm_proto_vector_decode(p, len, &m);
+    if (rc)
+        goto out;
+    if (m.acked > c->sent_bytes) {
+        node_log(n, FM_LOG_DEBUG, "VECTOR acks %llu bytes of %llu sent",
+                 (unsigned long long)m.acked, (unsigned long long)c->sent_bytes);
+        rc = FM_EDECODE; /* acknowledges bytes never sent */
+        goto out;
+    }
+    fm_coll *coll = coll_of(n, m.name.p, m.name.len);
+    bool offered = coll && offers(n, coll) && peer_prio(c, m.name.p, m.name.len) >= 0;
+    if (offered) {
+        csync *s = csync_get(c, m.name.p, m.name.len, true);
+        if (!s) {
+            rc = FM_ENOMEM;
+            goto out;
+        }
+        /* With nothing of ours in flight the vector is exact (it also undoes what the peer
+         * refused); otherwise it is only a lower bound. */
+        rc =
+            m.acked == c->sent_bytes ? fm_vv_copy(&s->known, &m.vv) : fm_vv_merge(&s->known, &m.vv);
+        if (rc)
+            goto out;
+        s->known_valid = true;
+        s->dirty = true;
+    }
+    /* The peer holds something we lack: tell it what we have (once per exchange). */
+    csync *mine = csync_get(c, m.name.p, m.name.len, false);
+    if (!(m.flags & FM_VECTOR_REPLY) && my_prio(n, m.name.p, m.name.len) >= 0 &&
+        !(mine && mine->vec_sent)) {
+        fm_vv empty;
+        fm_vv_init(&empty);
+        fm_vv_order o = fm_vv_compare(&m.vv, coll ? &coll->vv : &empty);
+        if (o == FM_VV_GREATER || o == FM_VV_CONCURRENT)
+            rc = send_vector(n, c, m.name.p, m.name.len, FM_VECTOR_REPLY);
+    }
+    if (!rc)
+        pump(n, c);
+out:
+    fm_vv_free(&m.vv);
+    return rc;
+}
+
+/* ---- receiving batches ---------------------------------------------------------------------- */
+
+static int on_batches(fm_node *n, conn *c, const uint8_t *p, size_t len)
+{
+    fm_proto_name name;
+    uint32_t k;
+    fm_bytes *arr = n->barr;
+    int *res = n->bres;
+    int rc = fm_proto_batches_decode(p, len, &name, arr, &k);
+    if (rc)
+        goto out;
+    c->recv_bytes += len;
+    n->st.batches_in += k;
+    if (my_prio(n, name.p, name.len) < 0) {
+        n->st.batches_refused += k; /* not subscribed: neither stored nor relayed */
+        goto ack;
+    }
+    /* The peer holds what it sends: never send it back. */
+    csync *s = csync_get(c, name.p, name.len, true);
+    if (!s) {
+        rc = FM_ENOMEM;
+        goto out;
+    }
+    uint32_t keep = 0;
+    for (uint32_t i = 0; i < k; i++) {
+        if (fm_batch_decode(arr[i].data, arr[i].len, &n->b) || n->b.coll_len != name.len ||
+            memcmp(n->b.coll, name.p, name.len) != 0) {
+            n->st.batches_refused++;
+            continue;
+        }
+        uint64_t last = fm_batch_last_seq(&n->b);
+        if (fm_vv_get(&s->known, n->b.author) < last &&
+            (rc = fm_vv_set(&s->known, n->b.author, last)))
+            goto out;
+        arr[keep++] = arr[i];
+    }
+    int applied = keep ? fm_replica_ingest(n->r, arr, keep, res) : 0;
+    if (applied < 0) {
+        node_log(n, FM_LOG_ERROR, "ingest failed: %s (%s)", fm_strerror(applied),
+                 fm_store_errmsg(n->r->store));
+        rc = applied; /* store failure: drop the connection; the next one resumes */
+        goto out;
+    }
+    for (uint32_t i = 0; i < keep; i++) {
+        if (res[i] == FM_EDUP)
+            n->st.batches_dup++;
+        else if (res[i] != 0 && res[i] != FM_EPENDING)
+            n->st.batches_refused++;
+    }
+ack:
+    if (c->recv_bytes - c->acked_sent >= n->window / 4) {
+        fm_buf *msg = &n->scratch;
+        fm_buf_reset(msg);
+        if (!(rc = fm_proto_ack_encode(msg, c->recv_bytes)) && !(rc = conn_send(n, c, msg)))
+            c->acked_sent = c->recv_bytes;
+    }
+out:
+    return rc;
+}
+
+static int on_ack(fm_node *n, conn *c, const uint8_t *p, size_t len)
+{
+    uint64_t v;
+    int rc = fm_proto_ack_decode(p, len, &v);
+    if (rc)
+        return rc;
+    if (v > c->sent_bytes)
+        return FM_EDECODE;
+    if (v > c->peer_acked)
+        c->peer_acked = v;
+    pump(n, c);
+    return 0;
+}
+
+/* ---- membership ----------------------------------------------------------------------------- */
+
+typedef struct members_out {
+    fm_node *n;
+    conn *c;
+    fm_buf body;
+    uint32_t count;
+    int rc;
+} members_out;
+
+static int members_flush(members_out *x)
+{
+    if (!x->count)
+        return 0;
+    fm_buf *msg = &x->n->scratch;
+    fm_buf_reset(msg);
+    fm_wr w;
+    fm_wr_init(&w, msg);
+    fm_proto_members_begin(&w, x->count);
+    fm_wr_bytes_raw(&w, x->body.data, x->body.len);
+    fm_buf_reset(&x->body);
+    x->count = 0;
+    return conn_send(x->n, x->c, msg);
+}
+
+static int members_one(void *arg, const uint8_t *rec, size_t len)
+{
+    members_out *x = arg;
+    if (len > FM_PROTO_MAX_MEMBER_BYTES)
+        return 0;
+    fm_wr w;
+    fm_wr_init(&w, &x->body);
+    fm_wr_bin(&w, rec, len);
+    if (x->body.oom)
+        return x->rc = FM_ENOMEM;
+    if (++x->count == FM_PROTO_MEMBERS_PER_FRAME)
+        return x->rc = members_flush(x);
+    return 0;
+}
+
+static int send_members(fm_node *n, conn *c)
+{
+    members_out x = {.n = n, .c = c};
+    fm_buf_init(&x.body);
+    int rc = fm__replica_each_member_bin(n->r, members_one, &x);
+    if (!rc)
+        rc = x.rc;
+    if (!rc)
+        rc = members_flush(&x);
+    fm_buf_free(&x.body);
+    return rc;
+}
+
+/* A membership change may end sessions (revocation) or replace the view sessions borrow. */
+static void recheck_sessions(fm_node *n)
+{
+    bool replaced = n->mesh != n->r->mesh;
+    n->mesh = n->r->mesh;
+    n->member_epoch = fm__replica_member_epoch(n->r);
+    for (uint32_t i = 0; i < n->max_total; i++) {
+        conn *c = &n->conns[i];
+        if (!c->used || !c->s)
+            continue;
+        int rc = replaced ? FM_ESTATE : fm_session_recheck(c->s);
+        /* FM_ESTATE from recheck: the peer is not authenticated yet, the handshake checks it */
+        if (replaced || (rc && rc != FM_ESTATE))
+            conn_close(n, c, rc);
+    }
+}
+
+static int on_members(fm_node *n, conn *c, const uint8_t *p, size_t len)
+{
+    fm_bytes recs[FM_PROTO_MEMBERS_PER_FRAME];
+    uint32_t k;
+    int rc = fm_proto_members_decode(p, len, recs, &k);
+    if (rc)
+        return rc;
+    int installed = fm__replica_import_members(n->r, recs, k);
+    if (installed < 0)
+        return installed;
+    if (installed == 0)
+        return 0;
+    /* Flood what was new to us to every other peer; those that have it install nothing and
+     * stop the flood there. */
+    for (uint32_t i = 0; i < n->max_total; i++) {
+        conn *o = &n->conns[i];
+        if (o->used && o != c && o->hello_rcvd && !o->closing) {
+            fm_buf msg = {.data = (uint8_t *)p, .len = len, .cap = len};
+            int src = conn_send(n, o, &msg);
+            if (src)
+                o->err = src;
+        }
+    }
+    if (fm__replica_member_epoch(n->r) != n->member_epoch || n->mesh != n->r->mesh)
+        recheck_sessions(n);
+    return 0;
+}
+
+/* ---- HELLO and session start ---------------------------------------------------------------- */
+
+static int send_hello(fm_node *n, conn *c)
+{
+    fm_hello *h = calloc(1, sizeof *h);
+    if (!h)
+        return FM_ENOMEM;
+    h->proto_min = FM_PROTO_MIN;
+    h->proto_max = FM_PROTO_MAX;
+    h->caps = FM_CAPS;
+    h->window = n->window;
+    h->subs_all = n->sub_all;
+    h->nsubs = n->sub_none ? 0 : (uint32_t)n->nsubs;
+    for (uint32_t i = 0; i < h->nsubs; i++) {
+        h->subs[i].p = (const uint8_t *)n->sub_names[i];
+        h->subs[i].len = (uint32_t)strlen(n->sub_names[i]);
+        h->prio[i] = n->subs[i].prio;
+    }
+    uint32_t count = 0;
+    int rc = fm__replica_member_digest(n->r, h->members_digest, &count);
+    h->members_count = count;
+    fm_buf *msg = &n->scratch;
+    fm_buf_reset(msg);
+    if (!rc)
+        rc = fm_proto_hello_encode(msg, h);
+    free(h);
+    return rc ? rc : conn_send(n, c, msg);
+}
+
+static int on_hello(fm_node *n, conn *c, const uint8_t *p, size_t len)
+{
+    if (c->hello_rcvd)
+        return FM_EDECODE;
+    fm_hello *h = malloc(sizeof *h);
+    if (!h)
+        return FM_ENOMEM;
+    int rc = fm_proto_hello_decode(p, len, h);
+    if (rc)
+        goto out;
+    if (h->proto_max < FM_PROTO_MIN || h->proto_min > FM_PROTO_MAX) {
+        rc = FM_EVERSION;
+        goto out;
+    }
+    c->peer_window = h->window;
+    c->peer_all = h->subs_all;
+    c->peer_none = !h->subs_all && h->nsubs == 0;
+    if (h->nsubs) {
+        c->peer_subs = calloc(h->nsubs, sizeof *c->peer_subs);
+        c->peer_prio = calloc(h->nsubs, 1);
+        if (!c->peer_subs || !c->peer_prio) {
+            rc = FM_ENOMEM;
+            goto out;
+        }
+        for (uint32_t i = 0; i < h->nsubs; i++) {
+            memcpy(c->peer_subs[i], h->subs[i].p, h->subs[i].len);
+            c->peer_prio[i] = h->prio[i];
+        }
+        c->npeer_subs = h->nsubs;
+    }
+    c->hello_rcvd = true;
+    uint8_t mine[FM_HASH_BYTES];
+    uint32_t count;
+    if ((rc = fm__replica_member_digest(n->r, mine, &count)))
+        goto out;
+    if (sodium_memcmp(mine, h->members_digest, FM_HASH_BYTES) != 0 && (h->caps & FM_CAP_MEMBERS))
+        rc = send_members(n, c);
+out:
+    free(h);
+    return rc;
+}
+
+/* The peer's certificate, verified by the handshake, is installed here so its batches are
+ * accepted even before membership gossip brings it. */
+static void learn_peer(fm_node *n, conn *c)
+{
+    fm_cert cert;
+    if (fm_session_peer_id(c->s, c->peer_id) || fm_session_peer_cert(c->s, &cert))
+        return;
+    c->has_id = true;
+    snprintf(c->peer_name, sizeof c->peer_name, "%s", cert.name);
+    const fm_cert *have = fm_membership_cert(n->r->mesh, c->peer_id);
+    if (!have || fm_cert_newer(&cert, have) > 0) {
+        uint8_t enc[FM_MAX_CERT_BYTES];
+        size_t len;
+        if (fm_cert_encode(&cert, enc, &len) == 0) {
+            fm_bytes rec = {enc, len};
+            if (fm__replica_import_members(n->r, &rec, 1) < 0)
+                node_log(n, FM_LOG_WARN, "could not install the certificate of %s", c->peer_name);
+        }
+        if (n->mesh != n->r->mesh)
+            recheck_sessions(n);
+    }
+}
+
+/* Two connections between the same pair: both sides keep the one the smaller id initiated. */
+static bool duplicate_of_better(fm_node *n, conn *c)
+{
+    for (uint32_t i = 0; i < n->max_total; i++) {
+        conn *o = &n->conns[i];
+        if (o == c || !o->used || !o->has_id || o->closing ||
+            memcmp(o->peer_id, c->peer_id, FM_ID_BYTES) != 0)
+            continue;
+        bool me_smaller = memcmp(n->r->device, c->peer_id, FM_ID_BYTES) < 0;
+        /* the connection initiated by the smaller side wins */
+        bool c_wins = c->initiator == me_smaller;
+        if (!c_wins)
+            return true;
+        conn_close(n, o, 0);
+    }
+    return false;
+}
+
+static int on_established(fm_node *n, conn *c)
+{
+    learn_peer(n, c);
+    if (!c->used)
+        return 0; /* closed by a session recheck */
+    n->st.sessions_ok++;
+    if (c->has_id && duplicate_of_better(n, c)) {
+        c->live = true; /* not a failure: the other connection carries the sync */
+        return FM_EEXISTS;
+    }
+    if (c->peer >= 0) {
+        peer *p = &n->peers[c->peer];
+        p->backoff_ms = 0;
+        p->has_id = c->has_id;
+        memcpy(p->id, c->peer_id, FM_ID_BYTES);
+    }
+    c->live = true;
+    c->ae_at = now_ms(n) + jitter(n, n->ae_ms);
+    int rc = send_hello(n, c);
+    return rc ? rc : send_summary(n, c);
+}
+
+typedef struct frame_ctx {
+    fm_node *n;
+    conn *c;
+} frame_ctx;
+
+/* One authenticated frame: one message. The first error sticks and later frames are ignored. */
+static void on_frame(void *arg, const uint8_t *data, size_t len)
+{
+    frame_ctx *x = arg;
+    fm_node *n = x->n;
+    conn *c = x->c;
+    if (c->err || !c->used)
+        return;
+    /* The peer's first frames can arrive with its stream start, in one input call: we must
+     * have sent our HELLO before answering anything. */
+    if (!c->live) {
+        int erc = on_established(n, c);
+        if (erc) {
+            c->err = erc;
+            return;
+        }
+    }
+    n->st.frames_in++;
+    uint64_t type = 0;
+    int rc = fm_proto_type(data, len, &type);
+    if (!rc && type != FM_MSG_HELLO && !c->hello_rcvd)
+        rc = FM_EDECODE; /* HELLO comes first */
+    if (!rc) {
+        switch (type) {
+        case FM_MSG_HELLO:
+            rc = on_hello(n, c, data, len);
+            break;
+        case FM_MSG_SUMMARY:
+            rc = on_summary(n, c, data, len);
+            break;
+        case FM_MSG_VECTOR:
+            rc = on_vector(n, c, data, len);
+            break;
+        case FM_MSG_BATCHES:
+            rc = on_batches(n, c, data, len);
+            break;
+        case FM_MSG_ACK:
+            rc = on_ack(n, c, data, len);
+            break;
+        case FM_MSG_MEMBERS:
+            rc = on_members(n, c, data, len);
+            break;
+        default:
+            break; /* unknown types are ignored: a newer peer may send more */
+        }
+    }
+    if (rc && !c->err) {
+        node_log(n, FM_LOG_DEBUG, "conn %llu: message type %llu (%zu bytes) refused: %s",
+                 (unsigned long long)c->id, (unsigned long long)type, len, fm_strerror(rc));
+        c->err = rc;
+    }
+}
+
+/* ---- entry points: connections -------------------------------------------------------------- */
+
+static peer *peer_find(fm_node *n, const char *addr)
+{
+    for (uint32_t i = 0; addr && i < n->npeers; i++)
+        if (strcmp(n->peers[i].addr, addr) == 0)
+            return &n->peers[i];
+    return NULL;
+}
+
+static uint32_t conn_count(const fm_node *n)
+{
+    return n->st.conns;
+}
+
+static int conn_slot(fm_node *n)
+{
+    for (uint32_t i = 0; i < n->max_total; i++)
+        if (!n->conns[i].used)
+            return (int)i;
+    return -1;
+}
+
+int fm_node_conn_open(fm_node *n, fm_conn_id id, bool initiator, const char *addr)
+{
+    if (addr && strlen(addr) > FM_NODE_MAX_ADDR)
+        addr = NULL;
+    conn *c = initiator ? conn_find(n, id) : NULL;
+    if (initiator && (!c || c->s)) {
+        n->io.close(n->io.ctx, id); /* not ours (or given up on) */
+        return FM_EINVAL;
+    }
+    if (!initiator) {
+        int slot = conn_slot(n);
+        if (slot < 0 || conn_find(n, id)) {
+            n->io.close(n->io.ctx, id);
+            return slot < 0 ? FM_ELIMIT : FM_EEXISTS;
+        }
+        c = &n->conns[slot];
+        memset(c, 0, sizeof *c);
+        c->used = true;
+        c->id = id;
+        c->peer = -1;
+        n->st.conns++;
+        peer *p = peer_find(n, addr);
+        if (p && p->conn < 0) {
+            c->peer = (int)(p - n->peers);
+            p->conn = (int)(c - n->conns);
+        }
+        if (addr)
+            snprintf(c->addr, sizeof c->addr, "%s", addr);
+    }
+    enter(n);
+    c->opened_ms = c->last_rx_ms = now_ms(n);
+    fm_buf_init(&c->out);
+    int rc = fm_session_new(n->env, n->r->identity, n->cert, n->cert_len, n->mesh,
+                            initiator ? FM_SESSION_INITIATOR : FM_SESSION_RESPONDER, &c->s);
+    if (!rc && initiator)
+        rc = fm_session_start(c->s, &c->out);
+    if (!rc)
+        conn_flush(n, c);
+    else
+        conn_close(n, c, rc);
+    leave(n);
+    return rc;
+}
+
+void fm_node_conn_failed(fm_node *n, fm_conn_id id)
+{
+    conn *c = conn_find(n, id);
+    if (!c)
+        return;
+    enter(n);
+    node_log(n, FM_LOG_DEBUG, "connect to %s failed", c->addr);
+    n->st.sessions_failed++;
+    conn_drop(n, c, true);
+    leave(n);
+}
+
+int fm_node_conn_data(fm_node *n, fm_conn_id id, const uint8_t *data, size_t len)
+{
+    conn *c = conn_find(n, id);
+    if (!c || c->closing)
+        return FM_ESTATE;
+    if (!c->s) /* outbound, not open yet */
+        return FM_ESTATE;
+    enter(n);
+    c->last_rx_ms = now_ms(n);
+    c->bytes_in += len;
+    n->st.bytes_in += len;
+    frame_ctx x = {n, c};
+    int idx = (int)(c - n->conns);
+    n->active_conn = idx;
+    int rc = fm_session_input(c->s, data, len, &c->out, on_frame, &x);
+    n->active_conn = -1;
+    if (c->used && !rc && !c->err && !c->live && fm_session_state(c->s) == FM_SESSION_ESTABLISHED)
+        rc = on_established(n, c);
+    if (c->used && !rc)
+        rc = c->err;
+    if (c->used) {
+        if (rc) {
+            if (!c->live)
+                n->st.sessions_failed++;
+            conn_close(n, c, rc);
+        } else if (fm_session_state(c->s) == FM_SESSION_CLOSED) {
+            conn_close(n, c, 0);
+        } else {
+            conn_flush(n, c);
+        }
+    }
+    leave(n);
+    return rc;
+}
+
+void fm_node_conn_closed(fm_node *n, fm_conn_id id)
+{
+    conn *c = conn_find(n, id);
+    if (!c)
+        return;
+    enter(n);
+    if (!c->live)
+        n->st.sessions_failed++;
+    c->closing = true; /* the transport is gone: nothing more to send */
+    conn_drop(n, c, !c->live);
+    leave(n);
+}
+
+/* ---- entry points: discovery ---------------------------------------------------------------- */
+
+int fm_node_peer_seen(fm_node *n, const char *addr, const uint8_t *digest, int flags)
+{
+    if (!addr || !addr[0] || strlen(addr) > FM_NODE_MAX_ADDR)
+        return FM_EINVAL;
+    peer *p = peer_find(n, addr);
+    if (!p) {
+        if (n->npeers >= FM_NODE_MAX_PEERS)
+            return FM_ELIMIT;
+        p = &n->peers[n->npeers++];
+        memset(p, 0, sizeof *p);
+        snprintf(p->addr, sizeof p->addr, "%s", addr);
+        p->conn = -1;
+        p->retry_at = now_ms(n);
+    }
+    p->present = true;
+    p->is_static |= (flags & FM_PEER_STATIC) != 0;
+    p->last_seen_ms = now_ms(n);
+    p->has_digest = digest != NULL;
+    if (digest)
+        memcpy(p->digest, digest, FM_HASH_BYTES);
+    if (n->connect_at > p->retry_at)
+        n->connect_at = p->retry_at;
+    return 0;
+}
+
+void fm_node_peer_lost(fm_node *n, const char *addr)
+{
+    peer *p = peer_find(n, addr);
+    if (p && !p->is_static)
+        p->present = false;
+}
+
+/* ---- timers --------------------------------------------------------------------------------- */
+
+void fm_node_digest(fm_node *n, uint8_t out[FM_HASH_BYTES])
+{
+    crypto_generichash_state h;
+    crypto_generichash_init(&h, NULL, 0, FM_HASH_BYTES);
+    for (uint32_t i = 0; i < n->r->st.ncolls; i++) {
+        const fm_coll *c = n->r->st.colls[i];
+        if (!offers(n, c))
+            continue;
+        uint8_t d[FM_HASH_BYTES];
+        if (fm_vv_digest(&c->vv, d))
+            memset(d, 0xff, sizeof d); /* out of memory: a digest that matches nobody */
+        crypto_generichash_update(&h, (const uint8_t *)c->name, c->name_len + 1);
+        crypto_generichash_update(&h, d, sizeof d);
+    }
+    crypto_generichash_final(&h, out, FM_HASH_BYTES);
+}
+
+/* Whether a known peer is worth a connection now. */
+static bool want_connect(fm_node *n, const peer *p, const uint8_t digest[FM_HASH_BYTES], uint64_t t)
+{
+    if (p->conn >= 0 || !p->present || p->retry_at > t)
+        return false;
+    if (p->is_static)
+        return true;
+    return !p->has_digest || sodium_memcmp(p->digest, digest, FM_HASH_BYTES) != 0;
+}
+
+/* Is the peer already connected to us under another connection (inbound, by device id)? */
+static bool connected_by_id(const fm_node *n, const peer *p)
+{
+    if (!p->has_id)
+        return false;
+    for (uint32_t i = 0; i < n->max_total; i++)
+        if (n->conns[i].used && n->conns[i].has_id &&
+            memcmp(n->conns[i].peer_id, p->id, FM_ID_BYTES) == 0)
+            return true;
+    return false;
+}
+
+static void connect_peers(fm_node *n, uint64_t t)
+{
+    uint8_t digest[FM_HASH_BYTES];
+    fm_node_digest(n, digest);
+    n->connect_at = UINT64_MAX;
+    for (uint32_t i = 0; i < n->npeers; i++) {
+        peer *p = &n->peers[i];
+        if (p->conn < 0 && p->present && p->retry_at > t && p->retry_at < n->connect_at)
+            n->connect_at = p->retry_at;
+        if (conn_count(n) >= n->max_conns || !want_connect(n, p, digest, t) ||
+            connected_by_id(n, p))
+            continue;
+        int slot = conn_slot(n);
+        if (slot < 0)
+            break;
+        fm_conn_id id = 0;
+        if (n->io.connect(n->io.ctx, p->addr, &id) != 0) {
+            peer_backoff(n, p, true);
+            continue;
+        }
+        conn *c = &n->conns[slot];
+        memset(c, 0, sizeof *c);
+        c->used = true;
+        c->id = id;
+        c->initiator = true;
+        c->peer = (int)i;
+        snprintf(c->addr, sizeof c->addr, "%s", p->addr);
+        c->opened_ms = t;
+        p->conn = slot;
+        n->st.conns++;
+    }
+    /* Peers skipped only because we were full are looked at again within a second. */
+    if (n->connect_at == UINT64_MAX)
+        for (uint32_t i = 0; i < n->npeers; i++)
+            if (want_connect(n, &n->peers[i], digest, t)) {
+                n->connect_at = t + 1000;
+                break;
+            }
+}
+
+void fm_node_tick(fm_node *n)
+{
+    enter(n);
+    uint64_t t = now_ms(n);
+    if (n->mesh != n->r->mesh || fm__replica_member_epoch(n->r) != n->member_epoch)
+        recheck_sessions(n);
+    for (uint32_t i = 0; i < n->max_total; i++) {
+        conn *c = &n->conns[i];
+        if (!c->used)
+            continue;
+        if (!c->s) { /* outbound connect under way */
+            if (t - c->opened_ms >= FM_HANDSHAKE_TIMEOUT_MS) {
+                n->st.sessions_failed++;
+                conn_close(n, c, FM_ETIMEOUT);
+            }
+            continue;
+        }
+        int rc = fm_session_tick(c->s);
+        if (rc) {
+            n->st.sessions_failed++;
+            conn_close(n, c, rc);
+            continue;
+        }
+        if (t - c->last_rx_ms >= n->idle_ms) {
+            conn_close(n, c, FM_ETIMEOUT);
+            continue;
+        }
+        if (c->live && t >= c->ae_at) {
+            c->ae_at = t + jitter(n, n->ae_ms);
+            rc = send_summary(n, c);
+            if (rc)
+                conn_close(n, c, rc);
+        }
+    }
+    if (t >= n->connect_at)
+        connect_peers(n, t);
+    leave(n);
+}
+
+uint64_t fm_node_next_deadline(const fm_node *n)
+{
+    uint64_t d = n->connect_at;
+    for (uint32_t i = 0; i < n->max_total; i++) {
+        const conn *c = &n->conns[i];
+        if (!c->used)
+            continue;
+        if (!c->s) {
+            d = FM_MIN(d, c->opened_ms + FM_HANDSHAKE_TIMEOUT_MS);
+            continue;
+        }
+        d = FM_MIN(d, fm_session_deadline(c->s));
+        d = FM_MIN(d, c->last_rx_ms + n->idle_ms);
+        if (c->live)
+            d = FM_MIN(d, c->ae_at);
+    }
+    return d;
+}
+
+void fm_node_sync_now(fm_node *n)
+{
+    enter(n);
+    uint64_t t = now_ms(n);
+    for (uint32_t i = 0; i < n->max_total; i++) {
+        conn *c = &n->conns[i];
+        if (c->used && c->live && !c->closing) {
+            c->ae_at = t + jitter(n, n->ae_ms);
+            int rc = send_summary(n, c);
+            if (rc)
+                conn_close(n, c, rc);
+        }
+    }
+    for (uint32_t i = 0; i < n->npeers; i++)
+        if (n->peers[i].conn < 0)
+            n->peers[i].retry_at = t;
+    n->connect_at = t;
+    connect_peers(n, t);
+    leave(n);
+}
+
+/* ---- introspection -------------------------------------------------------------------------- */
+
+static void conn_info(const fm_node *n, const conn *c, fm_peer_info *pi)
+{
+    memset(pi, 0, sizeof *pi);
+    pi->addr = c->addr[0] ? c->addr : NULL;
+    pi->has_id = c->has_id;
+    memcpy(pi->id, c->peer_id, FM_ID_BYTES);
+    snprintf(pi->name, sizeof pi->name, "%s", c->peer_name);
+    bool busy = false;
+    for (uint32_t i = 0; i < c->ncs; i++)
+        busy |= c->cs[i].dirty || !c->cs[i].known_valid;
+    busy |= c->sent_bytes != c->peer_acked && c->sent_bytes - c->peer_acked >= n->window / 2;
+    pi->state = !c->live ? FM_PEER_CONNECTING : busy ? FM_PEER_SYNCING : FM_PEER_SYNCED;
+    pi->inbound = !c->initiator;
+    pi->last_seen_ms = c->last_rx_ms;
+    pi->last_synced_ms = c->last_synced_ms;
+    pi->bytes_in = c->bytes_in;
+    pi->bytes_out = c->bytes_out;
+}
+
+int fm_node_peers(fm_node *n, int (*fn)(void *arg, const fm_peer_info *info), void *arg)
+{
+    fm_peer_info pi;
+    for (uint32_t i = 0; i < n->max_total; i++) {
+        if (!n->conns[i].used)
+            continue;
+        conn_info(n, &n->conns[i], &pi);
+        int rc = fn(arg, &pi);
+        if (rc)
+            return rc;
+    }
+    for (uint32_t i = 0; i < n->npeers; i++) {
+        const peer *p = &n->peers[i];
+        if (p->conn >= 0)
+            continue;
+        memset(&pi, 0, sizeof pi);
+        pi.addr = p->addr;
+        pi.has_id = p->has_id;
+        memcpy(pi.id, p->id, FM_ID_BYTES);
+        pi.state = p->backoff_ms ? FM_PEER_BACKOFF : FM_PEER_IDLE;
+        pi.last_seen_ms = p->last_seen_ms;
+        pi.last_synced_ms = p->last_synced_ms;
+        pi.retry_at_ms = p->retry_at;
+        int rc = fn(arg, &pi);
+        if (rc)
+            return rc;
+    }
+    return 0;
+}
+
+void fm_node_stats_get(const fm_node *n, fm_node_stats *out)
+{
+    *out = n->st;
+}
+
+uint64_t fm_node_ops_behind(fm_node *n)
+{
+    uint64_t total = 0;
+    for (uint32_t k = 0; k < n->r->st.ncolls + 1; k++) {
+        /* k == ncolls: collections the peers hold and we do not have at all */
+        uint64_t worst = 0;
+        for (uint32_t i = 0; i < n->max_total; i++) {
+            const conn *c = &n->conns[i];
+            for (uint32_t j = 0; c->used && j < c->ncs; j++) {
+                const csync *s = &c->cs[j];
+                const fm_coll *mine = coll_of(n, (const uint8_t *)s->name, s->len);
+                if (k < n->r->st.ncolls ? mine != n->r->st.colls[k] : mine != NULL)
+                    continue;
+                if (my_prio(n, (const uint8_t *)s->name, s->len) < 0)
+                    continue;
+                uint64_t behind = 0;
+                for (uint32_t e = 0; e < s->known.n; e++) {
+                    uint64_t have = mine ? fm_vv_get(&mine->vv, s->known.e[e].author) : 0;
+                    behind += s->known.e[e].seq > have ? s->known.e[e].seq - have : 0;
+                }
+                worst = FM_MAX(worst, behind);
+            }
+        }
+        total += worst;
+    }
+    return total;
+}
+
+fm_replica *fm_node_replica(fm_node *n)
+{
+    return n->r;
+}
+
+/* ---- open / close --------------------------------------------------------------------------- */
+
+static int copy_subs(fm_node *n, const fm_node_config *cfg)
+{
+    n->sub_none = cfg->subscribe_none;
+    n->sub_all = !cfg->subscribe_none && cfg->nsubs == 0;
+    if (cfg->subscribe_none || cfg->nsubs == 0)
+        return 0;
+    if (cfg->nsubs > FM_NODE_MAX_SUBS || !cfg->subs)
+        return FM_EINVAL;
+    n->subs = calloc(cfg->nsubs, sizeof *n->subs);
+    n->sub_names = calloc(cfg->nsubs, sizeof *n->sub_names);
+    if (!n->subs || !n->sub_names)
+        return FM_ENOMEM;
+    for (size_t i = 0; i < cfg->nsubs; i++) {
+        const char *name = cfg->subs[i].collection;
+        size_t len = name ? strlen(name) : 0;
+        if (fm_name_check((const uint8_t *)name, len, FM_MAX_COLLECTION_LEN) ||
+            cfg->subs[i].prio > FM_PRIO_BULK)
+            return FM_EINVAL;
+        memcpy(n->sub_names[i], name, len);
+        n->subs[i].prio = cfg->subs[i].prio;
+    }
+    /* HELLO lists subscriptions sorted by name, each once. */
+    for (size_t i = 1; i < cfg->nsubs; i++)
+        for (size_t j = i; j > 0 && strcmp(n->sub_names[j - 1], n->sub_names[j]) >= 0; j--) {
+            if (strcmp(n->sub_names[j - 1], n->sub_names[j]) == 0)
+                return FM_EINVAL;
+            char tmp[FM_MAX_COLLECTION_LEN + 1];
+            memcpy(tmp, n->sub_names[j], sizeof tmp);
+            memcpy(n->sub_names[j], n->sub_names[j - 1], sizeof tmp);
+            memcpy(n->sub_names[j - 1], tmp, sizeof tmp);
+            fm_node_sub s = n->subs[j];
+            n->subs[j] = n->subs[j - 1];
+            n->subs[j - 1] = s;
+        }
+    n->nsubs = cfg->nsubs;
+    return 0;
+}
+
+static int own_cert(fm_node *n)
+{
+    if (!n->r->mesh)
+        return FM_ESTATE;
+    const fm_cert *c = fm_membership_cert(n->r->mesh, n->r->device);
+    if (!c)
+        return FM_ESTATE;
+    return fm_cert_encode(c, n->cert, &n->cert_len);
+}
+
+int fm_node_open(const fm_node_config *cfg, fm_node **out)
+{
+    if (!cfg || cfg->version != FM_NODE_CONFIG_VERSION || !cfg->replica || !cfg->io ||
+        !cfg->io->send || !cfg->io->close || !cfg->io->connect || !out)
+        return FM_EINVAL;
+    fm_node *n = calloc(1, sizeof *n);
+    if (!n)
+        return FM_ENOMEM;
+    n->r = cfg->replica;
+    n->env = n->r->env;
+    n->io = *cfg->io;
+    n->active_conn = -1;
+    n->max_conns =
+        cfg->max_conns ? FM_MIN(cfg->max_conns, FM_NODE_MAX_CONNS / 2) : FM_NODE_DEFAULT_MAX_CONNS;
+    n->max_total = FM_MIN(2 * n->max_conns, FM_NODE_MAX_CONNS); /* room for inbound */
+    n->ae_ms = cfg->anti_entropy_ms ? cfg->anti_entropy_ms : FM_NODE_DEFAULT_ANTI_ENTROPY_MS;
+    n->idle_ms = cfg->idle_timeout_ms ? cfg->idle_timeout_ms : 3 * n->ae_ms;
+    n->window = cfg->window_bytes ? cfg->window_bytes : FM_NODE_DEFAULT_WINDOW;
+    n->bmin = cfg->backoff_min_ms ? cfg->backoff_min_ms : FM_NODE_DEFAULT_BACKOFF_MIN_MS;
+    n->bmax = cfg->backoff_max_ms ? cfg->backoff_max_ms : FM_NODE_DEFAULT_BACKOFF_MAX_MS;
+    n->connect_at = UINT64_MAX;
+    fm_buf_init(&n->applied);
+    fm_buf_init(&n->scratch);
+    fm_batch_init(&n->b);
+    int rc = 0;
+    if (n->window < FM_PROTO_MIN_WINDOW || n->window > FM_PROTO_MAX_WINDOW || n->bmin > n->bmax ||
+        n->idle_ms <= n->ae_ms)
+        rc = FM_EINVAL;
+    if (!rc)
+        rc = copy_subs(n, cfg);
+    if (!rc)
+        rc = own_cert(n);
+    if (!rc && (!(n->conns = calloc(n->max_total, sizeof *n->conns)) ||
+                !(n->peers = calloc(FM_NODE_MAX_PEERS, sizeof *n->peers)) ||
+                !(n->barr = calloc(FM_PROTO_MAX_BATCHES_PER_FRAME, sizeof *n->barr)) ||
+                !(n->bres = calloc(FM_PROTO_MAX_BATCHES_PER_FRAME, sizeof *n->bres))))
+        rc = FM_ENOMEM;
+    if (rc) {
+        fm_node_close(n);
+        return rc;
+    }
+    for (uint32_t i = 0; i < n->max_total; i++)
+        n->conns[i].peer = -1;
+    n->mesh = n->r->mesh;
+    n->member_epoch = fm__replica_member_epoch(n->r);
+    fm__replica_set_applied_hook(n->r, on_applied, n);
+    *out = n;
+    return 0;
+}
+
+void fm_node_close(fm_node *n)
+{
+    if (!n)
+        return;
+    if (n->conns) {
+        n->depth++; /* nothing is pushed while closing */
+        for (uint32_t i = 0; i < n->max_total; i++)
+            if (n->conns[i].used)
+                conn_close(n, &n->conns[i], 0);
+    }
+    if (n->r && n->conns)
+        fm__replica_set_applied_hook(n->r, NULL, NULL);
+    free(n->conns);
+    free(n->peers);
+    free(n->barr);
+    free(n->bres);
+    free(n->subs);
+    free(n->sub_names);
+    fm_buf_free(&n->applied);
+    fm_buf_free(&n->scratch);
+    fm_batch_free(&n->b);
+    free(n);
+}

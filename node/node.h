@@ -1,0 +1,160 @@
+/*
+ * node.h — the node core (DESIGN.md §1, §4): a deterministic state machine that syncs one replica
+ * with its peers. It owns no loop, no socket and no clock: time and randomness come from the
+ * replica's fm_env, bytes leave through fm_node_io, and the driver (the libevent daemon or the
+ * simulator) feeds it events: connection opened / data / closed, peer discovered / lost, timer
+ * due. Local writes go through the replica API as usual; the node sees them through the
+ * replica's applied hook and pushes them to connected peers at once.
+ *
+ * Per connection: secure session (crypto/session.h), then HELLO, SUMMARY, VECTOR, BATCHES, ACK
+ * (docs/PROTOCOL.md). Nothing about a sync lives only in memory: what a peer lacks is computed
+ * from version vectors against the store, so a connection cut at any byte loses nothing and the
+ * next one carries on.
+ *
+ * Calls into the node must not be made from inside an fm_node_io callback.
+ */
+#ifndef FM_NODE_H
+#define FM_NODE_H
+
+#include "crdt/base.h"
+
+typedef uint64_t fm_conn_id;
+
+/* The transport side of the environment. Every callback is required except log. */
+typedef struct fm_node_io {
+    void *ctx;
+    /* Queue bytes on an open connection, in order. The driver copies them. */
+    void (*send)(void *ctx, fm_conn_id conn, const uint8_t *data, size_t len);
+    /* Close a connection the node no longer wants. The driver reports nothing more for it (no
+     * fm_node_conn_closed). */
+    void (*close)(void *ctx, fm_conn_id conn);
+    /* Start an outbound connection to addr. On 0 the driver later calls fm_node_conn_open
+     * (initiator) or fm_node_conn_failed with *conn. */
+    int (*connect)(void *ctx, const char *addr, fm_conn_id *conn);
+    /* Optional: one line of log, level FM_LOG_*. */
+    void (*log)(void *ctx, int level, const char *line);
+} fm_node_io;
+
+enum { FM_LOG_ERROR = 0, FM_LOG_WARN = 1, FM_LOG_INFO = 2, FM_LOG_DEBUG = 3 };
+
+/* Collection priorities: lower syncs first. */
+enum { FM_PRIO_CRITICAL = 0, FM_PRIO_NORMAL = 1, FM_PRIO_BULK = 2 };
+
+typedef struct fm_node_sub {
+    const char *collection;
+    uint8_t prio;
+} fm_node_sub;
+
+typedef struct fm_node_config {
+    int version;          /* FM_NODE_CONFIG_VERSION */
+    fm_replica *replica;  /* borrowed; must outlive the node; must belong to a mesh */
+    const fm_node_io *io; /* borrowed; must outlive the node */
+    /* Subscriptions: NULL with nsubs 0 = every collection at FM_PRIO_NORMAL. subscribe_none:
+     * this node stores and relays nothing it did not write itself. */
+    const fm_node_sub *subs;
+    size_t nsubs;
+    bool subscribe_none;
+    uint32_t max_conns;       /* 0 = FM_NODE_DEFAULT_MAX_CONNS */
+    uint32_t anti_entropy_ms; /* 0 = FM_NODE_DEFAULT_ANTI_ENTROPY_MS (jittered by +-25%) */
+    uint32_t idle_timeout_ms; /* 0 = 3 anti-entropy intervals: a silent peer is dropped */
+    uint32_t window_bytes;    /* 0 = FM_NODE_DEFAULT_WINDOW: unacknowledged batch bytes */
+    uint32_t backoff_min_ms;  /* 0 = FM_NODE_DEFAULT_BACKOFF_MIN_MS */
+    uint32_t backoff_max_ms;  /* 0 = FM_NODE_DEFAULT_BACKOFF_MAX_MS */
+} fm_node_config;
+#define FM_NODE_CONFIG_VERSION 1
+
+enum {
+    FM_NODE_DEFAULT_MAX_CONNS = 8,
+    FM_NODE_MAX_CONNS = 256,  /* open connections, inbound and outbound */
+    FM_NODE_MAX_PEERS = 4096, /* addresses remembered */
+    FM_NODE_MAX_ADDR = 255,   /* bytes of a peer address */
+    FM_NODE_MAX_SUBS = 256,   /* subscriptions per node (and per HELLO) */
+    FM_NODE_DEFAULT_ANTI_ENTROPY_MS = 10 * 1000,
+    FM_NODE_DEFAULT_WINDOW = 256 * 1024,
+    FM_NODE_DEFAULT_BACKOFF_MIN_MS = 500,
+    FM_NODE_DEFAULT_BACKOFF_MAX_MS = 60 * 1000,
+};
+
+typedef struct fm_node fm_node;
+
+/* Errors: FM_EINVAL (bad config), FM_ESTATE (replica in no mesh, or no certificate for this
+ * device), FM_ENOMEM. */
+int fm_node_open(const fm_node_config *cfg, fm_node **out);
+/* Closes every connection (io->close) and frees the node; the replica stays open. */
+void fm_node_close(fm_node *n);
+fm_replica *fm_node_replica(fm_node *n);
+
+/* ---- events from the driver ----------------------------------------------------------------- */
+
+/* A connection is up: accepted (initiator false) or the result of io->connect (initiator true).
+ * addr names the peer for logs and the peer table (may be NULL for inbound). FM_ELIMIT: over
+ * max connections (the node has closed it). */
+int fm_node_conn_open(fm_node *n, fm_conn_id conn, bool initiator, const char *addr);
+/* An outbound connect failed: the peer backs off. */
+void fm_node_conn_failed(fm_node *n, fm_conn_id conn);
+/* Bytes arrived. A protocol or authentication error closes the connection (io->close) and is
+ * returned; nothing from a failed frame is stored. */
+int fm_node_conn_data(fm_node *n, fm_conn_id conn, const uint8_t *data, size_t len);
+/* The transport closed (peer hung up, link lost). */
+void fm_node_conn_closed(fm_node *n, fm_conn_id conn);
+
+/* Discovery (mDNS, BLE, static config, the simulator's topology): a peer is reachable at addr.
+ * digest (FM_HASH_BYTES, or NULL if unknown) is its advertised sync digest: a peer whose digest
+ * equals ours is not worth a connection. Static peers are always kept and always retried. */
+#define FM_PEER_STATIC 1
+int fm_node_peer_seen(fm_node *n, const char *addr, const uint8_t *digest, int flags);
+void fm_node_peer_lost(fm_node *n, const char *addr);
+
+/* Runs every timer due at the env's now (handshake timeouts, heartbeats, anti-entropy,
+ * reconnects). */
+void fm_node_tick(fm_node *n);
+/* The env time at which fm_node_tick next has work (UINT64_MAX: none). Call after every event. */
+uint64_t fm_node_next_deadline(const fm_node *n);
+/* Starts an anti-entropy round with every connected peer now, and connects to known peers. */
+void fm_node_sync_now(fm_node *n);
+
+/* ---- introspection ----------------------------------------------------------------------------
+ */
+
+/* The sync digest this node advertises (over every subscribed collection's vector). */
+void fm_node_digest(fm_node *n, uint8_t out[FM_HASH_BYTES]);
+
+typedef enum fm_peer_state {
+    FM_PEER_IDLE = 0,   /* known, not connected */
+    FM_PEER_CONNECTING, /* connect or handshake under way */
+    FM_PEER_SYNCING,    /* session up, vectors differ or batches in flight */
+    FM_PEER_SYNCED,     /* session up, nothing to exchange */
+    FM_PEER_BACKOFF,    /* last attempt failed; retried at retry_at */
+} fm_peer_state;
+
+typedef struct fm_peer_info {
+    const char *addr; /* NULL for an inbound connection with no address */
+    bool has_id;
+    uint8_t id[FM_ID_BYTES]; /* authenticated device id */
+    char name[65];           /* from its certificate (FM_MAX_DEVICE_NAME + 1) */
+    fm_peer_state state;
+    bool inbound;
+    uint64_t last_seen_ms;   /* last byte received (0: never) */
+    uint64_t last_synced_ms; /* last time both sides' vectors were equal (0: never) */
+    uint64_t retry_at_ms;
+    uint64_t bytes_in, bytes_out;
+} fm_peer_info;
+/* Calls fn for each connection, then for each known peer without one. info is valid during
+ * the call only. */
+int fm_node_peers(fm_node *n, int (*fn)(void *arg, const fm_peer_info *info), void *arg);
+
+typedef struct fm_node_stats {
+    uint64_t frames_out, frames_in;   /* sync messages */
+    uint64_t bytes_out, bytes_in;     /* on the wire, handshake and framing included */
+    uint64_t batches_out, batches_in; /* batches sent / received (duplicates included) */
+    uint64_t batches_dup;             /* received batches already held */
+    uint64_t batches_refused;         /* received batches refused (bad signature, fork, ...) */
+    uint64_t sessions_ok, sessions_failed;
+    uint32_t conns; /* open connections */
+} fm_node_stats;
+void fm_node_stats_get(const fm_node *n, fm_node_stats *out);
+/* Sync progress: ops that connected peers are known to hold and this node lacks (the largest
+ * count over peers, per collection). */
+uint64_t fm_node_ops_behind(fm_node *n);
+
+#endif

@@ -1,0 +1,295 @@
+/*
+ * proto.c — encoders and strict decoders of the sync messages (proto.h, docs/PROTOCOL.md).
+ */
+#include "node/proto.h"
+
+#include "crdt/batch.h"
+
+#include <string.h>
+
+static int wr_done(const fm_buf *out)
+{
+    return out->oom ? FM_ENOMEM : 0;
+}
+
+/* Reads [type, ...] and checks the array length and type. */
+static int rd_head(fm_rd *r, uint64_t type, uint32_t n)
+{
+    uint64_t t;
+    if (fm_rd_array_exact(r, n) || fm_rd_uint(r, &t))
+        return r->err;
+    return t == type ? 0 : (r->err = FM_EDECODE);
+}
+
+/* A collection name: a valid name by the batch rules. */
+static int rd_name(fm_rd *r, fm_proto_name *n)
+{
+    if (fm_rd_str(r, &n->p, &n->len, FM_MAX_COLLECTION_LEN))
+        return r->err;
+    if (fm_name_check(n->p, n->len, FM_MAX_COLLECTION_LEN))
+        return r->err = FM_EDECODE;
+    return 0;
+}
+
+static int name_cmp(const fm_proto_name *a, const fm_proto_name *b)
+{
+    return fm_bytes_cmp(a->p, a->len, b->p, b->len);
+}
+
+int fm_proto_type(const uint8_t *p, size_t len, uint64_t *type)
+{
+    fm_rd r;
+    uint32_t n;
+    fm_rd_init(&r, p, len);
+    if (fm_rd_array(&r, &n) || fm_rd_uint(&r, type))
+        return r.err;
+    return n >= 1 ? 0 : FM_EDECODE;
+}
+
+/* ---- HELLO ---------------------------------------------------------------------------------- */
+
+int fm_proto_hello_encode(fm_buf *out, const fm_hello *h)
+{
+    FM_ASSERT(h->nsubs <= FM_NODE_MAX_SUBS);
+    fm_wr w;
+    fm_wr_init(&w, out);
+    msgpack_pack_array(FM_PK(&w), 8);
+    msgpack_pack_uint64(FM_PK(&w), FM_MSG_HELLO);
+    msgpack_pack_uint64(FM_PK(&w), h->proto_min);
+    msgpack_pack_uint64(FM_PK(&w), h->proto_max);
+    msgpack_pack_uint64(FM_PK(&w), h->caps);
+    msgpack_pack_uint64(FM_PK(&w), h->window);
+    if (h->subs_all) {
+        msgpack_pack_nil(FM_PK(&w));
+    } else {
+        msgpack_pack_array(FM_PK(&w), h->nsubs);
+        for (uint32_t i = 0; i < h->nsubs; i++) {
+            msgpack_pack_array(FM_PK(&w), 2);
+            fm_wr_str(&w, h->subs[i].p, h->subs[i].len);
+            msgpack_pack_uint64(FM_PK(&w), h->prio[i]);
+        }
+    }
+    fm_wr_bin(&w, h->members_digest, FM_HASH_BYTES);
+    msgpack_pack_uint64(FM_PK(&w), h->members_count);
+    return wr_done(out);
+}
+
+static int hello_subs(fm_rd *r, fm_hello *h)
+{
+    int nil = fm_rd_nil(r);
+    if (nil < 0)
+        return nil;
+    h->subs_all = nil == 1;
+    h->nsubs = 0;
+    if (h->subs_all)
+        return 0;
+    uint32_t n;
+    if (fm_rd_array(r, &n))
+        return r->err;
+    if (n > FM_NODE_MAX_SUBS)
+        return r->err = FM_ELIMIT;
+    for (uint32_t i = 0; i < n; i++) {
+        uint64_t prio;
+        if (fm_rd_array_exact(r, 2) || rd_name(r, &h->subs[i]) || fm_rd_uint(r, &prio))
+            return r->err;
+        if (prio > FM_PRIO_BULK)
+            return r->err = FM_EDECODE;
+        if (i && name_cmp(&h->subs[i - 1], &h->subs[i]) >= 0)
+            return r->err = FM_ENONCANON;
+        h->prio[i] = (uint8_t)prio;
+        h->nsubs = i + 1;
+    }
+    return 0;
+}
+
+int fm_proto_hello_decode(const uint8_t *p, size_t len, fm_hello *h)
+{
+    fm_rd r;
+    fm_rd_init(&r, p, len);
+    memset(h, 0, sizeof *h);
+    if (rd_head(&r, FM_MSG_HELLO, 8) || fm_rd_uint(&r, &h->proto_min) ||
+        fm_rd_uint(&r, &h->proto_max) || fm_rd_uint(&r, &h->caps) || fm_rd_uint(&r, &h->window) ||
+        hello_subs(&r, h) || fm_rd_bin_fixed(&r, h->members_digest, FM_HASH_BYTES) ||
+        fm_rd_uint(&r, &h->members_count) || fm_rd_end(&r))
+        return r.err;
+    if (h->proto_min == 0 || h->proto_min > h->proto_max)
+        return FM_EDECODE;
+    if (h->window < FM_PROTO_MIN_WINDOW || h->window > FM_PROTO_MAX_WINDOW)
+        return FM_ELIMIT;
+    return 0;
+}
+
+/* ---- SUMMARY -------------------------------------------------------------------------------- */
+
+void fm_proto_summary_begin(fm_wr *w, uint64_t round, uint32_t n)
+{
+    msgpack_pack_array(FM_PK(w), 3);
+    msgpack_pack_uint64(FM_PK(w), FM_MSG_SUMMARY);
+    msgpack_pack_uint64(FM_PK(w), round);
+    msgpack_pack_array(FM_PK(w), n);
+}
+
+void fm_proto_summary_entry(fm_wr *w, const uint8_t *name, uint32_t len,
+                            const uint8_t digest[FM_HASH_BYTES])
+{
+    msgpack_pack_array(FM_PK(w), 2);
+    fm_wr_str(w, name, len);
+    fm_wr_bin(w, digest, FM_HASH_BYTES);
+}
+
+static int summary_walk(fm_rd *r, uint64_t *round, int (*fn)(void *, const fm_summary_entry *),
+                        void *arg)
+{
+    uint32_t n;
+    if (rd_head(r, FM_MSG_SUMMARY, 3) || fm_rd_uint(r, round) || fm_rd_array(r, &n))
+        return r->err;
+    if (n > FM_PROTO_MAX_SUMMARY)
+        return r->err = FM_ELIMIT;
+    fm_proto_name prev = {NULL, 0};
+    for (uint32_t i = 0; i < n; i++) {
+        fm_summary_entry e;
+        uint32_t dlen;
+        if (fm_rd_array_exact(r, 2) || rd_name(r, &e.name) ||
+            fm_rd_bin(r, &e.digest, &dlen, FM_HASH_BYTES))
+            return r->err;
+        if (dlen != FM_HASH_BYTES)
+            return r->err = FM_EDECODE;
+        if (i && name_cmp(&prev, &e.name) >= 0)
+            return r->err = FM_ENONCANON;
+        prev = e.name;
+        if (fn) {
+            int rc = fn(arg, &e);
+            if (rc)
+                return rc;
+        }
+    }
+    return fm_rd_end(r);
+}
+
+int fm_proto_summary_decode(const uint8_t *p, size_t len, uint64_t *round,
+                            int (*fn)(void *arg, const fm_summary_entry *e), void *arg)
+{
+    fm_rd r;
+    fm_rd_init(&r, p, len);
+    int rc = summary_walk(&r, round, NULL, NULL); /* validate the whole frame first */
+    if (rc || !fn)
+        return rc;
+    fm_rd_init(&r, p, len);
+    return summary_walk(&r, round, fn, arg);
+}
+
+/* ---- VECTOR --------------------------------------------------------------------------------- */
+
+int fm_proto_vector_encode(fm_buf *out, uint64_t round, uint64_t flags, uint64_t acked,
+                           const uint8_t *name, uint32_t len, const fm_vv *vv)
+{
+    fm_wr w;
+    fm_wr_init(&w, out);
+    msgpack_pack_array(FM_PK(&w), 6);
+    msgpack_pack_uint64(FM_PK(&w), FM_MSG_VECTOR);
+    msgpack_pack_uint64(FM_PK(&w), round);
+    msgpack_pack_uint64(FM_PK(&w), flags);
+    msgpack_pack_uint64(FM_PK(&w), acked);
+    fm_wr_str(&w, name, len);
+    fm_vv_write(&w, vv);
+    return wr_done(out);
+}
+
+int fm_proto_vector_decode(const uint8_t *p, size_t len, fm_vector_msg *m)
+{
+    fm_rd r;
+    fm_rd_init(&r, p, len);
+    if (rd_head(&r, FM_MSG_VECTOR, 6) || fm_rd_uint(&r, &m->round) || fm_rd_uint(&r, &m->flags) ||
+        fm_rd_uint(&r, &m->acked) || rd_name(&r, &m->name) || fm_vv_read(&r, &m->vv) ||
+        fm_rd_end(&r))
+        return r.err;
+    return m->flags & ~(uint64_t)FM_VECTOR_REPLY ? FM_EDECODE : 0;
+}
+
+/* ---- BATCHES -------------------------------------------------------------------------------- */
+
+void fm_proto_batches_begin(fm_wr *w, const uint8_t *name, uint32_t len, uint32_t n)
+{
+    msgpack_pack_array(FM_PK(w), 3);
+    msgpack_pack_uint64(FM_PK(w), FM_MSG_BATCHES);
+    fm_wr_str(w, name, len);
+    msgpack_pack_array(FM_PK(w), n);
+}
+
+int fm_proto_batches_decode(const uint8_t *p, size_t len, fm_proto_name *name, fm_bytes *out,
+                            uint32_t *n)
+{
+    fm_rd r;
+    uint32_t k;
+    fm_rd_init(&r, p, len);
+    if (rd_head(&r, FM_MSG_BATCHES, 3) || rd_name(&r, name) || fm_rd_array(&r, &k))
+        return r.err;
+    if (k == 0)
+        return FM_EDECODE;
+    if (k > FM_PROTO_MAX_BATCHES_PER_FRAME)
+        return FM_ELIMIT;
+    for (uint32_t i = 0; i < k; i++) {
+        const uint8_t *b;
+        uint32_t blen;
+        if (fm_rd_bin(&r, &b, &blen, FM_MAX_BATCH_BYTES))
+            return r.err;
+        out[i].data = (uint8_t *)b; /* borrowed; the node never writes through it */
+        out[i].len = blen;
+    }
+    *n = k;
+    return fm_rd_end(&r);
+}
+
+/* ---- ACK ------------------------------------------------------------------------------------ */
+
+int fm_proto_ack_encode(fm_buf *out, uint64_t processed)
+{
+    fm_wr w;
+    fm_wr_init(&w, out);
+    msgpack_pack_array(FM_PK(&w), 2);
+    msgpack_pack_uint64(FM_PK(&w), FM_MSG_ACK);
+    msgpack_pack_uint64(FM_PK(&w), processed);
+    return wr_done(out);
+}
+
+int fm_proto_ack_decode(const uint8_t *p, size_t len, uint64_t *processed)
+{
+    fm_rd r;
+    fm_rd_init(&r, p, len);
+    if (rd_head(&r, FM_MSG_ACK, 2) || fm_rd_uint(&r, processed) || fm_rd_end(&r))
+        return r.err;
+    return 0;
+}
+
+/* ---- MEMBERS -------------------------------------------------------------------------------- */
+
+void fm_proto_members_begin(fm_wr *w, uint32_t n)
+{
+    FM_ASSERT(n <= FM_PROTO_MEMBERS_PER_FRAME);
+    msgpack_pack_array(FM_PK(w), 2);
+    msgpack_pack_uint64(FM_PK(w), FM_MSG_MEMBERS);
+    msgpack_pack_array(FM_PK(w), n);
+}
+
+int fm_proto_members_decode(const uint8_t *p, size_t len, fm_bytes *out, uint32_t *n)
+{
+    fm_rd r;
+    uint32_t k;
+    fm_rd_init(&r, p, len);
+    if (rd_head(&r, FM_MSG_MEMBERS, 2) || fm_rd_array(&r, &k))
+        return r.err;
+    if (k == 0)
+        return FM_EDECODE;
+    if (k > FM_PROTO_MEMBERS_PER_FRAME)
+        return FM_ELIMIT;
+    for (uint32_t i = 0; i < k; i++) {
+        const uint8_t *b;
+        uint32_t blen;
+        if (fm_rd_bin(&r, &b, &blen, FM_PROTO_MAX_MEMBER_BYTES))
+            return r.err;
+        out[i].data = (uint8_t *)b;
+        out[i].len = blen;
+    }
+    *n = k;
+    return fm_rd_end(&r);
+}

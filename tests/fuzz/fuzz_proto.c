@@ -1,0 +1,194 @@
+/*
+ * fuzz_proto.c — libFuzzer target for the sync message decoders (node/proto.h). The input is one
+ * frame's plaintext. It goes to fm_proto_type and the decoder of that type, and to every decoder
+ * regardless of type. Never crashes; a frame that decodes is canonical: re-encoding what was
+ * decoded reproduces the input byte for byte, every bound holds, and it decodes as no other type.
+ */
+#include "node/proto.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
+
+static void same_bytes(const fm_buf *out, const uint8_t *data, size_t size)
+{
+    if (out->oom || out->len != size || memcmp(out->data, data, size) != 0)
+        abort();
+}
+
+static int hello(const uint8_t *data, size_t size)
+{
+    static fm_hello h; /* 4 KiB: off the stack; libFuzzer runs one input at a time */
+    int rc = fm_proto_hello_decode(data, size, &h);
+    if (rc)
+        return rc;
+    if (h.nsubs > FM_NODE_MAX_SUBS || (h.subs_all && h.nsubs) || h.proto_min == 0 ||
+        h.proto_min > h.proto_max || h.window < FM_PROTO_MIN_WINDOW ||
+        h.window > FM_PROTO_MAX_WINDOW)
+        abort();
+    for (uint32_t i = 0; i < h.nsubs; i++)
+        if (h.prio[i] > FM_PRIO_BULK || h.subs[i].len == 0 || h.subs[i].len > FM_MAX_COLLECTION_LEN)
+            abort();
+    fm_buf out;
+    fm_buf_init(&out);
+    if (fm_proto_hello_encode(&out, &h) != 0)
+        abort();
+    same_bytes(&out, data, size);
+    fm_buf_free(&out);
+    return 0;
+}
+
+typedef struct summary_copy {
+    fm_wr w;
+    uint32_t n;
+} summary_copy;
+
+static int summary_entry(void *arg, const fm_summary_entry *e)
+{
+    summary_copy *x = arg;
+    fm_proto_summary_entry(&x->w, e->name.p, e->name.len, e->digest);
+    x->n++;
+    return 0;
+}
+
+static int count_entry(void *arg, const fm_summary_entry *e)
+{
+    (void)e;
+    (*(uint32_t *)arg)++;
+    return 0;
+}
+
+static int summary(const uint8_t *data, size_t size)
+{
+    uint64_t round;
+    uint32_t n = 0;
+    int rc = fm_proto_summary_decode(data, size, &round, count_entry, &n);
+    if (rc)
+        return rc;
+    if (n > FM_PROTO_MAX_SUMMARY)
+        abort();
+    fm_buf out;
+    fm_buf_init(&out);
+    summary_copy x = {.n = 0};
+    fm_wr_init(&x.w, &out);
+    fm_proto_summary_begin(&x.w, round, n);
+    uint64_t round2;
+    if (fm_proto_summary_decode(data, size, &round2, summary_entry, &x) != 0 || x.n != n ||
+        round2 != round)
+        abort();
+    same_bytes(&out, data, size);
+    fm_buf_free(&out);
+    return 0;
+}
+
+static int vector(const uint8_t *data, size_t size)
+{
+    fm_vector_msg m;
+    fm_vv_init(&m.vv);
+    int rc = fm_proto_vector_decode(data, size, &m);
+    if (rc == 0) {
+        if ((m.flags & ~(uint64_t)FM_VECTOR_REPLY) || m.vv.n > FM_MAX_VV_ENTRIES)
+            abort();
+        fm_buf out;
+        fm_buf_init(&out);
+        if (fm_proto_vector_encode(&out, m.round, m.flags, m.acked, m.name.p, m.name.len, &m.vv) !=
+            0)
+            abort();
+        same_bytes(&out, data, size);
+        fm_buf_free(&out);
+    }
+    fm_vv_free(&m.vv);
+    return rc;
+}
+
+static fm_bytes arr[FM_PROTO_MAX_BATCHES_PER_FRAME];
+
+static int batches(const uint8_t *data, size_t size)
+{
+    fm_proto_name name;
+    uint32_t n = 0;
+    int rc = fm_proto_batches_decode(data, size, &name, arr, &n);
+    if (rc)
+        return rc;
+    if (n == 0 || n > FM_PROTO_MAX_BATCHES_PER_FRAME)
+        abort();
+    fm_buf out;
+    fm_buf_init(&out);
+    fm_wr w;
+    fm_wr_init(&w, &out);
+    fm_proto_batches_begin(&w, name.p, name.len, n);
+    for (uint32_t i = 0; i < n; i++) {
+        if (arr[i].len > FM_MAX_BATCH_BYTES || arr[i].data < data ||
+            arr[i].data + arr[i].len > data + size)
+            abort();
+        fm_wr_bin(&w, arr[i].data, arr[i].len);
+    }
+    same_bytes(&out, data, size);
+    fm_buf_free(&out);
+    return 0;
+}
+
+static int ack(const uint8_t *data, size_t size)
+{
+    uint64_t v;
+    int rc = fm_proto_ack_decode(data, size, &v);
+    if (rc)
+        return rc;
+    fm_buf out;
+    fm_buf_init(&out);
+    if (fm_proto_ack_encode(&out, v) != 0)
+        abort();
+    same_bytes(&out, data, size);
+    fm_buf_free(&out);
+    return 0;
+}
+
+static int members(const uint8_t *data, size_t size)
+{
+    uint32_t n = 0;
+    int rc = fm_proto_members_decode(data, size, arr, &n);
+    if (rc)
+        return rc;
+    if (n == 0 || n > FM_PROTO_MEMBERS_PER_FRAME)
+        abort();
+    fm_buf out;
+    fm_buf_init(&out);
+    fm_wr w;
+    fm_wr_init(&w, &out);
+    fm_proto_members_begin(&w, n);
+    for (uint32_t i = 0; i < n; i++) {
+        if (arr[i].len > FM_PROTO_MAX_MEMBER_BYTES)
+            abort();
+        fm_wr_bin(&w, arr[i].data, arr[i].len);
+    }
+    same_bytes(&out, data, size);
+    fm_buf_free(&out);
+    return 0;
+}
+
+static int (*const decoders[])(const uint8_t *, size_t) = {
+    NULL, hello, summary, vector, batches, ack, members,
+};
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
+{
+    /* the node's path: the type, then that type's decoder */
+    uint64_t type = 0;
+    int trc = fm_proto_type(data, size, &type);
+    int typed = 1;
+    if (trc == 0 && type >= FM_MSG_HELLO && type <= FM_MSG_MEMBERS)
+        typed = decoders[type](data, size);
+    /* every decoder regardless: at most one accepts, and only a frame of its own type */
+    int accepted = 0;
+    for (uint64_t t = FM_MSG_HELLO; t <= FM_MSG_MEMBERS; t++) {
+        if (decoders[t](data, size) != 0)
+            continue;
+        accepted++;
+        if (trc != 0 || type != t)
+            abort();
+    }
+    if (accepted > 1 || (accepted == 1) != (typed == 0))
+        abort();
+    return 0;
+}

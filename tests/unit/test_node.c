@@ -1,0 +1,452 @@
+/*
+ * test_node.c — the node core over a tiny deterministic in-process driver: connections are queues
+ * of byte chunks delivered in order, time only moves when every queue is empty.
+ */
+#include "fm_test.h"
+
+#include "crdt/base.h"
+#include "node/node.h"
+#include "node/proto.h"
+#include "node/replica.h"
+
+#define T0 1800000000000ull
+#define MAXN 4
+#define MAXQ 65536
+
+typedef struct ev {
+    int kind; /* 0 open, 1 data, 2 closed */
+    int to;   /* node index */
+    fm_conn_id conn;
+    bool initiator;
+    int from;
+    uint8_t *data;
+    size_t len;
+} ev;
+
+typedef struct world world;
+
+typedef struct tnode {
+    world *w;
+    int idx;
+    fm_test_env te;
+    fm_identity *id;
+    fm_replica *r;
+    fm_node *node;
+    fm_node_io io;
+} tnode;
+
+/* A connection end: conn id -> (node, peer conn id). */
+typedef struct tend {
+    int node;
+    fm_conn_id peer;
+    bool open;
+} tend;
+
+struct world {
+    tnode n[MAXN];
+    int count;
+    fm_identity *authority;
+    ev q[MAXQ];
+    size_t qhead, qtail;
+    tend ends[4096];
+    fm_conn_id next_conn;
+    uint64_t now;
+    /* byte budget per direction: once set, data beyond it cuts the connection */
+    long cut_after;
+    uint64_t delivered;
+    uint64_t msgs_out[MAXN];
+};
+
+static world W;
+
+static void push_ev(ev e)
+{
+    FM_ASSERT(W.qtail - W.qhead < MAXQ);
+    W.q[W.qtail++ % MAXQ] = e;
+}
+
+static void io_send(void *ctx, fm_conn_id conn, const uint8_t *data, size_t len)
+{
+    tnode *t = ctx;
+    tend *e = &W.ends[conn];
+    FM_ASSERT(e->node == t->idx);
+    if (!e->open)
+        return;
+    ev v = {.kind = 1, .to = W.ends[e->peer].node, .conn = e->peer, .from = t->idx};
+    v.data = malloc(len);
+    memcpy(v.data, data, len);
+    v.len = len;
+    W.msgs_out[t->idx]++;
+    push_ev(v);
+}
+
+static void io_close(void *ctx, fm_conn_id conn)
+{
+    tend *e = &W.ends[conn];
+    if (!e->open)
+        return;
+    e->open = false;
+    if (W.ends[e->peer].open) {
+        W.ends[e->peer].open = false;
+        push_ev((ev){.kind = 2, .to = W.ends[e->peer].node, .conn = e->peer});
+    }
+}
+
+static int io_connect(void *ctx, const char *addr, fm_conn_id *out)
+{
+    tnode *t = ctx;
+    int to = addr[2] - '0';
+    if (strncmp(addr, "n:", 2) != 0 || to < 0 || to >= W.count)
+        return FM_EINVAL;
+    fm_conn_id a = W.next_conn++, b = W.next_conn++;
+    W.ends[a] = (tend){t->idx, b, true};
+    W.ends[b] = (tend){to, a, true};
+    *out = a;
+    push_ev((ev){.kind = 0, .to = t->idx, .conn = a, .initiator = true, .from = to});
+    push_ev((ev){.kind = 0, .to = to, .conn = b, .initiator = false, .from = t->idx});
+    return 0;
+}
+
+static void set_now(uint64_t now)
+{
+    W.now = now;
+    for (int i = 0; i < W.count; i++)
+        W.n[i].te.now = now;
+}
+
+static void deliver(ev *e)
+{
+    tnode *t = &W.n[e->to];
+    char addr[8];
+    snprintf(addr, sizeof addr, "n:%d", e->from);
+    if (e->kind == 0) {
+        if (W.ends[e->conn].open)
+            fm_node_conn_open(t->node, e->conn, e->initiator, addr);
+    } else if (e->kind == 1) {
+        if (W.ends[e->conn].open) {
+            size_t len = e->len;
+            if (W.cut_after >= 0 && W.delivered + len > (uint64_t)W.cut_after) {
+                len = (size_t)((uint64_t)W.cut_after - W.delivered);
+                if (len)
+                    fm_node_conn_data(t->node, e->conn, e->data, len);
+                W.delivered += len;
+                /* the link dies here: both ends hear of it */
+                tend *x = &W.ends[e->conn];
+                if (x->open) {
+                    x->open = false;
+                    W.ends[x->peer].open = false;
+                    fm_node_conn_closed(t->node, e->conn);
+                    fm_node_conn_closed(W.n[W.ends[x->peer].node].node, x->peer);
+                }
+                W.cut_after = -1;
+            } else {
+                W.delivered += len;
+                fm_node_conn_data(t->node, e->conn, e->data, len);
+            }
+        }
+        free(e->data);
+    } else {
+        fm_node_conn_closed(t->node, e->conn);
+    }
+}
+
+/* Delivers everything queued; then moves the clock to the next deadline, up to until. */
+static void run_until(uint64_t until)
+{
+    for (int guard = 0; guard < 100000; guard++) {
+        while (W.qhead < W.qtail) {
+            ev e = W.q[W.qhead++ % MAXQ];
+            deliver(&e);
+        }
+        uint64_t next = UINT64_MAX;
+        for (int i = 0; i < W.count; i++)
+            next = FM_MIN(next, fm_node_next_deadline(W.n[i].node));
+        if (next > until)
+            break;
+        set_now(FM_MAX(next, W.now));
+        for (int i = 0; i < W.count; i++)
+            if (fm_node_next_deadline(W.n[i].node) <= W.now)
+                fm_node_tick(W.n[i].node);
+    }
+    set_now(FM_MAX(W.now, until));
+}
+
+/* Delivers queued events only (no time passes). */
+static void drain(void)
+{
+    run_until(W.now);
+}
+
+static void world_open(int count, const fm_node_config *tmpl)
+{
+    memset(&W, 0, sizeof W);
+    W.count = count;
+    W.next_conn = 1;
+    W.cut_after = -1;
+    W.now = T0;
+    uint8_t aseed[32] = {0xa1};
+    CHECK_OK(fm_identity_from_seed(aseed, &W.authority));
+    char certs[MAXN][FM_MEMBER_TEXT_MAX];
+    for (int i = 0; i < count; i++) {
+        tnode *t = &W.n[i];
+        t->w = &W;
+        t->idx = i;
+        fm_test_env_init(&t->te, T0, 100 + (uint64_t)i);
+        uint8_t seed[32] = {(uint8_t)(i + 1), 0x42};
+        CHECK_OK(fm_identity_from_seed(seed, &t->id));
+        fm_replica_config rc = {
+            .version = FM_REPLICA_CONFIG_VERSION, .identity = t->id, .env = &t->te.env};
+        CHECK_OK(fm_replica_open(&rc, &t->r));
+        uint8_t dev[FM_ID_BYTES];
+        fm_identity_public(t->id, dev);
+        char name[16];
+        snprintf(name, sizeof name, "node-%d", i);
+        CHECK_OK(
+            fm_mesh_admit(&t->te.env, W.authority, dev, name, 365, 0, certs[i], sizeof certs[i]));
+        CHECK_OK(fm_replica_join(t->r, certs[i]));
+    }
+    for (int i = 0; i < count; i++)
+        for (int j = 0; j < count; j++)
+            if (i != j)
+                CHECK_OK(fm_replica_import_member(W.n[i].r, certs[j]));
+    for (int i = 0; i < count; i++) {
+        tnode *t = &W.n[i];
+        t->io = (fm_node_io){.ctx = t, .send = io_send, .close = io_close, .connect = io_connect};
+        fm_node_config cfg = tmpl ? tmpl[i] : (fm_node_config){0};
+        cfg.version = FM_NODE_CONFIG_VERSION;
+        cfg.replica = t->r;
+        cfg.io = &t->io;
+        if (!cfg.anti_entropy_ms)
+            cfg.anti_entropy_ms = 1000;
+        CHECK_OK(fm_node_open(&cfg, &t->node));
+    }
+}
+
+static void world_close(void)
+{
+    while (W.qhead < W.qtail) {
+        ev e = W.q[W.qhead++ % MAXQ];
+        free(e.data);
+    }
+    for (int i = 0; i < W.count; i++) {
+        fm_node_close(W.n[i].node);
+        fm_replica_close(W.n[i].r);
+        fm_identity_free(W.n[i].id);
+    }
+    fm_identity_free(W.authority);
+    /* close events queued by fm_node_close */
+    while (W.qhead < W.qtail) {
+        ev e = W.q[W.qhead++ % MAXQ];
+        free(e.data);
+    }
+}
+
+static void link_static(int a, int b)
+{
+    char addr[8];
+    snprintf(addr, sizeof addr, "n:%d", b);
+    CHECK_OK(fm_node_peer_seen(W.n[a].node, addr, NULL, FM_PEER_STATIC));
+}
+
+static int write_n(int node, const char *coll, const char *prefix, int count)
+{
+    for (int i = 0; i < count; i++) {
+        fm_txn *t;
+        char id[32];
+        snprintf(id, sizeof id, "%s-%d", prefix, i);
+        int rc = fm_txn_begin(W.n[node].r, coll, &t);
+        if (rc)
+            return rc;
+        if ((rc = fm_txn_set(t, id, "v", FM_KIND_LWW, fm_value_int(i))) ||
+            (rc = fm_txn_incr(t, "total", "n", 1))) {
+            fm_txn_abort(t);
+            return rc;
+        }
+        if ((rc = fm_txn_commit(t)))
+            return rc;
+    }
+    return 0;
+}
+
+static fm_status status_of(int i)
+{
+    fm_status s;
+    CHECK_OK(fm_replica_status(W.n[i].r, &s));
+    return s;
+}
+
+static void check_same(int a, int b)
+{
+    fm_status x = status_of(a), y = status_of(b);
+    CHECK_EQ_INT(x.ops, y.ops);
+    CHECK_MEM(x.state_hash, y.state_hash, FM_HASH_BYTES);
+}
+
+static void test_two_nodes_sync(void)
+{
+    world_open(2, NULL);
+    CHECK_OK(write_n(0, "notes", "a", 30));
+    CHECK_OK(write_n(1, "notes", "b", 20));
+    CHECK_OK(write_n(1, "other", "c", 5));
+    link_static(0, 1);
+    run_until(T0 + 5000);
+    check_same(0, 1);
+    CHECK_EQ_INT(status_of(0).ops, 2 * (30 + 20 + 5));
+    fm_node_stats s;
+    fm_node_stats_get(W.n[1].node, &s);
+    CHECK_EQ_INT(s.sessions_ok, 1);
+    CHECK_EQ_INT(s.batches_refused, 0);
+    world_close();
+}
+
+/* A write reaches a connected peer at once: no timer has to fire. */
+static void test_eager_push(void)
+{
+    world_open(3, NULL);
+    link_static(0, 1);
+    link_static(1, 2);
+    run_until(T0 + 3000);
+    uint64_t before = W.now;
+    CHECK_OK(write_n(0, "notes", "x", 3));
+    drain();
+    CHECK_EQ_INT(W.now, before);
+    check_same(0, 2); /* two hops, relayed by node 1 */
+    CHECK_EQ_INT(status_of(2).ops, 6);
+    world_close();
+}
+
+/* When nothing differs, one anti-entropy exchange is one SUMMARY each way, a few dozen bytes. */
+static void test_nothing_differs(void)
+{
+    world_open(2, NULL);
+    CHECK_OK(write_n(0, "notes", "a", 10));
+    link_static(0, 1);
+    run_until(T0 + 500);
+    check_same(0, 1);
+    fm_node_stats a0, b0, a1, b1;
+    fm_node_stats_get(W.n[0].node, &a0);
+    fm_node_stats_get(W.n[1].node, &b0);
+    fm_node_sync_now(W.n[0].node);
+    drain();
+    fm_node_stats_get(W.n[0].node, &a1);
+    fm_node_stats_get(W.n[1].node, &b1);
+    CHECK_EQ_INT(a1.frames_out - a0.frames_out, 1); /* SUMMARY */
+    CHECK_EQ_INT(b1.frames_out - b0.frames_out, 0); /* nothing to answer */
+    CHECK(a1.bytes_out - a0.bytes_out <= 200);
+    CHECK_EQ_INT(b1.batches_in, b0.batches_in);
+    world_close();
+}
+
+/* A connection cut at any byte loses nothing and applies nothing twice. */
+static void test_resume_after_cut(void)
+{
+    static const long cuts[] = {0, 1, 5, 37, 90, 150, 333, 700, 1500, 2600, 4000, 9000, 20000};
+    for (size_t k = 0; k < FM_ARRAY_LEN(cuts); k++) {
+        world_open(2, NULL);
+        CHECK_OK(write_n(0, "notes", "a", 120));
+        CHECK_OK(write_n(1, "notes", "b", 40));
+        W.cut_after = cuts[k];
+        link_static(0, 1);
+        run_until(T0 + 60000); /* reconnects after backoff */
+        check_same(0, 1);
+        CHECK_EQ_INT(status_of(1).ops, 2 * 160);
+        CHECK_EQ_INT(status_of(1).pending, 0);
+        world_close();
+    }
+}
+
+static void test_subscriptions(void)
+{
+    fm_node_sub only_x = {"x", FM_PRIO_CRITICAL};
+    fm_node_config cfg[3] = {{0}, {.subs = &only_x, .nsubs = 1}, {.subscribe_none = true}};
+    world_open(3, cfg);
+    CHECK_OK(write_n(0, "x", "a", 4));
+    CHECK_OK(write_n(0, "y", "a", 4));
+    link_static(0, 1);
+    link_static(0, 2);
+    run_until(T0 + 5000);
+    CHECK_EQ_INT(status_of(1).ops, 8); /* x only */
+    CHECK_EQ_INT(status_of(2).ops, 0); /* nothing */
+    /* a node that subscribes to nothing still offers what it wrote itself */
+    CHECK_OK(write_n(2, "z", "c", 2));
+    run_until(W.now + 5000);
+    CHECK_EQ_INT(status_of(0).ops, 16 + 4);
+    CHECK_EQ_INT(status_of(2).ops, 4);
+    world_close();
+}
+
+static void test_hostile_bytes(void)
+{
+    world_open(2, NULL);
+    CHECK_OK(write_n(0, "notes", "a", 5));
+    /* an inbound connection that sends garbage is closed; the node keeps serving */
+    fm_conn_id bad = W.next_conn++, badpeer = W.next_conn++;
+    W.ends[bad] = (tend){1, badpeer, true};
+    W.ends[badpeer] = (tend){0, bad, true};
+    CHECK_OK(fm_node_conn_open(W.n[1].node, bad, false, NULL));
+    static const uint8_t junk[] = {0, 0, 0, 3, 1, 2, 3, 0xff, 0xff};
+    CHECK(fm_node_conn_data(W.n[1].node, bad, junk, sizeof junk) < 0);
+    CHECK(!W.ends[bad].open);
+    static const uint8_t huge[] = {0x7f, 0xff, 0xff, 0xff};
+    fm_conn_id bad2 = W.next_conn++, bad2peer = W.next_conn++;
+    W.ends[bad2] = (tend){1, bad2peer, true};
+    W.ends[bad2peer] = (tend){0, bad2, true};
+    CHECK_OK(fm_node_conn_open(W.n[1].node, bad2, false, NULL));
+    CHECK(fm_node_conn_data(W.n[1].node, bad2, huge, sizeof huge) < 0);
+    /* unknown connection ids are refused */
+    CHECK_RC(fm_node_conn_data(W.n[1].node, 999, junk, sizeof junk), FM_ESTATE);
+    link_static(0, 1);
+    run_until(T0 + 5000);
+    check_same(0, 1);
+    world_close();
+}
+
+/* A silent peer (no bytes at all after connecting) is dropped by the handshake timeout. */
+static void test_silent_peer_times_out(void)
+{
+    world_open(2, NULL);
+    fm_conn_id c = W.next_conn++, cp = W.next_conn++;
+    W.ends[c] = (tend){1, cp, true};
+    W.ends[cp] = (tend){0, c, true};
+    CHECK_OK(fm_node_conn_open(W.n[1].node, c, false, NULL));
+    fm_node_stats s;
+    fm_node_stats_get(W.n[1].node, &s);
+    CHECK_EQ_INT(s.conns, 1);
+    run_until(T0 + 20000);
+    fm_node_stats_get(W.n[1].node, &s);
+    CHECK_EQ_INT(s.conns, 0);
+    CHECK(!W.ends[c].open);
+    world_close();
+}
+
+static void test_config_errors(void)
+{
+    world_open(1, NULL);
+    fm_node *n;
+    fm_node_config cfg = {.version = FM_NODE_CONFIG_VERSION, .replica = W.n[0].r, .io = &W.n[0].io};
+    cfg.window_bytes = 10;
+    CHECK_RC(fm_node_open(&cfg, &n), FM_EINVAL);
+    cfg.window_bytes = 0;
+    cfg.version = 99;
+    CHECK_RC(fm_node_open(&cfg, &n), FM_EINVAL);
+    fm_node_sub dup[2] = {{"a", 0}, {"a", 1}};
+    cfg.version = FM_NODE_CONFIG_VERSION;
+    cfg.subs = dup;
+    cfg.nsubs = 2;
+    CHECK_RC(fm_node_open(&cfg, &n), FM_EINVAL);
+    CHECK_RC(fm_node_peer_seen(W.n[0].node, "", NULL, 0), FM_EINVAL);
+    world_close();
+}
+
+int main(void)
+{
+    RUN(test_two_nodes_sync);
+    RUN(test_eager_push);
+    RUN(test_nothing_differs);
+    RUN(test_resume_after_cut);
+    RUN(test_subscriptions);
+    RUN(test_hostile_bytes);
+    RUN(test_silent_peer_times_out);
+    RUN(test_config_errors);
+    TEST_MAIN_END();
+}
