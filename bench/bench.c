@@ -22,7 +22,12 @@
  * verification included), a second store fed the conflict run in a shuffled order (convergence),
  * single-op batches, and durable local transactions. Files live in a temporary directory under
  * --dir (default $TMPDIR or /tmp), removed at exit.
+ *
+ * Sync figures: reconciliation after a partition (two node cores over an in-process link that
+ * counts bytes and round trips, bench/sync.c) and two live daemons on loopback (bench/tcp.c):
+ * --ops ops written on one, the time until the other holds them all, then its idle footprint.
  */
+#include "bench/sync.h"
 #include "crdt/batch.h"
 #include "crdt/hlc.h"
 #include "crdt/state.h"
@@ -67,6 +72,8 @@ enum {
 #define TARGET_VERIFIED 150000.0
 #define TARGET_ENCODE_BPO 40.0
 #define TARGET_STORE_BPO 150.0
+#define SYNC_SHARED_OPS 100000 /* reconcile: ops both sides hold before the partition */
+#define SYNC_FRESH 100         /* reconcile: single-op batches each side writes apart */
 
 /* ---- plumbing -------------------------------------------------------------------------------- */
 
@@ -949,7 +956,59 @@ static uint64_t peak_rss_bytes(void)
     return getrusage(RUSAGE_SELF, &ru) == 0 ? (uint64_t)ru.ru_maxrss * 1024 : 0;
 }
 
-static void report(const bench *bn, const run_res *runs, const single_res *s, const local_res *l)
+/* Sync figures (bench/sync.c, bench/tcp.c) and their targets. */
+typedef struct sync_res {
+    fm_bench_sync_result rec;
+    int rec_rc;
+    fm_bench_tcp_result tcp;
+    int tcp_rc;
+    uint64_t tcp_ops;
+} sync_res;
+
+enum {
+    TARGET_TCP_OPS_PER_S = 100000,
+    TARGET_IDLE_RSS_KIB = 8 * 1024,
+    TARGET_IDLE_BYTES = 200,
+    TARGET_SYNC_ROUND_TRIPS = 3,
+};
+
+static void report_sync(emit *o, const sync_res *y)
+{
+    const fm_bench_sync_result *r = &y->rec;
+    out_open(o, "reconcile");
+    out_bool(o, "ok", NULL, y->rec_rc == 0 && r->converged);
+    out_u64(o, "shared_ops", NULL, SYNC_SHARED_OPS);
+    out_u64(o, "new_batches_each_side", NULL, SYNC_FRESH);
+    out_u64(o, "new_batch_bytes", NULL, r->fresh_bytes);
+    out_u64(o, "wire_bytes", NULL, r->bytes);
+    out_num(o, "wire_over_new", NULL, r->fresh_bytes ? (double)r->bytes / r->fresh_bytes : 0, 3);
+    out_num(o, "round_trips_with_handshake", NULL, r->waves / 2.0, 1);
+    out_num(o, "sync_round_trips", NULL, r->sync_waves / 2.0, 1);
+    out_u64(o, "idle_exchange_bytes", NULL, r->idle_bytes);
+    out_u64(o, "idle_exchange_messages", NULL, r->idle_frames);
+    out_close(o);
+    const fm_bench_tcp_result *t = &y->tcp;
+    double rate = t->sync_ms ? (double)y->tcp_ops * 1000.0 / (double)t->sync_ms : 0;
+    out_open(o, "tcp");
+    out_bool(o, "ok", NULL, y->tcp_rc == 0 && t->complete);
+    out_u64(o, "ops", NULL, y->tcp_ops);
+    out_u64(o, "sync_ms", NULL, t->sync_ms);
+    out_num(o, "tcp_sync_ops_per_s", NULL, rate, 0);
+    out_u64(o, "idle_rss_bytes", NULL, t->idle_rss_kib * 1024);
+    out_u64(o, "idle_wakeups", NULL, t->idle_wakeups);
+    out_u64(o, "idle_window_ms", NULL, t->idle_ms);
+    out_close(o);
+    out_open(o, "sync_targets_met");
+    out_bool(o, "reconcile_bytes", NULL, r->bytes <= 2 * r->fresh_bytes + 4096);
+    out_bool(o, "reconcile_round_trips", NULL, r->sync_waves <= 2 * TARGET_SYNC_ROUND_TRIPS);
+    out_bool(o, "idle_exchange", NULL, r->idle_bytes <= TARGET_IDLE_BYTES && r->idle_waves <= 2);
+    out_bool(o, "tcp_sync_ops_per_s", NULL, rate >= TARGET_TCP_OPS_PER_S);
+    out_bool(o, "idle_rss", NULL, t->complete && t->idle_rss_kib <= TARGET_IDLE_RSS_KIB);
+    out_close(o);
+}
+
+static void report(const bench *bn, const run_res *runs, const single_res *s, const local_res *l,
+                   const sync_res *y)
 {
     emit o = {.json = bn->cfg.json, .first = true};
     if (o.json)
@@ -960,6 +1019,7 @@ static void report(const bench *bn, const run_res *runs, const single_res *s, co
     report_conflict(&o, &runs[1]);
     report_single_local(&o, s, l);
     out_u64(&o, "peak_rss_bytes", NULL, peak_rss_bytes());
+    report_sync(&o, y);
     out_open(&o, "targets_met");
     report_targets(&o, &runs[0]);
     report_targets(&o, &runs[1]);
@@ -1101,8 +1161,15 @@ int main(int argc, char **argv)
     run_one(&bn, true, &runs[1]);
     run_single(&bn, &single);
     run_local(&bn, &local);
+    sync_res sync = {.tcp_ops = bn.cfg.ops};
+    stamp ts = stamp_now();
+    sync.rec_rc = fm_bench_reconcile(SYNC_SHARED_OPS, SYNC_FRESH, &sync.rec);
+    phase_add(&bn, "reconcile", "", ts);
+    ts = stamp_now();
+    sync.tcp_rc = fm_bench_tcp(tmp_dir, bn.cfg.ops, 100, 10000, &sync.tcp);
+    phase_add(&bn, "tcp_sync", "", ts);
     phase_add(&bn, "total", "", t0);
-    report(&bn, runs, &single, &local);
+    report(&bn, runs, &single, &local, &sync);
     teardown(&bn);
     return 0;
 }

@@ -57,13 +57,15 @@ typedef struct conn {
     char (*peer_subs)[FM_MAX_COLLECTION_LEN + 1];
     uint8_t *peer_prio;
     uint64_t peer_window;
+    uint64_t peer_caps;
+    uint64_t members_epoch; /* our membership epoch the peer was last sent (0: never) */
     /* flow control: BATCHES payload bytes */
     uint64_t sent_bytes, peer_acked; /* what we sent, what the peer acknowledged */
     uint64_t recv_bytes, acked_sent; /* what we processed, what we acknowledged */
     csync *cs;
     uint32_t ncs, ccs;
     uint64_t round;
-    uint64_t opened_ms, last_rx_ms, last_synced_ms, ae_at;
+    uint64_t opened_ms, last_rx_ms, last_tx_ms, last_synced_ms, ae_at;
     uint64_t bytes_in, bytes_out;
 } conn;
 
@@ -126,6 +128,12 @@ static uint64_t now_ms(const fm_node *n)
     return n->env->now_ms(n->env->ctx);
 }
 
+/* Time since `since`; a wall clock stepped backwards counts as no time passed. */
+static uint64_t elapsed(uint64_t now, uint64_t since)
+{
+    return now > since ? now - since : 0;
+}
+
 /* base +- 25%, from the env's randomness. */
 static uint64_t jitter(fm_node *n, uint64_t base)
 {
@@ -179,6 +187,7 @@ static void conn_flush(fm_node *n, conn *c)
         return;
     c->bytes_out += c->out.len;
     n->st.bytes_out += c->out.len;
+    c->last_tx_ms = now_ms(n);
     n->io.send(n->io.ctx, c->id, c->out.data, c->out.len);
     fm_buf_reset(&c->out);
 }
@@ -472,9 +481,15 @@ static void process_applied(fm_node *n)
                 push_one(n, &n->conns[i], &n->b, data, len);
     }
     fm_buf_reset(&n->applied);
-    for (uint32_t i = 0; i < n->max_total; i++)
-        if (n->conns[i].used && n->conns[i].err)
-            conn_close(n, &n->conns[i], n->conns[i].err);
+    /* What missed the fast path (a gap, a full window) goes from the store now, not at the
+     * next anti-entropy round. */
+    for (uint32_t i = 0; i < n->max_total; i++) {
+        conn *c = &n->conns[i];
+        if (c->used && !c->err)
+            pump(n, c);
+        if (c->used && c->err)
+            conn_close(n, c, c->err);
+    }
 }
 
 static void on_applied(void *arg, const uint8_t *batch, size_t len)
@@ -518,7 +533,8 @@ static int send_summary(fm_node *n, conn *c)
     for (uint32_t i = 0; i < n->r->st.ncolls; i++)
         k += offers(n, n->r->st.colls[i]);
     for (uint32_t i = 0; i < c->ncs; i++)
-        c->cs[i].vec_sent = false; /* a new exchange */
+        c->cs[i].vec_sent = false;              /* a new exchange */
+    c->ae_at = now_ms(n) + jitter(n, n->ae_ms); /* the next round is due an interval on */
     fm_proto_summary_begin(&w, ++c->round, k);
     for (uint32_t i = 0; i < n->r->st.ncolls; i++) {
         const fm_coll *coll = n->r->st.colls[i]; /* sorted by name */
@@ -560,19 +576,20 @@ static int summary_entry(void *arg, const fm_summary_entry *e)
 {
     summary_ctx *x = arg;
     fm_node *n = x->n;
-    if (my_prio(n, e->name.p, e->name.len) < 0)
-        return 0;
     fm_coll *coll = coll_of(n, e->name.p, e->name.len);
+    if (coll)
+        for (uint32_t i = 0; i < n->r->st.ncolls; i++)
+            if (n->r->st.colls[i] == coll)
+                x->seen[i] = 1;
+    bool accept = my_prio(n, e->name.p, e->name.len) >= 0;
+    if (!accept && !(coll && offers(n, coll)))
+        return 0; /* neither taken from the peer nor offered to it */
     uint8_t d[FM_HASH_BYTES];
     fm_vv empty;
     fm_vv_init(&empty);
     int rc = fm_vv_digest(coll ? &coll->vv : &empty, d);
     if (rc)
         return rc;
-    if (coll)
-        for (uint32_t i = 0; i < n->r->st.ncolls; i++)
-            if (n->r->st.colls[i] == coll)
-                x->seen[i] = 1;
     uint32_t before = x->c->ncs;
     csync *s = csync_get(x->c, e->name.p, e->name.len, true);
     if (!s)
@@ -587,7 +604,8 @@ static int summary_entry(void *arg, const fm_summary_entry *e)
         return 0;
     }
     x->equal = false;
-    return send_vector(n, x->c, e->name.p, e->name.len, 0);
+    /* Our vector lets the peer send what we lack; a collection we only offer needs none. */
+    return accept ? send_vector(n, x->c, e->name.p, e->name.len, 0) : 0;
 }
 
 static int on_summary(fm_node *n, conn *c, const uint8_t *p, size_t len)
@@ -599,6 +617,10 @@ static int on_summary(fm_node *n, conn *c, const uint8_t *p, size_t len)
     if (rc)
         return rc;
     c->summary_rcvd = true;
+    /* Liveness both ways whatever the two anti-entropy intervals: a peer that has heard
+     * nothing from us for half an interval gets our summary back. */
+    if (elapsed(now_ms(n), c->last_tx_ms) >= n->ae_ms / 2 && (rc = send_summary(n, c)))
+        return rc;
     /* Collections we offer that the peer wants but did not name: it holds none of them. */
     for (uint32_t i = 0; i < n->r->st.ncolls; i++) {
         fm_coll *coll = n->r->st.colls[i];
@@ -608,10 +630,8 @@ static int on_summary(fm_node *n, conn *c, const uint8_t *p, size_t len)
         csync *s = csync_get(c, (const uint8_t *)coll->name, coll->name_len, true);
         if (!s)
             return FM_ENOMEM;
-        if (!s->known_valid) {
-            s->known_valid = true;
-            s->dirty = true;
-        }
+        s->known_valid = true; /* it held none of it when it wrote the summary */
+        s->dirty = true;
         x.equal = false;
     }
     if (x.equal) {
@@ -797,12 +817,23 @@ static int send_members(fm_node *n, conn *c)
     return rc;
 }
 
-/* A membership change may end sessions (revocation) or replace the view sessions borrow. */
+/* A membership change may end sessions (revocation) or replace the view sessions borrow; what
+ * was installed here (a local revoke or import, a peer's certificate) goes to every peer. */
 static void recheck_sessions(fm_node *n)
 {
     bool replaced = n->mesh != n->r->mesh;
     n->mesh = n->r->mesh;
     n->member_epoch = fm__replica_member_epoch(n->r);
+    for (uint32_t i = 0; !replaced && i < n->max_total; i++) {
+        conn *c = &n->conns[i];
+        if (c->used && c->hello_rcvd && !c->closing && (c->peer_caps & FM_CAP_MEMBERS) &&
+            c->members_epoch != n->member_epoch) {
+            c->members_epoch = n->member_epoch;
+            int rc = send_members(n, c);
+            if (rc)
+                c->err = c->err ? c->err : rc;
+        }
+    }
     for (uint32_t i = 0; i < n->max_total; i++) {
         conn *c = &n->conns[i];
         if (!c->used || !c->s)
@@ -830,13 +861,18 @@ static int on_members(fm_node *n, conn *c, const uint8_t *p, size_t len)
      * stop the flood there. */
     for (uint32_t i = 0; i < n->max_total; i++) {
         conn *o = &n->conns[i];
-        if (o->used && o != c && o->hello_rcvd && !o->closing) {
+        if (o->used && o != c && o->hello_rcvd && !o->closing && (o->peer_caps & FM_CAP_MEMBERS)) {
             fm_buf msg = {.data = (uint8_t *)p, .len = len, .cap = len};
             int src = conn_send(n, o, &msg);
             if (src)
                 o->err = src;
+            else if (o->members_epoch == n->member_epoch)
+                o->members_epoch = fm__replica_member_epoch(n->r); /* it had the rest */
         }
     }
+    /* The sender has these, and had the rest of ours since its HELLO. */
+    if (c->members_epoch == n->member_epoch)
+        c->members_epoch = fm__replica_member_epoch(n->r);
     if (fm__replica_member_epoch(n->r) != n->member_epoch || n->mesh != n->r->mesh)
         recheck_sessions(n);
     return 0;
@@ -886,6 +922,7 @@ static int on_hello(fm_node *n, conn *c, const uint8_t *p, size_t len)
         goto out;
     }
     c->peer_window = h->window;
+    c->peer_caps = h->caps;
     c->peer_all = h->subs_all;
     c->peer_none = !h->subs_all && h->nsubs == 0;
     if (h->nsubs) {
@@ -906,6 +943,7 @@ static int on_hello(fm_node *n, conn *c, const uint8_t *p, size_t len)
     uint32_t count;
     if ((rc = fm__replica_member_digest(n->r, mine, &count)))
         goto out;
+    c->members_epoch = fm__replica_member_epoch(n->r);
     if (sodium_memcmp(mine, h->members_digest, FM_HASH_BYTES) != 0 && (h->caps & FM_CAP_MEMBERS))
         rc = send_members(n, c);
 out:
@@ -971,7 +1009,6 @@ static int on_established(fm_node *n, conn *c)
         memcpy(p->id, c->peer_id, FM_ID_BYTES);
     }
     c->live = true;
-    c->ae_at = now_ms(n) + jitter(n, n->ae_ms);
     int rc = send_hello(n, c);
     return rc ? rc : send_summary(n, c);
 }
@@ -1286,8 +1323,13 @@ void fm_node_tick(fm_node *n)
         conn *c = &n->conns[i];
         if (!c->used)
             continue;
+        /* A wall clock stepped backwards must not postpone heartbeats by the step. */
+        c->last_rx_ms = FM_MIN(c->last_rx_ms, t);
+        c->opened_ms = FM_MIN(c->opened_ms, t);
+        if (c->ae_at > t + 2 * (uint64_t)n->ae_ms)
+            c->ae_at = t + jitter(n, n->ae_ms);
         if (!c->s) { /* outbound connect under way */
-            if (t - c->opened_ms >= FM_HANDSHAKE_TIMEOUT_MS) {
+            if (elapsed(t, c->opened_ms) >= FM_HANDSHAKE_TIMEOUT_MS) {
                 n->st.sessions_failed++;
                 conn_close(n, c, FM_ETIMEOUT);
             }
@@ -1299,17 +1341,19 @@ void fm_node_tick(fm_node *n)
             conn_close(n, c, rc);
             continue;
         }
-        if (t - c->last_rx_ms >= n->idle_ms) {
+        if (elapsed(t, c->last_rx_ms) >= n->idle_ms) {
             conn_close(n, c, FM_ETIMEOUT);
             continue;
         }
         if (c->live && t >= c->ae_at) {
-            c->ae_at = t + jitter(n, n->ae_ms);
             rc = send_summary(n, c);
             if (rc)
                 conn_close(n, c, rc);
         }
     }
+    for (uint32_t i = 0; i < n->npeers; i++)
+        if (n->peers[i].retry_at > t + n->bmax)
+            n->peers[i].retry_at = t, n->connect_at = t;
     if (t >= n->connect_at)
         connect_peers(n, t);
     leave(n);
@@ -1341,7 +1385,6 @@ void fm_node_sync_now(fm_node *n)
     for (uint32_t i = 0; i < n->max_total; i++) {
         conn *c = &n->conns[i];
         if (c->used && c->live && !c->closing) {
-            c->ae_at = t + jitter(n, n->ae_ms);
             int rc = send_summary(n, c);
             if (rc)
                 conn_close(n, c, rc);

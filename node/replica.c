@@ -774,3 +774,9 @@ int fm_replica_forks(fm_replica *r, fm_author_fn fn, void *arg)
         return FM_EINVAL;
     return fm_store_fork_authors(r->store, fn, arg);
 }
+
+void fm__replica_release_memory(fm_replica *r)
+{
+    fm_state_trim(&r->st, 0);
+    fm_store_release_memory(r->store);
+}

@@ -49,6 +49,8 @@ int fm__replica_each_member_bin(fm_replica *r, int (*fn)(void *arg, const uint8_
 /* Grows whenever an install changes the installed set (a certificate, a revocation, joining a
  * mesh): a node re-checks its sessions when it moved. Starts at 0 at open. */
 uint64_t fm__replica_member_epoch(const fm_replica *r);
+/* Drops every clean cached record and sqlite's unused pages: for a node gone idle. */
+void fm__replica_release_memory(fm_replica *r);
 
 /* A held batch: its bytes, and its decoded header (no ops; coll points into data) so that
  * readiness checks cost no decoding. */

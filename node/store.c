@@ -586,3 +586,8 @@ int fm_store_each_member(fm_store *st, fm_store_member_fn fn, void *arg)
     sqlite3_finalize(q);
     return rc;
 }
+
+void fm_store_release_memory(fm_store *st)
+{
+    sqlite3_db_release_memory(st->db);
+}

@@ -74,6 +74,8 @@ typedef int (*fm_store_rec_fn)(void *arg, int64_t coll_id, const uint8_t *id, si
 int fm_store_each_record(fm_store *st, const fm_coll *c, bool conflicts_only, fm_store_rec_fn fn,
                          void *arg);
 int64_t fm_store_batch_count(fm_store *st);
+/* Hands sqlite's unused cache pages back (an idle node keeps a small footprint). */
+void fm_store_release_memory(fm_store *st);
 
 /* Membership records (certificates and revocations), kept as installed; installing the same
  * record twice is a no-op. fm_store_put_member returns 1 if the record is new, 0 if held. */

@@ -27,6 +27,7 @@
 #include <event2/event.h>
 #include <event2/listener.h>
 #include <fcntl.h>
+#include <malloc.h>
 #include <netdb.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
@@ -47,6 +48,7 @@ enum {
     FM_DAEMON_MAX_TIMER_MS = 60000,  /* re-read the wall clock at least this often */
     FM_DAEMON_READ_CHUNK = 64 * 1024,
     FM_DAEMON_DIGEST_MS = 2000, /* advertised digest refreshed at most this often */
+    FM_DAEMON_IDLE_MS = 3000,   /* quiet this long after moving data: give memory back */
 };
 
 typedef struct fm_daemon fm_daemon;
@@ -79,7 +81,8 @@ struct fm_daemon {
     struct evconnlistener *control;
     char control_path[sizeof(((struct sockaddr_un *)0)->sun_path)];
     int lock_fd;
-    struct event *timer, *sigint, *sigterm, *digest_timer, *stop_timer;
+    struct event *timer, *sigint, *sigterm, *digest_timer, *stop_timer, *idle_timer;
+    uint64_t moved; /* batches in and out, and commands run, when last looked at */
     fm_mdns *mdns;
     bool stopping;
     uint64_t refused; /* inbound connections refused for the socket bound */
@@ -145,7 +148,23 @@ static void rearm(fm_daemon *d)
     uint64_t ms = at <= now ? 0 : FM_MIN(at - now, (uint64_t)FM_DAEMON_MAX_TIMER_MS);
     struct timeval tv = {(time_t)(ms / 1000), (suseconds_t)(ms % 1000) * 1000};
     evtimer_add(d->timer, &tv);
-    digest_changed(d);
+    /* Data moved: the digest changed, and memory can be given back once things are quiet. */
+    fm_node_stats st;
+    fm_node_stats_get(d->node, &st);
+    if (st.batches_in + st.batches_out != d->moved) {
+        d->moved = st.batches_in + st.batches_out;
+        digest_changed(d);
+        struct timeval idle = {FM_DAEMON_IDLE_MS / 1000, 0};
+        evtimer_add(d->idle_timer, &idle);
+    }
+}
+
+static void on_idle(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd, (void)what;
+    fm_daemon *d = arg;
+    fm__replica_release_memory(d->r);
+    malloc_trim(0);
 }
 
 static void on_timer(evutil_socket_t fd, short what, void *arg)
@@ -472,6 +491,7 @@ static void on_control_read(struct bufferevent *bev, void *arg)
     if (fe)
         fclose(fe);
     fm_control_request_free(&req);
+    d->moved = UINT64_MAX; /* the command may have written: refresh digest, then shrink */
     uint8_t *resp;
     size_t rlen;
     if (fm_control_response(code, out, out_len, err, err_len, &resp, &rlen) == 0) {
@@ -694,7 +714,8 @@ static void daemon_free(fm_daemon *d)
         evconnlistener_free(d->control);
         unlink(d->control_path);
     }
-    struct event *evs[] = {d->timer, d->sigint, d->sigterm, d->digest_timer, d->stop_timer};
+    struct event *evs[] = {d->timer,        d->sigint,     d->sigterm,
+                           d->digest_timer, d->stop_timer, d->idle_timer};
     for (size_t i = 0; i < FM_ARRAY_LEN(evs); i++)
         if (evs[i])
             event_free(evs[i]);
@@ -730,10 +751,11 @@ int fm_daemon_main(const char *dir, int argc, char **argv, FILE *err)
         d.timer = evtimer_new(d.base, on_timer, &d);
         d.digest_timer = evtimer_new(d.base, on_digest, &d);
         d.stop_timer = evtimer_new(d.base, on_stop_timer, &d);
+        d.idle_timer = evtimer_new(d.base, on_idle, &d);
         d.sigint = evsignal_new(d.base, SIGINT, on_signal, &d);
         d.sigterm = evsignal_new(d.base, SIGTERM, on_signal, &d);
-        if (!d.timer || !d.digest_timer || !d.stop_timer || !d.sigint || !d.sigterm ||
-            event_add(d.sigint, NULL) || event_add(d.sigterm, NULL))
+        if (!d.timer || !d.digest_timer || !d.stop_timer || !d.idle_timer || !d.sigint ||
+            !d.sigterm || event_add(d.sigint, NULL) || event_add(d.sigterm, NULL))
             rc = FM_ENOMEM;
     }
     if (!rc)
