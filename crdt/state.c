@@ -474,6 +474,7 @@ int fm_state_flush(fm_state *s)
         fm_state_record_hash(c, r->id, r->id_len, s->scratch.data, s->scratch.len, h);
         for (int k = 0; k < FM_HASH_BYTES; k++)
             c->xor_hash[k] ^= (uint8_t)(r->flushed_hash[k] ^ h[k]);
+        c->agg_dirty = true;
         c->live += (uint64_t)!r->deleted - (uint64_t)r->flushed_live;
         c->conflicts += (uint64_t)conflicts - (uint64_t)r->flushed_conflicts;
         memcpy(r->flushed_hash, h, FM_HASH_BYTES);

@@ -32,6 +32,7 @@ typedef struct fm_coll {
     uint32_t nmap, cap;
     uint8_t xor_hash[FM_HASH_BYTES];
     uint64_t live, conflicts;
+    bool agg_dirty; /* aggregates changed since the store last saved them */
 } fm_coll;
 
 typedef struct fm_state_io {

@@ -11,6 +11,8 @@
  */
 #include "crypto/cert.h"
 
+#include "crypto/sigcache.h"
+
 #include "crypto/identity.h"
 
 #include <msgpack.h>
@@ -571,7 +573,56 @@ struct fm_membership {
     fm_revocation *revs; /* sorted by device_id, one per device: the earliest effective */
     size_t nrevs;
     size_t caprevs;
+    fm_sigcache *cache; /* borrowed; NULL: none */
 };
+
+void fm_membership_set_sigcache(fm_membership *m, fm_sigcache *c)
+{
+    m->cache = c;
+}
+
+/* Verifies an authority-signed encoding of this view's mesh, through the cache if any. */
+static int verify_cached(const fm_membership *m, const char *domain, const uint8_t *enc, size_t len,
+                         const uint8_t sig[FM_SIG_BYTES])
+{
+    uint8_t key[FM_HASH_BYTES];
+    crypto_generichash_state h;
+    if (m->cache) {
+        crypto_generichash_init(&h, NULL, 0, sizeof key);
+        crypto_generichash_update(&h, m->mesh_id, FM_ID_BYTES);
+        crypto_generichash_update(&h, (const uint8_t *)domain, strlen(domain) + 1);
+        crypto_generichash_update(&h, enc, len);
+        crypto_generichash_final(&h, key, sizeof key);
+        if (fm_sigcache_has(m->cache, key))
+            return 0;
+    }
+    int rc = verify_encoded(m->mesh_id, domain, enc, len, sig);
+    if (!rc && m->cache)
+        fm_sigcache_add(m->cache, key);
+    return rc;
+}
+
+static int member_cert_verify(const fm_membership *m, const fm_cert *c)
+{
+    uint8_t enc[FM_MAX_CERT_BYTES];
+    size_t len;
+    if (fm_cert_encode(c, enc, &len) != 0)
+        return FM_EDECODE;
+    if (sodium_memcmp(c->mesh_id, m->mesh_id, FM_ID_BYTES) != 0)
+        return FM_EMESH;
+    return verify_cached(m, FM_CERT_DOMAIN, enc, len, c->sig);
+}
+
+static int member_rev_verify(const fm_membership *m, const fm_revocation *r)
+{
+    uint8_t enc[FM_MAX_REVOCATION_BYTES];
+    size_t len;
+    if (fm_revocation_encode(r, enc, &len) != 0)
+        return FM_EDECODE;
+    if (sodium_memcmp(r->mesh_id, m->mesh_id, FM_ID_BYTES) != 0)
+        return FM_EMESH;
+    return verify_cached(m, FM_REVOCATION_DOMAIN, enc, len, r->sig);
+}
 
 int fm_membership_new(const uint8_t mesh_id[FM_ID_BYTES], fm_admit_policy policy,
                       fm_membership **out)
@@ -657,7 +708,7 @@ static const fm_revocation *find_rev(const fm_membership *m, const uint8_t id[FM
 
 int fm_membership_add_cert(fm_membership *m, const fm_cert *c)
 {
-    int rc = fm_cert_verify_signature(c, m->mesh_id);
+    int rc = member_cert_verify(m, c);
     if (rc)
         return rc;
     size_t i;
@@ -678,7 +729,7 @@ int fm_membership_add_cert(fm_membership *m, const fm_cert *c)
 
 int fm_membership_add_revocation(fm_membership *m, const fm_revocation *r)
 {
-    int rc = fm_revocation_verify(r, m->mesh_id);
+    int rc = member_rev_verify(m, r);
     if (rc)
         return rc;
     size_t i;
@@ -717,7 +768,7 @@ int fm_membership_check(const fm_membership *m, const uint8_t device_id[FM_ID_BY
 int fm_membership_check_cert(const fm_membership *m, const fm_cert *presented, uint64_t now_ms,
                              fm_cert *effective)
 {
-    int rc = fm_cert_verify_signature(presented, m->mesh_id);
+    int rc = member_cert_verify(m, presented);
     if (rc)
         return rc;
     if (is_revoked(m, presented->device_id, now_ms))

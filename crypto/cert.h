@@ -118,6 +118,11 @@ typedef struct fm_membership fm_membership;
 int fm_membership_new(const uint8_t mesh_id[FM_ID_BYTES], fm_admit_policy policy,
                       fm_membership **out);
 void fm_membership_free(fm_membership *m);
+struct fm_sigcache;
+/* Authority signatures checked once per cache (borrowed; shared by every view of a process,
+ * as the simulator's thousand replicas do): a record whose hash (over its domain and encoding)
+ * verified before is not verified again. NULL: verify every time. */
+void fm_membership_set_sigcache(fm_membership *m, struct fm_sigcache *c);
 void fm_membership_mesh_id(const fm_membership *m, uint8_t out[FM_ID_BYTES]);
 /* Verifies mesh and signature (FM_EMESH, FM_ESIG), then keeps the newest certificate per device.
  * An older or equal certificate is ignored and still returns 0, so gossip may repeat itself.

@@ -125,6 +125,8 @@ int fm__mesh_load(fm_replica *r)
     if (!rc)
         rc = fm_membership_new(id.data, FM_ADMIT_PRESENTED, &r->mesh);
     if (!rc)
+        fm_membership_set_sigcache(r->mesh, r->sigcache);
+    if (!rc)
         rc = fm_store_each_member(r->store, load_member, r);
     fm_buf_free(&id);
     return rc;
@@ -228,6 +230,8 @@ static int install(fm_replica *r, const uint8_t *mesh_id, const fm_cert *c, cons
     rc = install_finish(r, rc < 0 ? rc : 0, added);
     if (!rc && fresh)
         r->mesh = fresh, fresh = NULL;
+    if (r->mesh)
+        fm_membership_set_sigcache(r->mesh, r->sigcache);
     fm_membership_free(fresh);
     return rc;
 }

@@ -481,6 +481,13 @@ static void process_applied(fm_node *n)
                 push_one(n, &n->conns[i], &n->b, data, len);
     }
     fm_buf_reset(&n->applied);
+    /* Our digest changed: peers not worth a connection before may be now. */
+    uint64_t t = now_ms(n);
+    for (uint32_t i = 0; i < n->npeers && n->connect_at > t; i++)
+        if (n->peers[i].conn < 0 && n->peers[i].present)
+            n->connect_at = FM_MAX(t, n->peers[i].retry_at) < n->connect_at
+                                ? FM_MAX(t, n->peers[i].retry_at)
+                                : n->connect_at;
     /* What missed the fast path (a gap, a full window) goes from the store now, not at the
      * next anti-entropy round. */
     for (uint32_t i = 0; i < n->max_total; i++) {
@@ -673,16 +680,12 @@ static int on_vector(fm_node *n, conn *c, const uint8_t *p, size_t len)
         s->known_valid = true;
         s->dirty = true;
     }
-    /* The peer holds something we lack: tell it what we have (once per exchange). */
+    /* Our vector in return, once per exchange: the peer needs it to send what we lack, and
+     * to push to us at once from now on (whatever it holds that we do not). */
     csync *mine = csync_get(c, m.name.p, m.name.len, false);
     if (!(m.flags & FM_VECTOR_REPLY) && my_prio(n, m.name.p, m.name.len) >= 0 &&
-        !(mine && mine->vec_sent)) {
-        fm_vv empty;
-        fm_vv_init(&empty);
-        fm_vv_order o = fm_vv_compare(&m.vv, coll ? &coll->vv : &empty);
-        if (o == FM_VV_GREATER || o == FM_VV_CONCURRENT)
-            rc = send_vector(n, c, m.name.p, m.name.len, FM_VECTOR_REPLY);
-    }
+        !(mine && mine->vec_sent))
+        rc = send_vector(n, c, m.name.p, m.name.len, FM_VECTOR_REPLY);
     if (!rc)
         pump(n, c);
 out:
@@ -998,15 +1001,17 @@ static int on_established(fm_node *n, conn *c)
     if (!c->used)
         return 0; /* closed by a session recheck */
     n->st.sessions_ok++;
-    if (c->has_id && duplicate_of_better(n, c)) {
-        c->live = true; /* not a failure: the other connection carries the sync */
-        return FM_EEXISTS;
-    }
+    /* The peer entry learns who answers at its address first: if this connection loses to
+     * another one from the same device, that one is found by id and not dialled again. */
     if (c->peer >= 0) {
         peer *p = &n->peers[c->peer];
         p->backoff_ms = 0;
         p->has_id = c->has_id;
         memcpy(p->id, c->peer_id, FM_ID_BYTES);
+    }
+    if (c->has_id && duplicate_of_better(n, c)) {
+        c->live = true; /* not a failure: the other connection carries the sync */
+        return FM_EEXISTS;
     }
     c->live = true;
     int rc = send_hello(n, c);

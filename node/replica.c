@@ -181,6 +181,8 @@ static void applied_fire(fm_replica *r)
 void fm__replica_set_sigcache(fm_replica *r, fm_sigcache *c)
 {
     r->sigcache = c;
+    if (r->mesh)
+        fm_membership_set_sigcache(r->mesh, c);
 }
 
 /* fm_batch_verify, skipped for bytes the cache saw verify (the hash covers every byte). */
@@ -220,11 +222,14 @@ static int finish_txn(fm_replica *r, int rc)
         rc = hlc_save(r);
     if (!rc)
         rc = fm_state_flush(&r->st);
+    /* Only collections this transaction changed: a node may hold many. */
     for (uint32_t i = 0; !rc && i < r->st.ncolls; i++)
-        if (r->st.colls[i]->store_id)
+        if (r->st.colls[i]->store_id && r->st.colls[i]->agg_dirty)
             rc = fm_store_coll_save(r->store, r->st.colls[i]);
     if (!rc)
         rc = fm_store_commit(r->store);
+    for (uint32_t i = 0; !rc && i < r->st.ncolls; i++)
+        r->st.colls[i]->agg_dirty = false;
     if (rc) {
         fm_store_rollback(r->store);
         int rrc = replica_reload(r);

@@ -194,6 +194,12 @@ int fm_store_open(const char *path, fm_store **out)
     const char *cache = is_memdb_uri(path) ? "PRAGMA cache_size=-512" : "PRAGMA cache_size=-16384";
     if ((rc = exec(st, "PRAGMA synchronous=FULL")) || (rc = exec(st, cache)) || (rc = migrate(st)))
         goto fail;
+    /* An in-memory database has nothing to sync and one writer: its rollback journal stays in
+     * memory too, and its lock is taken once rather than per transaction. */
+    if (is_memdb_uri(path) && ((rc = exec(st, "PRAGMA journal_mode=MEMORY")) ||
+                               (rc = exec(st, "PRAGMA synchronous=OFF")) ||
+                               (rc = exec(st, "PRAGMA locking_mode=EXCLUSIVE"))))
+        goto fail;
     for (int i = 0; i < S__COUNT; i++) {
         if (sqlite3_prepare_v3(st->db, SQL[i], -1, SQLITE_PREPARE_PERSISTENT, &st->stmt[i], NULL) !=
             SQLITE_OK) {

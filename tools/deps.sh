@@ -21,6 +21,9 @@ PACKAGES=(
     libsodium-dev libmsgpack-dev libsqlite3-dev sqlite3 libevent-dev libavahi-client-dev
     # services and tools used by integration tests
     avahi-daemon avahi-utils dbus iproute2 python3
+    # link impairment in integration.mdns_mesh: iptables (loss, NFQUEUE) and the library of the
+    # userspace delayer tools/nfq_delay.c (the kernel has no netem)
+    iptables libnetfilter-queue-dev
 )
 
 missing_packages() {

@@ -142,9 +142,12 @@ static void timeout_free(AvahiTimeout *t)
 
 /* ---- the module ----------------------------------------------------------------------------- */
 
+/* A browsed service. Its resolver stays open: avahi reports the service again whenever its
+ * records change, which is how a peer's new digest (TXT d=) reaches us. */
 typedef struct svc {
     char name[AVAHI_LABEL_MAX];
-    char addr[FM_NODE_MAX_ADDR + 1];
+    char addr[FM_NODE_MAX_ADDR + 1]; /* empty until resolved */
+    AvahiServiceResolver *resolver;
 } svc;
 
 struct fm_mdns {
@@ -279,12 +282,18 @@ static void resolved(AvahiServiceResolver *r, AvahiIfIndex ifx, AvahiProtocol pr
     fm_mdns *m = arg;
     char mesh[32], id[32], dhex[80], ip[AVAHI_ADDRESS_STR_MAX];
     uint8_t digest[FM_HASH_BYTES];
-    if (ev != AVAHI_RESOLVER_FOUND)
-        goto out;
+    svc *s = name ? svc_find(m, name) : NULL;
+    if (ev != AVAHI_RESOLVER_FOUND) {
+        mlog(m, FM_LOG_DEBUG, "mdns: resolving %s failed", name);
+        if (s && s->resolver == r)
+            s->resolver = NULL;
+        avahi_service_resolver_free(r);
+        return;
+    }
     /* Same mesh, not ourselves (by id: every service on one host shares its host name). */
     if (!txt_get(txt, "m", mesh, sizeof mesh) || strcmp(mesh, m->mesh_hex) != 0 ||
         !txt_get(txt, "id", id, sizeof id) || strcmp(id, m->id_hex) == 0)
-        goto out;
+        return;
     bool has_digest = txt_get(txt, "d", dhex, sizeof dhex) && !unhex(dhex, digest, sizeof digest);
     avahi_address_snprint(ip, sizeof ip, a);
     char addr[FM_NODE_MAX_ADDR + 1], ifname[IF_NAMESIZE] = "";
@@ -296,17 +305,10 @@ static void resolved(AvahiServiceResolver *r, AvahiIfIndex ifx, AvahiProtocol pr
     } else {
         snprintf(addr, sizeof addr, "%s:%u", ip, port);
     }
-    svc *s = svc_find(m, name);
-    if (!s && m->nsvcs < FM_MDNS_MAX_SERVICES) {
-        s = &m->svcs[m->nsvcs++];
-        snprintf(s->name, sizeof s->name, "%s", name);
-    }
     if (s)
         snprintf(s->addr, sizeof s->addr, "%s", addr);
     mlog(m, FM_LOG_DEBUG, "mdns: found %s at %s", name, addr);
     m->cb.found(m->cb.ctx, addr, has_digest ? digest : NULL);
-out:
-    avahi_service_resolver_free(r);
 }
 
 static void browsed(AvahiServiceBrowser *b, AvahiIfIndex ifx, AvahiProtocol proto,
@@ -315,19 +317,26 @@ static void browsed(AvahiServiceBrowser *b, AvahiIfIndex ifx, AvahiProtocol prot
 {
     (void)b, (void)flags;
     fm_mdns *m = arg;
+    svc *s = name ? svc_find(m, name) : NULL; /* ALL_FOR_NOW and the like name nothing */
     if (ev == AVAHI_BROWSER_NEW) {
+        if (!s && m->nsvcs < FM_MDNS_MAX_SERVICES) {
+            s = &m->svcs[m->nsvcs++];
+            memset(s, 0, sizeof *s);
+            snprintf(s->name, sizeof s->name, "%s", name);
+        }
         /* IPv4 addresses: no interface scope to carry, and every test network has them. */
-        if (!avahi_service_resolver_new(m->client, ifx, proto, name, type, domain, AVAHI_PROTO_INET,
-                                        0, resolved, m))
+        if (s && !s->resolver &&
+            !(s->resolver = avahi_service_resolver_new(m->client, ifx, proto, name, type, domain,
+                                                       AVAHI_PROTO_INET, 0, resolved, m)))
             mlog(m, FM_LOG_WARN, "mdns: resolve %s: %s", name,
                  avahi_strerror(avahi_client_errno(m->client)));
-    } else if (ev == AVAHI_BROWSER_REMOVE) {
-        svc *s = svc_find(m, name);
-        if (s) {
-            mlog(m, FM_LOG_DEBUG, "mdns: %s went away", name);
+    } else if (ev == AVAHI_BROWSER_REMOVE && s) {
+        mlog(m, FM_LOG_DEBUG, "mdns: %s went away", name);
+        if (s->addr[0])
             m->cb.lost(m->cb.ctx, s->addr);
-            *s = m->svcs[--m->nsvcs];
-        }
+        if (s->resolver)
+            avahi_service_resolver_free(s->resolver);
+        *s = m->svcs[--m->nsvcs];
     } else if (ev == AVAHI_BROWSER_FAILURE) {
         mlog(m, FM_LOG_WARN, "mdns: browsing failed: %s",
              avahi_strerror(avahi_client_errno(m->client)));
@@ -336,6 +345,12 @@ static void browsed(AvahiServiceBrowser *b, AvahiIfIndex ifx, AvahiProtocol prot
 
 static void drop_objects(fm_mdns *m)
 {
+    /* Known peers stay known to the node (liveness comes from connections), but the resolvers
+     * die with the client. */
+    for (uint32_t i = 0; i < m->nsvcs; i++)
+        if (m->svcs[i].resolver)
+            avahi_service_resolver_free(m->svcs[i].resolver);
+    m->nsvcs = 0;
     if (m->browser)
         avahi_service_browser_free(m->browser);
     if (m->group)

@@ -323,6 +323,46 @@ static void test_eager_push(void)
     world_close();
 }
 
+/* Both ends dial each other (as discovery makes them do): one connection survives, and a write
+ * still reaches the far end of a line at once. */
+static void test_symmetric_dial(void)
+{
+    world_open(3, NULL);
+    link_static(0, 1);
+    link_static(1, 0);
+    link_static(1, 2);
+    link_static(2, 1);
+    run_until(T0 + 3000);
+    uint64_t before = W.now;
+    CHECK_OK(write_n(0, "fresh", "x", 2));
+    drain();
+    CHECK_EQ_INT(W.now, before);
+    CHECK_EQ_INT(status_of(2).ops, 4);
+    CHECK_OK(write_n(2, "fresh", "y", 1));
+    drain();
+    CHECK_EQ_INT(status_of(0).ops, 6);
+    fm_node_stats s;
+    fm_node_stats_get(W.n[1].node, &s);
+    CHECK_EQ_INT(s.conns, 2);
+    world_close();
+}
+
+/* A node that held none of a collection the peer named still pushes its own first write to it
+ * at once: the peer's vector comes back in the first exchange, not at the next round. */
+static void test_push_after_catch_up(void)
+{
+    fm_node_config cfg[2] = {{.anti_entropy_ms = 60000}, {.anti_entropy_ms = 60000}};
+    world_open(2, cfg);
+    CHECK_OK(write_n(0, "notes", "a", 3));
+    link_static(0, 1);
+    run_until(T0 + 2000);
+    check_same(0, 1);
+    CHECK_OK(write_n(1, "notes", "b", 1));
+    drain();
+    check_same(0, 1);
+    world_close();
+}
+
 /* When nothing differs, one anti-entropy exchange is one SUMMARY each way, a few dozen bytes. */
 static void test_nothing_differs(void)
 {
@@ -512,6 +552,8 @@ int main(void)
 {
     RUN(test_two_nodes_sync);
     RUN(test_eager_push);
+    RUN(test_symmetric_dial);
+    RUN(test_push_after_catch_up);
     RUN(test_nothing_differs);
     RUN(test_resume_after_cut);
     RUN(test_subscriptions);
