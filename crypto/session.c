@@ -425,6 +425,10 @@ static int step_frame(fm_session *s, const uint8_t *c, size_t len, fm_frame_fn f
         return FM_EDECODE; /* we never send PUSH or REKEY */
     if (fn)
         fn(arg, s->plain.data, (size_t)mlen);
+    /* The callback may have ended the session (a recheck after a revocation): its buffers are
+     * already wiped and freed. */
+    if (s->state == FM_SESSION_FAILED || s->state == FM_SESSION_CLOSED)
+        return s->state == FM_SESSION_FAILED ? s->err : 0;
     sodium_memzero(s->plain.data, (size_t)mlen);
     return 0;
 }

@@ -48,6 +48,7 @@ typedef struct conn {
     bool live;         /* HELLO sent (session established) */
     bool hello_rcvd;   /* peer's HELLO processed */
     bool summary_rcvd; /* a SUMMARY processed: collections it did not name, the peer lacks */
+    bool recheck;      /* membership changed while its input was being handled */
     bool has_id;
     uint8_t peer_id[FM_ID_BYTES];
     char peer_name[FM_MAX_DEVICE_NAME + 1];
@@ -841,6 +842,10 @@ static void recheck_sessions(fm_node *n)
         conn *c = &n->conns[i];
         if (!c->used || !c->s)
             continue;
+        if ((int)i == n->active_conn && !replaced) {
+            c->recheck = true; /* not under its own input: conn_data does it on return */
+            continue;
+        }
         int rc = replaced ? FM_ESTATE : fm_session_recheck(c->s);
         /* FM_ESTATE from recheck: the peer is not authenticated yet, the handshake checks it */
         if (replaced || (rc && rc != FM_ESTATE))
@@ -977,7 +982,15 @@ static void learn_peer(fm_node *n, conn *c)
     }
 }
 
-/* Two connections between the same pair: both sides keep the one the smaller id initiated. */
+/* BLE is the slow, battery-bound link: an IP path to the same device is preferred. */
+static bool is_ble(const conn *c)
+{
+    return strncmp(c->addr, "ble:", 4) == 0;
+}
+
+/* Two connections between the same pair: both sides keep an IP one over a BLE one, then the
+ * one the smaller id initiated. The sync carries on over the survivor from what the peer's
+ * vector says it holds: moving between transports restarts nothing. */
 static bool duplicate_of_better(fm_node *n, conn *c)
 {
     for (uint32_t i = 0; i < n->max_total; i++) {
@@ -986,8 +999,7 @@ static bool duplicate_of_better(fm_node *n, conn *c)
             memcmp(o->peer_id, c->peer_id, FM_ID_BYTES) != 0)
             continue;
         bool me_smaller = memcmp(n->r->device, c->peer_id, FM_ID_BYTES) < 0;
-        /* the connection initiated by the smaller side wins */
-        bool c_wins = c->initiator == me_smaller;
+        bool c_wins = is_ble(c) != is_ble(o) ? !is_ble(c) : c->initiator == me_smaller;
         if (!c_wins)
             return true;
         conn_close(n, o, 0);
@@ -1171,6 +1183,11 @@ int fm_node_conn_data(fm_node *n, fm_conn_id id, const uint8_t *data, size_t len
     n->active_conn = idx;
     int rc = fm_session_input(c->s, data, len, &c->out, on_frame, &x);
     n->active_conn = -1;
+    if (c->used && !rc && c->recheck) {
+        c->recheck = false;
+        int rrc = fm_session_recheck(c->s);
+        rc = rrc == FM_ESTATE ? 0 : rrc;
+    }
     if (c->used && !rc && !c->err && !c->live && fm_session_state(c->s) == FM_SESSION_ESTABLISHED)
         rc = on_established(n, c);
     if (c->used && !rc)

@@ -284,7 +284,7 @@ static void resolved(AvahiServiceResolver *r, AvahiIfIndex ifx, AvahiProtocol pr
     uint8_t digest[FM_HASH_BYTES];
     svc *s = name ? svc_find(m, name) : NULL;
     if (ev != AVAHI_RESOLVER_FOUND) {
-        mlog(m, FM_LOG_DEBUG, "mdns: resolving %s failed", name);
+        mlog(m, FM_LOG_DEBUG, "mdns: resolving %s failed", name ? name : "?");
         if (s && s->resolver == r)
             s->resolver = NULL;
         avahi_service_resolver_free(r);

@@ -40,6 +40,7 @@ typedef struct tend {
     int node;
     fm_conn_id peer;
     bool open;
+    bool ble; /* dialled as "ble:N": the node's slow path */
 } tend;
 
 struct world {
@@ -103,12 +104,15 @@ static void io_close(void *ctx, fm_conn_id conn)
 static int io_connect(void *ctx, const char *addr, fm_conn_id *out)
 {
     tnode *t = ctx;
+    bool ble = strncmp(addr, "ble:", 4) == 0;
+    if (ble)
+        addr += 2; /* "ble:N" -> ":N" */
     int to = addr[2] - '0';
-    if (strncmp(addr, "n:", 2) != 0 || to < 0 || to >= W.count)
+    if ((!ble && strncmp(addr, "n:", 2) != 0) || to < 0 || to >= W.count)
         return FM_EINVAL;
     fm_conn_id a = W.next_conn++, b = W.next_conn++;
-    W.ends[a] = (tend){t->idx, b, true};
-    W.ends[b] = (tend){to, a, true};
+    W.ends[a] = (tend){t->idx, b, true, ble};
+    W.ends[b] = (tend){to, a, true, ble};
     *out = a;
     push_ev((ev){.kind = 0, .to = t->idx, .conn = a, .initiator = true, .from = to});
     push_ev((ev){.kind = 0, .to = to, .conn = b, .initiator = false, .from = t->idx});
@@ -125,8 +129,8 @@ static void set_now(uint64_t now)
 static void deliver(ev *e)
 {
     tnode *t = &W.n[e->to];
-    char addr[8];
-    snprintf(addr, sizeof addr, "n:%d", e->from);
+    char addr[16];
+    snprintf(addr, sizeof addr, "%s:%d", W.ends[e->conn].ble ? "ble" : "n", e->from);
     if (e->kind == 0) {
         if (W.ends[e->conn].open)
             fm_node_conn_open(t->node, e->conn, e->initiator, addr);
@@ -363,6 +367,37 @@ static void test_push_after_catch_up(void)
     world_close();
 }
 
+static int count_ble(void *arg, const fm_peer_info *p)
+{
+    int *k = arg;
+    if (p->state == FM_PEER_SYNCED || p->state == FM_PEER_SYNCING)
+        k[p->addr && strncmp(p->addr, "ble:", 4) == 0]++;
+    return 0;
+}
+
+/* Reached over BLE and over IP at once: the IP connection carries the sync, the BLE one goes,
+ * and writes keep flowing. */
+static void test_prefers_ip_over_ble(void)
+{
+    world_open(2, NULL);
+    CHECK_OK(fm_node_peer_seen(W.n[0].node, "ble:1", NULL, FM_PEER_STATIC));
+    run_until(T0 + 1000);
+    CHECK_OK(write_n(0, "notes", "a", 2));
+    link_static(0, 1);
+    run_until(W.now + 3000);
+    int k0[2] = {0}, k1[2] = {0};
+    fm_node_peers(W.n[0].node, count_ble, k0);
+    fm_node_peers(W.n[1].node, count_ble, k1);
+    CHECK_EQ_INT(k0[0], 1);
+    CHECK_EQ_INT(k0[1], 0);
+    CHECK_EQ_INT(k1[0], 1);
+    CHECK_EQ_INT(k1[1], 0);
+    CHECK_OK(write_n(1, "notes", "b", 1));
+    drain();
+    check_same(0, 1);
+    world_close();
+}
+
 /* When nothing differs, one anti-entropy exchange is one SUMMARY each way, a few dozen bytes. */
 static void test_nothing_differs(void)
 {
@@ -429,16 +464,16 @@ static void test_hostile_bytes(void)
     CHECK_OK(write_n(0, "notes", "a", 5));
     /* an inbound connection that sends garbage is closed; the node keeps serving */
     fm_conn_id bad = W.next_conn++, badpeer = W.next_conn++;
-    W.ends[bad] = (tend){1, badpeer, true};
-    W.ends[badpeer] = (tend){0, bad, true};
+    W.ends[bad] = (tend){1, badpeer, true, false};
+    W.ends[badpeer] = (tend){0, bad, true, false};
     CHECK_OK(fm_node_conn_open(W.n[1].node, bad, false, NULL));
     static const uint8_t junk[] = {0, 0, 0, 3, 1, 2, 3, 0xff, 0xff};
     CHECK(fm_node_conn_data(W.n[1].node, bad, junk, sizeof junk) < 0);
     CHECK(!W.ends[bad].open);
     static const uint8_t huge[] = {0x7f, 0xff, 0xff, 0xff};
     fm_conn_id bad2 = W.next_conn++, bad2peer = W.next_conn++;
-    W.ends[bad2] = (tend){1, bad2peer, true};
-    W.ends[bad2peer] = (tend){0, bad2, true};
+    W.ends[bad2] = (tend){1, bad2peer, true, false};
+    W.ends[bad2peer] = (tend){0, bad2, true, false};
     CHECK_OK(fm_node_conn_open(W.n[1].node, bad2, false, NULL));
     CHECK(fm_node_conn_data(W.n[1].node, bad2, huge, sizeof huge) < 0);
     /* unknown connection ids are refused */
@@ -454,8 +489,8 @@ static void test_silent_peer_times_out(void)
 {
     world_open(2, NULL);
     fm_conn_id c = W.next_conn++, cp = W.next_conn++;
-    W.ends[c] = (tend){1, cp, true};
-    W.ends[cp] = (tend){0, c, true};
+    W.ends[c] = (tend){1, cp, true, false};
+    W.ends[cp] = (tend){0, c, true, false};
     CHECK_OK(fm_node_conn_open(W.n[1].node, c, false, NULL));
     fm_node_stats s;
     fm_node_stats_get(W.n[1].node, &s);
@@ -554,6 +589,7 @@ int main(void)
     RUN(test_eager_push);
     RUN(test_symmetric_dial);
     RUN(test_push_after_catch_up);
+    RUN(test_prefers_ip_over_ble);
     RUN(test_nothing_differs);
     RUN(test_resume_after_cut);
     RUN(test_subscriptions);

@@ -1,0 +1,453 @@
+/*
+ * net.c — simulated connections: reliable in-order byte streams over links with latency,
+ * jitter, bandwidth, MTU and loss. A send is cut into MTU segments; each serialises at the link
+ * rate behind the previous one (per direction), arrives after latency + jitter but never before
+ * the segment ahead of it, and a lost segment is sent again after an RTO, as often as it is lost:
+ * loss shows up as delay (head-of-line blocking), as over TCP.
+ *
+ * The io callbacks only queue events. A connection lives in a slot; its ids carry (gen, slot,
+ * side) so a stale id or event is recognised after the slot is reused. Bytes in flight wait in
+ * the direction's queue and are handed out in order as their segments arrive.
+ */
+#include "sim/sim_int.h"
+
+#include <stdlib.h>
+
+static fm_conn_id conn_id(uint32_t slot, uint32_t gen, int side)
+{
+    return (uint64_t)gen << 32 | (uint64_t)slot << 1 | (uint64_t)side;
+}
+
+/* The live connection an id names, checking the node owns that side; NULL if stale. */
+static sim_conn *conn_of(fm_sim *s, const sim_node *sn, fm_conn_id id, int *side)
+{
+    uint32_t slot = (uint32_t)(id & 0xffffffffu) >> 1, gen = (uint32_t)(id >> 32);
+    int sd = (int)(id & 1);
+    if (slot >= s->nconns)
+        return NULL;
+    sim_conn *c = &s->conns[slot];
+    if (!c->used || c->gen != gen || c->node[sd] != sn->idx)
+        return NULL;
+    *side = sd;
+    return c;
+}
+
+/* The connection an event names, or NULL if it is gone. */
+static sim_conn *conn_ev(fm_sim *s, uint64_t slot, uint64_t genside, int *side)
+{
+    if (slot >= s->nconns)
+        return NULL;
+    sim_conn *c = &s->conns[slot];
+    if (!c->used || c->gen != (uint32_t)(genside >> 1))
+        return NULL;
+    *side = (int)(genside & 1);
+    return c;
+}
+
+int sim_net_init(fm_sim *s)
+{
+    fm_buf_init(&s->rx);
+    return fm_buf_reserve(&s->rx, 65536);
+}
+
+void sim_net_free(fm_sim *s)
+{
+    for (uint32_t i = 0; i < s->nconns; i++)
+        for (int d = 0; d < 2; d++)
+            fm_buf_free(&s->conns[i].dir[d].q);
+    free(s->conns);
+    free(s->freec);
+    free(s->scratch_u32);
+    fm_buf_free(&s->rx);
+}
+
+static int node_list_add(sim_node *sn, uint32_t slot)
+{
+    if (fm_grow((void **)&sn->conns, sn->nconns, &sn->cconns, sizeof *sn->conns))
+        return FM_ENOMEM;
+    sn->conns[sn->nconns++] = slot;
+    return 0;
+}
+
+static void node_list_del(sim_node *sn, uint32_t slot)
+{
+    for (uint32_t i = 0; i < sn->nconns; i++)
+        if (sn->conns[i] == slot) {
+            sn->conns[i] = sn->conns[--sn->nconns];
+            return;
+        }
+    FM_ASSERT(!"connection missing from its node's list");
+}
+
+static int conn_new(fm_sim *s, uint32_t a, uint32_t b, uint32_t *slot_out)
+{
+    uint32_t slot;
+    if (s->nfree) {
+        slot = s->freec[--s->nfree];
+    } else {
+        if (fm_grow((void **)&s->conns, s->nconns, &s->cconns, sizeof *s->conns))
+            return FM_ENOMEM;
+        slot = s->nconns++;
+        memset(&s->conns[slot], 0, sizeof s->conns[slot]);
+        fm_buf_init(&s->conns[slot].dir[0].q);
+        fm_buf_init(&s->conns[slot].dir[1].q);
+        s->conns[slot].gen = 1;
+    }
+    /* Reserve the free-list room now so freeing never fails. */
+    if (fm_grow((void **)&s->freec, s->nconns, &s->cfree, sizeof *s->freec) ||
+        node_list_add(&s->nodes[a], slot))
+        goto fail;
+    if (b != UINT32_MAX && node_list_add(&s->nodes[b], slot)) {
+        node_list_del(&s->nodes[a], slot);
+        goto fail;
+    }
+    sim_conn *c = &s->conns[slot];
+    c->used = true;
+    c->node[0] = a;
+    c->node[1] = b;
+    c->end[0] = END_NONE;
+    c->end[1] = b == UINT32_MAX ? END_GONE : END_NONE;
+    for (int d = 0; d < 2; d++) {
+        fm_buf_reset(&c->dir[d].q);
+        c->dir[d].head = 0;
+        c->dir[d].busy_until = c->dir[d].last_arrival = s->now;
+    }
+    *slot_out = slot;
+    return 0;
+fail:
+    s->freec[s->nfree++] = slot;
+    return FM_ENOMEM;
+}
+
+static void conn_free(fm_sim *s, uint32_t slot)
+{
+    sim_conn *c = &s->conns[slot];
+    FM_ASSERT(c->used);
+    node_list_del(&s->nodes[c->node[0]], slot);
+    if (c->node[1] != UINT32_MAX)
+        node_list_del(&s->nodes[c->node[1]], slot);
+    c->used = false;
+    c->gen++;
+    for (int d = 0; d < 2; d++) {
+        /* Keep small buffers for reuse; give back big ones. */
+        if (c->dir[d].q.cap > (1u << 20))
+            fm_buf_free(&c->dir[d].q);
+        fm_buf_reset(&c->dir[d].q);
+        c->dir[d].head = 0;
+    }
+    FM_ASSERT(s->nfree < s->cfree);
+    s->freec[s->nfree++] = slot;
+}
+
+static void free_if_done(fm_sim *s, uint32_t slot)
+{
+    sim_conn *c = &s->conns[slot];
+    if (c->used && c->end[0] == END_GONE && c->end[1] == END_GONE)
+        conn_free(s, slot);
+}
+
+/* One-way delay of a segment: latency +- jitter, never negative. */
+static uint64_t delay_us(fm_sim *s)
+{
+    uint64_t lat = s->link.latency_us, j = s->link.jitter_us;
+    if (!j)
+        return lat;
+    uint64_t span = 2 * j + 1, d = lat + fm_sim_rng_below(&s->rng_link, span);
+    return d > j ? d - j : 0;
+}
+
+/* Extra delay from losses: one RTO per time the segment (or handshake packet) is lost. */
+static uint64_t loss_us(fm_sim *s)
+{
+    uint64_t extra = 0;
+    while (fm_sim_rng_chance(&s->rng_link, s->loss) && extra < 3600ull * 1000 * 1000) {
+        extra += s->rto_us;
+        s->retransmits++;
+    }
+    return extra;
+}
+
+static uint64_t serialise_us(const fm_sim *s, size_t bytes)
+{
+    return ((uint64_t)bytes * 8 * 1000000 + s->link.bits_per_s - 1) / s->link.bits_per_s;
+}
+
+static void net_send(fm_sim *s, uint32_t slot, int side, const uint8_t *data, size_t len)
+{
+    sim_conn *c = &s->conns[slot];
+    sim_dir *d = &c->dir[side];
+    if (d->head == d->q.len) {
+        fm_buf_reset(&d->q);
+        d->head = 0;
+    } else if (d->head > 65536 && d->head > d->q.len / 2) {
+        memmove(d->q.data, d->q.data + d->head, d->q.len - d->head);
+        d->q.len -= d->head;
+        d->head = 0;
+    }
+    if (fm_buf_append(&d->q, data, len)) {
+        sim_fail(s, FM_ENOMEM);
+        return;
+    }
+    int recv = 1 - side;
+    uint64_t genside = (uint64_t)c->gen << 1 | (uint64_t)recv;
+    uint32_t to = c->node[recv];
+    s->messages++;
+    s->bytes += len;
+    for (size_t off = 0; off < len;) {
+        size_t m = FM_MIN((size_t)s->link.mtu, len - off);
+        uint64_t start = FM_MAX(s->now, d->busy_until);
+        d->busy_until = start + serialise_us(s, m);
+        uint64_t arrive = d->busy_until + delay_us(s) + loss_us(s);
+        arrive = FM_MAX(arrive, d->last_arrival);
+        d->last_arrival = arrive;
+        sim_push(s, arrive, EV_DATA, to, (uint64_t)slot | (uint64_t)m << 32, genside);
+        s->segments++;
+        off += m;
+    }
+}
+
+/* ---- io callbacks (they only queue) --------------------------------------------------------- */
+
+void sim_io_send(void *ctx, fm_conn_id id, const uint8_t *data, size_t len)
+{
+    sim_node *sn = ctx;
+    fm_sim *s = sn->sim;
+    int side;
+    sim_conn *c = conn_of(s, sn, id, &side);
+    if (!c || c->end[side] != END_OPEN || !len)
+        return; /* the transport is gone: the bytes are lost, as on a dead socket */
+    net_send(s, (uint32_t)(c - s->conns), side, data, len);
+}
+
+void sim_io_close(void *ctx, fm_conn_id id)
+{
+    sim_node *sn = ctx;
+    fm_sim *s = sn->sim;
+    int side;
+    sim_conn *c = conn_of(s, sn, id, &side);
+    if (!c || c->end[side] == END_GONE)
+        return;
+    uint32_t slot = (uint32_t)(c - s->conns);
+    c->end[side] = END_GONE;
+    int other = 1 - side;
+    if (c->end[other] != END_GONE && c->node[other] != UINT32_MAX) {
+        /* FIN: after the bytes already sent, and not before the other end is open. */
+        sim_dir *d = &c->dir[side];
+        uint64_t t = FM_MAX(s->now + delay_us(s), d->last_arrival);
+        if (c->end[other] == END_NONE)
+            t = FM_MAX(t, c->open_at[other]);
+        d->last_arrival = t;
+        sim_push(s, t, EV_FIN, c->node[other], slot, (uint64_t)c->gen << 1 | (uint64_t)other);
+    }
+    free_if_done(s, slot);
+}
+
+static bool parse_addr(const fm_sim *s, const char *addr, uint32_t *out)
+{
+    if (strncmp(addr, "sim:", 4) != 0)
+        return false;
+    const char *p = addr + 4;
+    uint64_t v = 0;
+    if (!*p)
+        return false;
+    for (; *p; p++) {
+        if (*p < '0' || *p > '9' || v > s->n)
+            return false;
+        v = v * 10 + (uint64_t)(*p - '0');
+    }
+    if (v >= s->n)
+        return false;
+    *out = (uint32_t)v;
+    return true;
+}
+
+int sim_io_connect(void *ctx, const char *addr, fm_conn_id *out)
+{
+    sim_node *sn = ctx;
+    fm_sim *s = sn->sim;
+    uint32_t j;
+    if (!addr || !parse_addr(s, addr, &j) || j == sn->idx)
+        return FM_EINVAL;
+    bool up = sim_link_eff(s, sn->idx, j) && sim_running(&s->nodes[j]);
+    uint32_t slot;
+    int rc = conn_new(s, sn->idx, up ? j : UINT32_MAX, &slot);
+    if (rc)
+        return rc;
+    sim_conn *c = &s->conns[slot];
+    uint64_t gen2 = (uint64_t)c->gen << 1;
+    if (up) {
+        /* SYN reaches the responder after one delay; SYN-ACK the initiator after another. */
+        c->open_at[1] = s->now + delay_us(s) + loss_us(s);
+        c->open_at[0] = c->open_at[1] + delay_us(s) + loss_us(s);
+        c->dir[0].last_arrival = c->open_at[1];
+        c->dir[1].last_arrival = c->open_at[0];
+        sim_push(s, c->open_at[1], EV_OPEN, j, slot, gen2 | 1);
+        sim_push(s, c->open_at[0], EV_OPEN, sn->idx, slot, gen2);
+    } else {
+        c->open_at[0] = s->now + s->connect_timeout_us;
+        sim_push(s, c->open_at[0], EV_FAIL, sn->idx, slot, gen2);
+    }
+    *out = conn_id(slot, c->gen, 0);
+    return 0;
+}
+
+/* ---- events -----------------------------------------------------------------------------------
+ */
+
+static void ev_open(fm_sim *s, uint32_t slot, sim_conn *c, int side)
+{
+    if (c->end[side] != END_NONE)
+        return;
+    if (side == 1 && c->end[0] == END_GONE) {
+        c->end[1] = END_GONE; /* the initiator gave up before the SYN arrived */
+        free_if_done(s, slot);
+        return;
+    }
+    sim_node *sn = &s->nodes[c->node[side]];
+    c->end[side] = END_OPEN;
+    if (!sim_running(sn))
+        return;
+    fm_conn_id id = conn_id(slot, c->gen, side);
+    const char *addr = s->nodes[c->node[1 - side]].addr;
+    if (side == 0)
+        s->conns_opened++;
+    sim_trace(s, TR_OPEN, sn->idx, id, NULL, 0);
+    fm_node_conn_open(sn->n, id, side == 0, addr);
+    sim_after_call(s, sn);
+}
+
+static void ev_data(fm_sim *s, sim_conn *c, int side, size_t len)
+{
+    sim_dir *d = &c->dir[1 - side];
+    FM_ASSERT(d->q.len - d->head >= len);
+    sim_node *sn = &s->nodes[c->node[side]];
+    fm_conn_id id = conn_id((uint32_t)(c - s->conns), c->gen, side);
+    bool deliver = c->end[side] == END_OPEN && sim_running(sn);
+    if (deliver) {
+        fm_buf_reset(&s->rx);
+        if (fm_buf_append(&s->rx, d->q.data + d->head, len)) {
+            sim_fail(s, FM_ENOMEM);
+            return;
+        }
+    }
+    d->head += len;
+    if (!deliver)
+        return;
+    sim_trace(s, TR_DATA, sn->idx, id, s->rx.data, len);
+    fm_node_conn_data(sn->n, id, s->rx.data, len);
+    sim_after_call(s, sn);
+}
+
+static void ev_fin(fm_sim *s, uint32_t slot, sim_conn *c, int side)
+{
+    uint8_t was = c->end[side];
+    c->end[side] = END_GONE;
+    sim_node *sn = &s->nodes[c->node[side]];
+    fm_conn_id id = conn_id(slot, c->gen, side);
+    free_if_done(s, slot);
+    if (was != END_OPEN || !sim_running(sn))
+        return;
+    sim_trace(s, TR_CLOSED, sn->idx, id, NULL, 0);
+    fm_node_conn_closed(sn->n, id);
+    sim_after_call(s, sn);
+}
+
+static void ev_fail(fm_sim *s, uint32_t slot, sim_conn *c)
+{
+    if (c->end[0] != END_NONE)
+        return;
+    c->end[0] = END_GONE;
+    sim_node *sn = &s->nodes[c->node[0]];
+    fm_conn_id id = conn_id(slot, c->gen, 0);
+    free_if_done(s, slot);
+    s->connects_failed++;
+    if (!sim_running(sn))
+        return;
+    sim_trace(s, TR_FAIL, sn->idx, id, NULL, 0);
+    fm_node_conn_failed(sn->n, id);
+    sim_after_call(s, sn);
+}
+
+void sim_net_event(fm_sim *s, const fm_sim_event *e)
+{
+    int side;
+    uint32_t slot = (uint32_t)(e->a & 0xffffffffu);
+    sim_conn *c = conn_ev(s, slot, e->b, &side);
+    if (!c)
+        return; /* the connection is gone */
+    switch (e->kind) {
+    case EV_OPEN:
+        ev_open(s, slot, c, side);
+        break;
+    case EV_DATA:
+        ev_data(s, c, side, (size_t)(e->a >> 32));
+        break;
+    case EV_FIN:
+        ev_fin(s, slot, c, side);
+        break;
+    case EV_FAIL:
+        ev_fail(s, slot, c);
+        break;
+    default:
+        FM_ASSERT(!"not a network event");
+    }
+}
+
+/* Tells one end that its connection is gone (the slot is already freed). */
+static void tell_cut(fm_sim *s, uint32_t node, fm_conn_id id, uint8_t end, int side)
+{
+    sim_node *sn = &s->nodes[node];
+    if (!sim_running(sn))
+        return;
+    if (end == END_OPEN) {
+        sim_trace(s, TR_CLOSED, node, id, NULL, 0);
+        fm_node_conn_closed(sn->n, id);
+    } else if (end == END_NONE && side == 0) {
+        s->connects_failed++;
+        sim_trace(s, TR_FAIL, node, id, NULL, 0);
+        fm_node_conn_failed(sn->n, id);
+    } else {
+        return;
+    }
+    sim_after_call(s, sn);
+}
+
+void sim_net_cut(fm_sim *s, uint32_t i, uint32_t j)
+{
+    sim_node *a = &s->nodes[i];
+    /* Snapshot first: telling the nodes may open or close connections. */
+    if (a->nconns > s->cscratch) {
+        uint32_t *p = fm_reallocarray(s->scratch_u32, a->nconns, 2 * sizeof *p);
+        if (!p) {
+            sim_fail(s, FM_ENOMEM);
+            return;
+        }
+        s->scratch_u32 = p;
+        s->cscratch = a->nconns;
+    }
+    uint32_t k = 0;
+    for (uint32_t x = 0; x < a->nconns; x++) {
+        const sim_conn *c = &s->conns[a->conns[x]];
+        uint32_t other = c->node[0] == i ? c->node[1] : c->node[0];
+        if (j == UINT32_MAX || other == j) {
+            s->scratch_u32[2 * k] = a->conns[x];
+            s->scratch_u32[2 * k + 1] = c->gen;
+            k++;
+        }
+    }
+    for (uint32_t x = 0; x < k; x++) {
+        /* The io callbacks the nodes call only queue events: the snapshot stays valid. */
+        uint32_t slot = s->scratch_u32[2 * x];
+        sim_conn *c = &s->conns[slot];
+        if (!c->used || c->gen != s->scratch_u32[2 * x + 1])
+            continue;
+        uint32_t node[2] = {c->node[0], c->node[1]};
+        uint8_t end[2] = {c->end[0], c->end[1]};
+        fm_conn_id id[2] = {conn_id(slot, c->gen, 0), conn_id(slot, c->gen, 1)};
+        c->end[0] = c->end[1] = END_GONE;
+        conn_free(s, slot);
+        for (int side = 0; side < 2; side++)
+            if (node[side] != UINT32_MAX)
+                tell_cut(s, node[side], id[side], end[side], side);
+    }
+}

@@ -1,0 +1,1127 @@
+/*
+ * sim.c — the simulator's core: building the mesh (identities, memdb stores, certificates, node
+ * cores), the event loop over virtual time, the workload and its ledger of acknowledged writes,
+ * crashes and restarts, and the end-of-run checks (convergence per connected component, lost
+ * writes).
+ *
+ * Every call into a node goes through one pattern: trace the event, call, then sim_after_call
+ * (count it, mark the node's cached digest stale, re-read its next deadline and schedule its
+ * timer). Timer events carry a generation; only the newest counts, and one firing early (the
+ * deadline moved later) just reschedules.
+ */
+#include "sim/sim_int.h"
+
+#include "crypto/cert.h"
+
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+
+/* ---- small helpers -------------------------------------------------------------------------- */
+
+void sim_fail(fm_sim *s, int rc)
+{
+    if (!s->error)
+        s->error = rc;
+    s->stop = true;
+}
+
+void sim_push(fm_sim *s, uint64_t t, uint32_t kind, uint32_t node, uint64_t a, uint64_t b)
+{
+    int rc = fm_sim_heap_push(&s->heap, t, kind, node, a, b);
+    if (rc)
+        sim_fail(s, rc);
+}
+
+bool sim_running(const sim_node *sn)
+{
+    return sn->n != NULL && !sn->crashed;
+}
+
+static void put64(uint8_t *p, uint64_t v)
+{
+    for (int i = 0; i < 8; i++)
+        p[i] = (uint8_t)(v >> (8 * i));
+}
+
+/* Folds one delivered event into the trace hash: (time, kind, node, conn, length, first bytes). */
+void sim_trace(fm_sim *s, uint32_t kind, uint32_t node, uint64_t conn, const uint8_t *data,
+               size_t len)
+{
+    enum { REC = 40 };
+    if (s->tlen + REC > sizeof s->tbuf) {
+        crypto_generichash_update(&s->trace, s->tbuf, s->tlen);
+        s->tlen = 0;
+    }
+    uint8_t *p = s->tbuf + s->tlen;
+    put64(p, s->now);
+    put64(p + 8, (uint64_t)kind << 32 | node);
+    put64(p + 16, conn);
+    put64(p + 24, len);
+    memset(p + 32, 0, 8);
+    if (data)
+        memcpy(p + 32, data, FM_MIN(len, (size_t)8));
+    s->tlen += REC;
+}
+
+/* Virtual time at which node clock time t_ms comes (never before now). */
+static uint64_t vt_of(const fm_sim *s, const sim_node *sn, uint64_t t_ms)
+{
+    int64_t base = (int64_t)SIM_BASE_EPOCH_MS + sn->skew_ms;
+    if (t_ms > (uint64_t)INT64_MAX / 2)
+        return SIM_NEVER;
+    int64_t ms = (int64_t)t_ms - base;
+    if (ms < 0)
+        return s->now;
+    uint64_t us = (uint64_t)ms * 1000;
+    return us < s->now ? s->now : us;
+}
+
+void sim_after_call(fm_sim *s, sim_node *sn)
+{
+    s->node_calls++;
+    sn->ops_stale = sn->digest_stale = true;
+    if (!sim_running(sn))
+        return;
+    uint64_t d = fm_node_next_deadline(sn->n);
+    if (d == UINT64_MAX)
+        return;
+    uint64_t t = vt_of(s, sn, d);
+    if (t == SIM_NEVER)
+        return;
+    /* Due now but already ticked now: the node's clock must move for it to make progress. */
+    if (t <= s->now && sn->last_tick_us == s->now && sn->timer_gen)
+        t = s->now + 1000;
+    if (sn->timer_at != SIM_NEVER && sn->timer_at <= t)
+        return; /* an earlier timer is pending; it reschedules when it fires */
+    sn->timer_at = t;
+    sn->timer_gen++;
+    sim_push(s, t, EV_TIMER, sn->idx, sn->timer_gen, 0);
+}
+
+/* ---- environments -----------------------------------------------------------------------------
+ */
+
+static void stream_init(sim_stream *st, uint64_t seed, const char *label, uint32_t idx)
+{
+    uint8_t msg[64];
+    size_t n = strlen(label);
+    FM_ASSERT(n + 12 <= sizeof msg);
+    memcpy(msg, label, n);
+    put64(msg + n, seed);
+    for (int i = 0; i < 4; i++)
+        msg[n + 8 + i] = (uint8_t)(idx >> (8 * i));
+    crypto_generichash(st->key, sizeof st->key, msg, n + 12, NULL, 0);
+    st->nonce = 0;
+    st->pos = sizeof st->buf;
+}
+
+static void stream_read(sim_stream *st, void *buf, size_t len)
+{
+    uint8_t *p = buf;
+    while (len) {
+        if (st->pos == sizeof st->buf) {
+            uint8_t nonce[crypto_stream_chacha20_NONCEBYTES];
+            put64(nonce, st->nonce++);
+            crypto_stream_chacha20(st->buf, sizeof st->buf, nonce, st->key);
+            st->pos = 0;
+        }
+        size_t k = FM_MIN(len, sizeof st->buf - st->pos);
+        memcpy(p, st->buf + st->pos, k);
+        st->pos += (uint32_t)k;
+        p += k;
+        len -= k;
+    }
+}
+
+static uint64_t node_now_ms(void *ctx)
+{
+    const sim_node *sn = ctx;
+    return (uint64_t)((int64_t)SIM_BASE_EPOCH_MS + sn->skew_ms) + sn->sim->now / 1000;
+}
+
+static void node_random(void *ctx, void *buf, size_t len)
+{
+    sim_node *sn = ctx;
+    stream_read(&sn->rs, buf, len);
+}
+
+/* The authority issues certificates from 10 years before the epoch, valid 100 years: skewed
+ * clocks still accept them. */
+static uint64_t auth_now_ms(void *ctx)
+{
+    (void)ctx;
+    return SIM_BASE_EPOCH_MS - 10 * SIM_YEAR_MS;
+}
+
+static void auth_random(void *ctx, void *buf, size_t len)
+{
+    fm_sim *s = ctx;
+    stream_read(&s->auth_rs, buf, len);
+}
+
+static void node_log(void *ctx, int level, const char *line)
+{
+    sim_node *sn = ctx;
+    fprintf(stderr, "[%10.3f] node %u (%d): %s\n", sn->sim->now / 1e6, sn->idx, level, line);
+}
+
+/* ---- node lifecycle ---------------------------------------------------------------------------
+ */
+
+static int node_start(fm_sim *s, sim_node *sn)
+{
+    fm_replica_config rc_cfg = {
+        .version = FM_REPLICA_CONFIG_VERSION, .path = sn->uri, .identity = sn->id, .env = &sn->env};
+    int rc = fm_replica_open(&rc_cfg, &sn->r);
+    if (rc)
+        return rc;
+    fm__replica_set_sigcache(sn->r, s->sigcache);
+    return 0;
+}
+
+static int node_core_open(fm_sim *s, sim_node *sn)
+{
+    fm_node_config nc = {.version = FM_NODE_CONFIG_VERSION,
+                         .replica = sn->r,
+                         .io = &sn->io,
+                         .subscribe_none = sn->subscribe_none,
+                         .max_conns = s->cfg.max_conns,
+                         .anti_entropy_ms = s->cfg.anti_entropy_ms};
+    int rc = fm_node_open(&nc, &sn->n);
+    if (rc)
+        return rc;
+    sn->timer_at = SIM_NEVER;
+    sim_after_call(s, sn);
+    return 0;
+}
+
+static void stats_add(fm_node_stats *acc, const fm_node_stats *x)
+{
+    acc->frames_out += x->frames_out;
+    acc->frames_in += x->frames_in;
+    acc->bytes_out += x->bytes_out;
+    acc->bytes_in += x->bytes_in;
+    acc->batches_out += x->batches_out;
+    acc->batches_in += x->batches_in;
+    acc->batches_dup += x->batches_dup;
+    acc->batches_refused += x->batches_refused;
+    acc->sessions_ok += x->sessions_ok;
+    acc->sessions_failed += x->sessions_failed;
+}
+
+/* Closes node and replica. A crash: peers see their connections drop, the node is told nothing
+ * (its io callbacks find no live connection and do nothing). */
+static void node_stop(fm_sim *s, sim_node *sn)
+{
+    if (!sn->n && !sn->r)
+        return;
+    sn->crashed = true;
+    sim_topo_presence(s, sn->idx);
+    sim_net_cut(s, sn->idx, UINT32_MAX);
+    if (sn->n) {
+        fm_node_stats st;
+        fm_node_stats_get(sn->n, &st);
+        stats_add(&sn->acc, &st);
+        fm_node_close(sn->n);
+        sn->n = NULL;
+    }
+    fm_replica_close(sn->r);
+    sn->r = NULL;
+    sn->timer_gen++;
+    sn->timer_at = SIM_NEVER;
+}
+
+static void node_crash(fm_sim *s, sim_node *sn)
+{
+    if (sn->crashed || !sn->n)
+        return;
+    sim_trace(s, TR_CRASH, sn->idx, 0, NULL, 0);
+    node_stop(s, sn);
+    uint64_t down = 1000000 + fm_sim_rng_below(&s->rng_churn, 4000001);
+    sim_push(s, s->now + down, EV_RESTART, sn->idx, 0, 0);
+}
+
+static void node_restart(fm_sim *s, sim_node *sn)
+{
+    if (!sn->crashed)
+        return;
+    sim_trace(s, TR_RESTART, sn->idx, 0, NULL, 0);
+    int rc = node_start(s, sn);
+    if (!rc)
+        rc = node_core_open(s, sn);
+    if (rc) {
+        fprintf(stderr, "fieldmesh-sim: node %u failed to restart: %s\n", sn->idx, fm_strerror(rc));
+        sim_fail(s, rc);
+        return;
+    }
+    sn->restarts++;
+    sn->crashed = false;
+    sn->ops_stale = sn->digest_stale = true;
+    sim_topo_presence(s, sn->idx);
+}
+
+/* ---- workload -----------------------------------------------------------------------------------
+ */
+
+static void coll_name(const fm_sim *s, uint32_t coll, char out[24])
+{
+    (void)s;
+    if (coll == 0)
+        snprintf(out, 24, "hot");
+    else
+        snprintf(out, 24, "p%" PRIu32, coll - 1);
+}
+
+uint64_t fm_sim_held_seq(fm_sim *s, uint32_t i, const char *collection,
+                         const uint8_t author[FM_ID_BYTES])
+{
+    fm_replica *r = s->nodes[i].r;
+    if (!r)
+        return 0;
+    fm_coll *c = fm_state_coll(&r->st, (const uint8_t *)collection, (uint32_t)strlen(collection));
+    return c ? fm_vv_get(&c->vv, author) : 0;
+}
+
+static int ledger_add(fm_sim *s, const sim_write *w)
+{
+    if (fm_grow((void **)&s->ledger, s->nledger, &s->cledger, sizeof *s->ledger))
+        return FM_ENOMEM;
+    s->ledger[s->nledger++] = *w;
+    return 0;
+}
+
+static int write_ops(fm_sim *s, fm_txn *t, const char *rid, uint32_t op, uint32_t widx)
+{
+    char v[32];
+    snprintf(v, sizeof v, "w%" PRIu32, widx);
+    switch (op) {
+    case 0:
+        return fm_txn_set(t, rid, "title", FM_KIND_LWW, fm_value_str(v));
+    case 1:
+        return fm_txn_set(t, rid, "dose", FM_KIND_MV, fm_value_int((int64_t)widx));
+    case 2:
+        return fm_txn_incr(t, rid, "count", 1);
+    default:
+        snprintf(v, sizeof v, "t%" PRIu64, fm_sim_rng_below(&s->rng_work, 16));
+        return fm_txn_set_add(t, rid, "tags", fm_value_str(v));
+    }
+}
+
+int fm_sim_write(fm_sim *s, uint32_t i)
+{
+    if (i >= s->n)
+        return FM_EINVAL;
+    sim_node *sn = &s->nodes[i];
+    if (!sim_running(sn))
+        return FM_ESTATE;
+    bool hot = fm_sim_rng_chance(&s->rng_work, s->cfg.conflict_rate);
+    uint32_t pc = s->cfg.private_colls ? s->cfg.private_colls : s->n;
+    /* A fork clone writes its original's private records: the same feeds, a second history. */
+    uint32_t coll = hot ? 0 : 1 + sn->ident % pc;
+    char cname[24], rid[40];
+    coll_name(s, coll, cname);
+    if (hot)
+        snprintf(rid, sizeof rid, "h%" PRIu64, fm_sim_rng_below(&s->rng_work, s->cfg.hot_records));
+    else
+        snprintf(rid, sizeof rid, "n%" PRIu32 ".%" PRIu64, sn->ident,
+                 fm_sim_rng_below(&s->rng_work, 4));
+    uint32_t op = (uint32_t)fm_sim_rng_below(&s->rng_work, 4);
+    uint32_t widx = s->nledger + (uint32_t)s->writes_failed;
+    fm_txn *t;
+    int rc = fm_txn_begin(sn->r, cname, &t);
+    if (!rc) {
+        rc = write_ops(s, t, rid, op, widx);
+        if (rc)
+            fm_txn_abort(t);
+        else
+            rc = fm_txn_commit(t);
+    }
+    sim_trace(s, TR_WRITE, i, (uint64_t)(int64_t)rc, NULL, op);
+    sim_after_call(s, sn);
+    if (rc) {
+        s->writes_failed++;
+        return rc;
+    }
+    sim_write w = {.node = i,
+                   .coll = coll,
+                   .seq = fm_sim_held_seq(s, i, cname, sn->dev),
+                   .t_us = s->now,
+                   .nops = 1,
+                   .expect_refused = sn->fork_clone || sn->revoked_at_us <= s->now};
+    FM_ASSERT(w.seq > 0);
+    if ((rc = ledger_add(s, &w)))
+        sim_fail(s, rc);
+    s->last_write_us = s->now;
+    s->converged_at = SIM_NEVER;
+    return rc;
+}
+
+static uint64_t write_time(fm_sim *s, uint32_t k)
+{
+    double w = s->cfg.write_phase_s * 1e6 / s->cfg.writes;
+    return (uint64_t)((k + fm_sim_rng_unit(&s->rng_work)) * w);
+}
+
+static void ev_write(fm_sim *s, uint32_t k)
+{
+    /* A uniformly random running node; if the pick is down, the next running one. */
+    uint32_t start = (uint32_t)fm_sim_rng_below(&s->rng_work, s->n);
+    for (uint32_t x = 0; x < s->n; x++) {
+        uint32_t i = (start + x) % s->n;
+        if (sim_running(&s->nodes[i])) {
+            fm_sim_write(s, i);
+            break;
+        }
+    }
+    if (k + 1 < s->cfg.writes)
+        sim_push(s, write_time(s, k + 1), EV_WRITE, 0, k + 1, 0);
+}
+
+static void ev_revoke(fm_sim *s, uint32_t idx)
+{
+    const fm_sim_pair *p = &s->cfg.revoke[idx];
+    sim_node *holder = &s->nodes[0], *victim = &s->nodes[p->node];
+    if (!holder->r) {
+        sim_fail(s, FM_ESTATE);
+        return;
+    }
+    char text[FM_MEMBER_TEXT_MAX];
+    int rc = fm_replica_revoke(holder->r, s->authority, victim->dev, text, sizeof text);
+    sim_trace(s, TR_REVOKE, 0, p->node, NULL, (size_t)(int64_t)rc);
+    if (rc) {
+        fprintf(stderr, "fieldmesh-sim: revoke failed: %s\n", fm_strerror(rc));
+        sim_fail(s, rc);
+        return;
+    }
+    for (uint32_t i = 0; i < s->n; i++)
+        if (memcmp(s->nodes[i].dev, victim->dev, FM_ID_BYTES) == 0)
+            s->nodes[i].revoked_at_us = s->now;
+    if (sim_running(holder)) {
+        fm_node_sync_now(holder->n); /* let the revocation out at once */
+        sim_after_call(s, holder);
+    }
+}
+
+/* ---- checks -------------------------------------------------------------------------------------
+ */
+
+static uint64_t ops_total(const fm_replica *r)
+{
+    uint64_t n = 0;
+    for (uint32_t i = 0; i < r->st.ncolls; i++)
+        n += fm_vv_total(&r->st.colls[i]->vv);
+    return n;
+}
+
+static uint64_t node_ops(sim_node *sn)
+{
+    if (sn->ops_stale && sim_running(sn)) {
+        sn->ops = ops_total(sn->r);
+        sn->ops_stale = false;
+    }
+    return sn->ops;
+}
+
+const uint8_t *sim_node_digest(sim_node *sn)
+{
+    if (sn->digest_stale && sim_running(sn)) {
+        fm_node_digest(sn->n, sn->digest);
+        sn->digest_stale = false;
+    }
+    return sn->digest;
+}
+
+static uint64_t spreadable_ops(const fm_sim *s)
+{
+    uint64_t n = 0;
+    for (uint32_t k = 0; k < s->nledger; k++)
+        n += s->ledger[k].expect_refused ? 0 : s->ledger[k].nops;
+    return n;
+}
+
+static double coverage(fm_sim *s, uint64_t want)
+{
+    uint64_t have = 0, nodes = 0;
+    for (uint32_t i = 0; i < s->n; i++) {
+        sim_node *sn = &s->nodes[i];
+        if (sn->excluded)
+            continue;
+        nodes++;
+        if (sim_running(sn))
+            have += FM_MIN(node_ops(sn), want);
+    }
+    return nodes && want ? (double)have / ((double)nodes * want) : 1.0;
+}
+
+static bool digests_agree(fm_sim *s)
+{
+    sim_components(s);
+    for (uint32_t i = 0; i < s->n; i++) {
+        sim_node *sn = &s->nodes[i];
+        if (sn->excluded)
+            continue;
+        if (!sim_running(sn))
+            return false;
+        sim_node *root = &s->nodes[s->uf[i]];
+        if (root != sn && memcmp(sim_node_digest(root), sim_node_digest(sn), FM_HASH_BYTES) != 0)
+            return false;
+    }
+    return true;
+}
+
+static void ev_check(fm_sim *s)
+{
+    uint64_t want = spreadable_ops(s);
+    double cov = coverage(s, want);
+    uint32_t online = 0;
+    for (uint32_t i = 0; i < s->n; i++)
+        online += s->nodes[i].present;
+    if (s->nsamples < FM_SIM_MAX_SAMPLES &&
+        !fm_grow((void **)&s->samples, s->nsamples, &s->csamples, sizeof *s->samples))
+        s->samples[s->nsamples++] = (sim_sample){s->now / 1000, cov, s->bytes, s->messages, online};
+    /* Converged: everyone is back, and every component agrees. A later failing check or write
+     * starts the wait again. */
+    if (s->now >= s->settle_us && s->now >= s->last_write_us && digests_agree(s)) {
+        if (s->converged_at == SIM_NEVER)
+            s->converged_at = s->now;
+        if (s->finishing) {
+            s->stop = true;
+            return;
+        }
+    } else {
+        s->converged_at = SIM_NEVER;
+    }
+    sim_push(s, s->now + FM_SIM_CHECK_US, EV_CHECK, 0, 0, 0);
+}
+
+/* ---- events --------------------------------------------------------------------------------- */
+
+static void ev_timer(fm_sim *s, sim_node *sn, uint64_t gen)
+{
+    if (gen != sn->timer_gen || !sim_running(sn))
+        return;
+    sn->timer_at = SIM_NEVER;
+    uint64_t d = fm_node_next_deadline(sn->n);
+    if (d != UINT64_MAX && vt_of(s, sn, d) <= s->now) {
+        sim_trace(s, TR_TIMER, sn->idx, 0, NULL, 0);
+        fm_node_tick(sn->n);
+        sn->last_tick_us = s->now;
+    }
+    sim_after_call(s, sn);
+}
+
+static void schedule_churn(fm_sim *s, sim_node *sn)
+{
+    double period = s->cfg.churn_period_s * 1e6;
+    double mean = sn->out ? s->cfg.churn * period : (1 - s->cfg.churn) * period;
+    uint64_t dt = (uint64_t)fm_sim_rng_exp(&s->rng_churn, mean) + 1;
+    sim_push(s, s->now + dt, EV_CHURN, sn->idx, 0, 0);
+}
+
+static void ev_phase_end(fm_sim *s)
+{
+    s->phase_over = true;
+    for (uint32_t i = 0; i < s->n; i++) {
+        s->nodes[i].out = false;
+        sim_topo_presence(s, i);
+    }
+}
+
+static void dispatch(fm_sim *s, const fm_sim_event *e)
+{
+    sim_node *sn = e->node < s->n ? &s->nodes[e->node] : NULL;
+    s->events++;
+    switch (e->kind) {
+    case EV_TIMER:
+        ev_timer(s, sn, e->a);
+        break;
+    case EV_OPEN:
+    case EV_FAIL:
+    case EV_DATA:
+    case EV_FIN:
+        sim_net_event(s, e);
+        break;
+    case EV_WRITE:
+        ev_write(s, (uint32_t)e->a);
+        break;
+    case EV_ADVERT:
+        sim_topo_advert(s, e->node);
+        sim_push(s,
+                 s->now + FM_SIM_ADVERT_US * 9 / 10 +
+                     fm_sim_rng_below(&s->rng_churn, FM_SIM_ADVERT_US / 5 + 1),
+                 EV_ADVERT, e->node, 0, 0);
+        break;
+    case EV_CHURN:
+        if (s->phase_over)
+            break;
+        sn->out = !sn->out;
+        sim_topo_presence(s, e->node);
+        schedule_churn(s, sn);
+        break;
+    case EV_CRASH:
+        node_crash(s, sn);
+        break;
+    case EV_RESTART:
+        node_restart(s, sn);
+        break;
+    case EV_PART:
+        sim_topo_partition(s, (uint32_t)e->a, e->b != 0);
+        break;
+    case EV_MOVE:
+        sim_topo_move(s);
+        sim_push(s, s->now + FM_SIM_MOVE_US, EV_MOVE, 0, 0, 0);
+        break;
+    case EV_CHECK:
+        ev_check(s);
+        break;
+    case EV_OFFLINE:
+        if (e->b)
+            sn->offline++;
+        else if (sn->offline)
+            sn->offline--;
+        sim_topo_presence(s, e->node);
+        break;
+    case EV_REVOKE:
+        ev_revoke(s, (uint32_t)e->a);
+        break;
+    case EV_PHASE_END:
+        ev_phase_end(s);
+        break;
+    default:
+        FM_ASSERT(!"unknown event");
+    }
+}
+
+int fm_sim_run_until(fm_sim *s, uint64_t t_ms)
+{
+    uint64_t until = t_ms * 1000;
+    const fm_sim_event *top;
+    while (!s->error && (top = fm_sim_heap_top(&s->heap)) && top->t <= until) {
+        fm_sim_event e;
+        fm_sim_heap_pop(&s->heap, &e);
+        FM_ASSERT(e.t >= s->now);
+        s->now = e.t;
+        dispatch(s, &e);
+        if (s->cfg.progress && (s->events & ((1u << 20) - 1)) == 0)
+            fprintf(stderr,
+                    "fieldmesh-sim: t=%.3f s, %" PRIu64 " events, %" PRIu32 " queued, %" PRIu32
+                    " writes\n",
+                    s->now / 1e6, s->events, s->heap.n, s->nledger);
+        if (s->stop)
+            break;
+    }
+    if (!s->stop && until > s->now)
+        s->now = until;
+    return s->error;
+}
+
+/* ---- building the mesh ---------------------------------------------------------------------- */
+
+static void seed_bytes(uint64_t seed, const char *label, uint32_t idx, uint8_t out[32])
+{
+    sim_stream st;
+    stream_init(&st, seed, label, idx);
+    memcpy(out, st.key, 32);
+    sodium_memzero(&st, sizeof st);
+}
+
+static uint32_t identity_of(const fm_sim_config *c, uint32_t i)
+{
+    for (uint32_t k = 0; k < c->nfork; k++)
+        if (c->fork[k].node == i)
+            return c->fork[k].other;
+    return i;
+}
+
+static int nodes_init(fm_sim *s)
+{
+    const fm_sim_config *c = &s->cfg;
+    fm_sim_rng skew;
+    fm_sim_rng_seed(&skew, c->seed, 7);
+    /* --skew-nodes K: a random K of the nodes, chosen by a partial shuffle. */
+    uint32_t *order = malloc((size_t)s->n * sizeof *order);
+    if (!order)
+        return FM_ENOMEM;
+    for (uint32_t i = 0; i < s->n; i++)
+        order[i] = i;
+    uint32_t k = c->skew_nodes && c->skew_nodes < s->n ? c->skew_nodes : s->n;
+    for (uint32_t i = 0; i < k; i++) {
+        uint32_t j = i + (uint32_t)fm_sim_rng_below(&skew, s->n - i);
+        uint32_t t = order[i];
+        order[i] = order[j];
+        order[j] = t;
+    }
+    for (uint32_t i = 0; i < s->n; i++) {
+        sim_node *sn = &s->nodes[i];
+        sn->sim = s;
+        sn->idx = i;
+        snprintf(sn->addr, sizeof sn->addr, "sim:%" PRIu32, i);
+        stream_init(&sn->rs, c->seed, "fmsim-node-random", i);
+        sn->env = (fm_env){FM_ENV_VERSION, sn, node_now_ms, node_random};
+        sn->io = (fm_node_io){sn, sim_io_send, sim_io_close, sim_io_connect,
+                              c->verbose ? node_log : NULL};
+        sn->revoked_at_us = SIM_NEVER;
+        sn->timer_at = SIM_NEVER;
+        sn->last_tick_us = SIM_NEVER;
+        sn->ops_stale = sn->digest_stale = true;
+        sn->crashed = true; /* until started */
+        snprintf(sn->uri, sizeof sn->uri, "file:/fmsim-%s-%" PRIu32 "?vfs=memdb", s->tag, i);
+    }
+    for (uint32_t x = 0; x < k && c->skew_max_ms; x++) {
+        uint64_t span = 2 * c->skew_max_ms + 1;
+        s->nodes[order[x]].skew_ms =
+            (int64_t)fm_sim_rng_below(&skew, span) - (int64_t)c->skew_max_ms;
+    }
+    free(order);
+    for (uint32_t x = 0; x < c->nsubscribe_none; x++)
+        s->nodes[c->subscribe_none[x]].subscribe_none = true;
+    for (uint32_t x = 0; x < c->nfork; x++)
+        s->nodes[c->fork[x].node].fork_clone = true;
+    for (uint32_t i = 0; i < s->n; i++) {
+        sim_node *sn = &s->nodes[i];
+        bool revoked = false;
+        for (uint32_t x = 0; x < c->nrevoke; x++)
+            revoked |= identity_of(c, c->revoke[x].node) == identity_of(c, i);
+        sn->excluded = sn->subscribe_none || sn->fork_clone || revoked;
+        sn->ident = identity_of(c, i);
+        uint8_t seed[32];
+        seed_bytes(c->seed, "fmsim-identity", identity_of(c, i), seed);
+        int rc = fm_identity_from_seed(seed, &sn->id);
+        sodium_memzero(seed, sizeof seed);
+        if (rc)
+            return rc;
+        fm_identity_public(sn->id, sn->dev);
+        int flags = SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_URI;
+        if (sqlite3_open_v2(sn->uri, &sn->hold, flags, NULL) != SQLITE_OK)
+            return FM_ESTORE;
+        if ((rc = node_start(s, sn)))
+            return rc;
+    }
+    return 0;
+}
+
+/* Certificates for every node, each joins, then every node installs them all in one call. */
+static int mesh_init(fm_sim *s)
+{
+    uint8_t seed[32];
+    seed_bytes(s->cfg.seed, "fmsim-authority", 0, seed);
+    int rc = fm_identity_from_seed(seed, &s->authority);
+    sodium_memzero(seed, sizeof seed);
+    if (rc)
+        return rc;
+    stream_init(&s->auth_rs, s->cfg.seed, "fmsim-authority-random", 0);
+    s->auth_env = (fm_env){FM_ENV_VERSION, s, auth_now_ms, auth_random};
+    fm_bytes *recs = calloc(s->n, sizeof *recs);
+    uint8_t *enc = malloc((size_t)s->n * FM_MAX_CERT_BYTES);
+    char(*text)[FM_MEMBER_TEXT_MAX] = malloc((size_t)s->n * sizeof *text);
+    uint32_t nrecs = 0;
+    rc = recs && enc && text ? 0 : FM_ENOMEM;
+    for (uint32_t i = 0; !rc && i < s->n; i++) {
+        uint32_t o = identity_of(&s->cfg, i);
+        if (o != i)
+            continue;
+        char name[32];
+        snprintf(name, sizeof name, "sim%" PRIu32, i);
+        rc = fm_mesh_admit(&s->auth_env, s->authority, s->nodes[i].dev, name, 36525, 0, text[i],
+                           sizeof text[i]);
+        fm_cert cert;
+        size_t len = 0;
+        if (!rc)
+            rc = fm_cert_from_text(text[i], &cert);
+        if (!rc)
+            rc = fm_cert_encode(&cert, enc + (size_t)nrecs * FM_MAX_CERT_BYTES, &len);
+        recs[nrecs].data = enc + (size_t)nrecs * FM_MAX_CERT_BYTES;
+        recs[nrecs].len = len;
+        nrecs++;
+    }
+    for (uint32_t i = 0; !rc && i < s->n; i++)
+        rc = fm_replica_join(s->nodes[i].r, text[identity_of(&s->cfg, i)]);
+    for (uint32_t i = 0; !rc && i < s->n; i++) {
+        int got = fm__replica_import_members(s->nodes[i].r, recs, nrecs);
+        rc = got < 0 ? got : 0;
+    }
+    free(recs);
+    free(enc);
+    free(text);
+    return rc;
+}
+
+static void schedule(fm_sim *s)
+{
+    const fm_sim_config *c = &s->cfg;
+    s->write_end_us = (uint64_t)(c->write_phase_s * 1e6);
+    s->settle_us = s->write_end_us;
+    sim_push(s, s->write_end_us, EV_PHASE_END, 0, 0, 0);
+    if (c->writes)
+        sim_push(s, write_time(s, 0), EV_WRITE, 0, 0, 0);
+    for (uint32_t i = 0; i < s->n; i++) {
+        sim_node *sn = &s->nodes[i];
+        sim_push(s, fm_sim_rng_below(&s->rng_churn, FM_SIM_ADVERT_US), EV_ADVERT, i, 0, 0);
+        if (c->churn > 0) {
+            sn->out = fm_sim_rng_chance(&s->rng_churn, c->churn);
+            schedule_churn(s, sn);
+        }
+        if (c->crash > 0 && fm_sim_rng_chance(&s->rng_churn, c->crash)) {
+            uint64_t t = fm_sim_rng_below(&s->rng_churn, s->write_end_us + 1);
+            sim_push(s, t, EV_CRASH, i, 0, 0);
+            s->settle_us = FM_MAX(s->settle_us, t + 5000000);
+        }
+    }
+    for (uint32_t p = 0; p < c->npart; p++) {
+        sim_push(s, c->part[p].start_ms * 1000, EV_PART, 0, p, 1);
+        sim_push(s, c->part[p].end_ms * 1000, EV_PART, 0, p, 0);
+        s->settle_us = FM_MAX(s->settle_us, c->part[p].end_ms * 1000);
+    }
+    for (uint32_t x = 0; x < c->noffline; x++) {
+        const fm_sim_window *w = &c->offline[x];
+        if (w->start_ms == 0)
+            s->nodes[w->node].offline++; /* out from the first instant */
+        else
+            sim_push(s, w->start_ms * 1000, EV_OFFLINE, w->node, 0, 1);
+        sim_push(s, w->end_ms * 1000, EV_OFFLINE, w->node, 0, 0);
+        s->settle_us = FM_MAX(s->settle_us, w->end_ms * 1000);
+    }
+    for (uint32_t x = 0; x < c->nrevoke; x++)
+        sim_push(s, c->revoke[x].at_ms * 1000, EV_REVOKE, 0, x, 0);
+    if (c->topology == FM_SIM_TOPO_RGG)
+        sim_push(s, FM_SIM_MOVE_US, EV_MOVE, 0, 0, 0);
+    sim_push(s, FM_SIM_CHECK_US, EV_CHECK, 0, 0, 0);
+}
+
+static int check_config(const fm_sim_config *c)
+{
+    if (c->nodes < 1 || c->nodes > FM_SIM_MAX_NODES || c->write_phase_s <= 0 ||
+        c->duration_s <= 0 || c->link.mtu == 0 || c->link.bits_per_s == 0 ||
+        c->skew_max_ms > 50 * SIM_YEAR_MS || c->hot_records == 0)
+        return FM_EINVAL;
+    for (uint32_t x = 0; x < c->nsubscribe_none; x++)
+        if (c->subscribe_none[x] >= c->nodes)
+            return FM_EINVAL;
+    for (uint32_t x = 0; x < c->nfork; x++)
+        if (c->fork[x].node >= c->nodes || c->fork[x].other >= c->nodes ||
+            c->fork[x].node == c->fork[x].other ||
+            identity_of(c, c->fork[x].other) != c->fork[x].other)
+            return FM_EINVAL;
+    for (uint32_t x = 0; x < c->nrevoke; x++)
+        if (c->revoke[x].node >= c->nodes || identity_of(c, c->revoke[x].node) == identity_of(c, 0))
+            return FM_EINVAL;
+    for (uint32_t x = 0; x < c->noffline; x++)
+        if (c->offline[x].node >= c->nodes || c->offline[x].end_ms < c->offline[x].start_ms)
+            return FM_EINVAL;
+    for (uint32_t p = 0; p < c->npart; p++)
+        if (c->part[p].groups < 2 || c->part[p].end_ms < c->part[p].start_ms)
+            return FM_EINVAL;
+    return 0;
+}
+
+int fm_sim_open(const fm_sim_config *cfg, fm_sim **out)
+{
+    int rc = check_config(cfg);
+    if (rc)
+        return rc;
+    if (sodium_init() < 0)
+        return FM_ENOMEM;
+    fm_sim *s = calloc(1, sizeof *s);
+    if (!s)
+        return FM_ENOMEM;
+    s->wall_start = fm_sim_wall_ms();
+    s->cfg = *cfg;
+    s->n = cfg->nodes;
+    s->link = cfg->link;
+    s->loss = cfg->loss >= 0 ? cfg->loss : cfg->link.loss;
+    s->rto_us = 3 * s->link.latency_us + 200000;
+    s->connect_timeout_us = 1000000 + 2 * s->link.latency_us;
+    s->converged_at = SIM_NEVER;
+    fm_sim_heap_init(&s->heap);
+    fm_sim_rng_seed(&s->rng_topo, cfg->seed, 1);
+    fm_sim_rng_seed(&s->rng_link, cfg->seed, 2);
+    fm_sim_rng_seed(&s->rng_work, cfg->seed, 3);
+    fm_sim_rng_seed(&s->rng_churn, cfg->seed, 4);
+    fm_sim_rng_seed(&s->rng_move, cfg->seed, 5);
+    crypto_generichash_init(&s->trace, (const uint8_t *)"fieldmesh-sim-trace", 19, FM_HASH_BYTES);
+    /* memdb names are per process; the handle's address keeps two live runs apart. */
+    snprintf(s->tag, sizeof s->tag, "%" PRIx64 "-%" PRIxPTR, cfg->seed, (uintptr_t)s);
+    s->nodes = calloc(s->n, sizeof *s->nodes);
+    s->uf = calloc(s->n, sizeof *s->uf);
+    if (!s->nodes || !s->uf) {
+        rc = FM_ENOMEM;
+        goto fail;
+    }
+    uint32_t entries =
+        FM_MIN((uint32_t)FM_SIGCACHE_MAX_ENTRIES, FM_MAX(1u << 16, 4 * (cfg->writes + 1024)));
+    if ((rc = fm_sigcache_new(entries, &s->sigcache)) || (rc = sim_net_init(s)) ||
+        (rc = nodes_init(s)) || (rc = mesh_init(s)) || (rc = sim_topo_build(s)))
+        goto fail;
+    schedule(s);
+    for (uint32_t i = 0; !rc && i < s->n; i++) {
+        s->nodes[i].crashed = false;
+        rc = node_core_open(s, &s->nodes[i]);
+    }
+    for (uint32_t i = 0; !rc && i < s->n; i++)
+        sim_topo_presence(s, i);
+    if (rc || (rc = s->error))
+        goto fail;
+    s->setup_wall_ms = fm_sim_wall_ms() - s->wall_start;
+    *out = s;
+    return 0;
+fail:
+    fm_sim_close(s);
+    return rc;
+}
+
+void fm_sim_close(fm_sim *s)
+{
+    if (!s)
+        return;
+    for (uint32_t i = 0; s->nodes && i < s->n; i++) {
+        sim_node *sn = &s->nodes[i];
+        sn->crashed = true;
+        if (sn->n)
+            fm_node_close(sn->n);
+        sn->n = NULL;
+    }
+    for (uint32_t i = 0; s->nodes && i < s->n; i++) {
+        sim_node *sn = &s->nodes[i];
+        fm_replica_close(sn->r);
+        fm_identity_free(sn->id);
+        if (sn->hold)
+            sqlite3_close(sn->hold);
+        free(sn->conns);
+    }
+    sim_net_free(s);
+    sim_topo_free(s);
+    fm_sigcache_free(s->sigcache);
+    fm_identity_free(s->authority);
+    fm_sim_heap_free(&s->heap);
+    free(s->nodes);
+    free(s->uf);
+    free(s->ledger);
+    free(s->samples);
+    sodium_memzero(&s->auth_rs, sizeof s->auth_rs);
+    free(s);
+}
+
+/* ---- the end of a run ---------------------------------------------------------------------- */
+
+static int cmp_hash(const void *a, const void *b)
+{
+    return memcmp(a, b, FM_HASH_BYTES);
+}
+
+static int cmp_write(const void *a, const void *b)
+{
+    const sim_write *x = a, *y = b;
+    if (x->node != y->node)
+        return x->node < y->node ? -1 : 1;
+    if (x->coll != y->coll)
+        return x->coll < y->coll ? -1 : 1;
+    return x->seq < y->seq ? -1 : x->seq > y->seq;
+}
+
+/* Lost: an acknowledged write some node of its author's component (or the author) lacks.
+ * Refused-but-spread: a write expected to be refused (revoked author) held by another node. */
+static void count_lost(fm_sim *s, fm_sim_result *r, const uint32_t *members, const uint32_t *mstart)
+{
+    sim_write *w = malloc(((size_t)s->nledger + 1) * sizeof *w);
+    if (!w) {
+        sim_fail(s, FM_ENOMEM);
+        return;
+    }
+    memcpy(w, s->ledger, (size_t)s->nledger * sizeof *w);
+    qsort(w, s->nledger, sizeof *w, cmp_write);
+    for (uint32_t g = 0; g < s->nledger;) {
+        uint32_t e = g;
+        while (e < s->nledger && w[e].node == w[g].node && w[e].coll == w[g].coll)
+            e++;
+        uint32_t a = w[g].node;
+        char cname[24];
+        coll_name(s, w[g].coll, cname);
+        const uint8_t *dev = s->nodes[a].dev;
+        if (s->nodes[a].fork_clone) {
+            g = e;
+            continue; /* its refusal shows as a fork count and equal hashes, not by seq */
+        }
+        uint64_t held = fm_sim_held_seq(s, a, cname, dev);
+        uint64_t spread = 0;
+        if (!s->nodes[a].excluded) {
+            uint32_t root = s->uf[a];
+            for (uint32_t k = mstart[root]; k < mstart[root + 1]; k++)
+                held = FM_MIN(held, fm_sim_held_seq(s, members[k], cname, dev));
+        } else {
+            for (uint32_t v = 0; v < s->n; v++)
+                if (v != a && !s->nodes[v].excluded)
+                    spread = FM_MAX(spread, fm_sim_held_seq(s, v, cname, dev));
+        }
+        for (uint32_t k = g; k < e; k++) {
+            if (w[k].expect_refused)
+                r->refused_spread += w[k].seq <= spread;
+            else
+                r->lost_writes += w[k].seq > held;
+        }
+        g = e;
+    }
+    free(w);
+}
+
+static void final_hashes(fm_sim *s, fm_sim_result *r)
+{
+    uint8_t(*h)[FM_HASH_BYTES] = calloc((size_t)s->n + 1, FM_HASH_BYTES);
+    uint8_t(*sorted)[FM_HASH_BYTES] = calloc((size_t)s->n + 1, FM_HASH_BYTES);
+    if (!h || !sorted) {
+        free(h), free(sorted);
+        sim_fail(s, FM_ENOMEM);
+        return;
+    }
+    uint32_t k = 0;
+    bool same = true;
+    r->min_ops = r->conflicts_min = r->forked_min = UINT64_MAX;
+    for (uint32_t i = 0; i < s->n; i++) {
+        sim_node *sn = &s->nodes[i];
+        if (sn->excluded)
+            continue;
+        fm_status st;
+        if (!sim_running(sn) || fm_replica_status(sn->r, &st) != 0) {
+            same = false;
+            continue;
+        }
+        memcpy(h[i], st.state_hash, FM_HASH_BYTES);
+        memcpy(sorted[k++], st.state_hash, FM_HASH_BYTES);
+        r->min_ops = FM_MIN(r->min_ops, st.ops);
+        r->max_ops = FM_MAX(r->max_ops, st.ops);
+        r->conflicts_min = FM_MIN(r->conflicts_min, st.conflicts);
+        r->conflicts_max = FM_MAX(r->conflicts_max, st.conflicts);
+        r->forked_min = FM_MIN(r->forked_min, st.forked_authors);
+        r->forked_max = FM_MAX(r->forked_max, st.forked_authors);
+        if (memcmp(h[i], h[s->uf[i]], FM_HASH_BYTES) != 0)
+            same = false;
+    }
+    if (!k)
+        r->min_ops = r->conflicts_min = r->forked_min = 0;
+    qsort(sorted, k, FM_HASH_BYTES, cmp_hash);
+    for (uint32_t x = 0; x < k; x++)
+        r->distinct_state_hashes += x == 0 || memcmp(sorted[x], sorted[x - 1], FM_HASH_BYTES);
+    r->checked_nodes = k;
+    r->converged = same && !s->error;
+    free(h);
+    free(sorted);
+}
+
+static void collect_stats(fm_sim *s, fm_sim_result *r)
+{
+    for (uint32_t i = 0; i < s->n; i++) {
+        sim_node *sn = &s->nodes[i];
+        fm_node_stats st = sn->acc, cur;
+        if (sn->n) {
+            fm_node_stats_get(sn->n, &cur);
+            stats_add(&st, &cur);
+        }
+        r->sessions_ok += st.sessions_ok;
+        r->sessions_failed += st.sessions_failed;
+        r->batches_in += st.batches_in;
+        r->batches_out += st.batches_out;
+        r->batches_dup += st.batches_dup;
+        r->batches_refused += st.batches_refused;
+        r->frames += st.frames_out;
+    }
+}
+
+int fm_sim_finish(fm_sim *s, fm_sim_result *r)
+{
+    FM_ASSERT(!s->finished);
+    s->finished = true;
+    memset(r, 0, sizeof *r);
+    s->finishing = true;
+    fm_sim_run_until(s, (uint64_t)(s->cfg.duration_s * 1000));
+    /* Components of the final up-link graph, and their members grouped by root. */
+    r->components = sim_components(s);
+    uint32_t *mstart = calloc((size_t)s->n + 2, sizeof *mstart);
+    uint32_t *members = calloc((size_t)s->n + 1, sizeof *members);
+    if (!mstart || !members) {
+        sim_fail(s, FM_ENOMEM);
+    } else {
+        for (uint32_t i = 0; i < s->n; i++)
+            mstart[s->uf[i] + 1] += !s->nodes[i].excluded;
+        for (uint32_t i = 0; i < s->n; i++)
+            mstart[i + 1] += mstart[i];
+        uint32_t *pos = calloc((size_t)s->n + 1, sizeof *pos);
+        if (!pos) {
+            sim_fail(s, FM_ENOMEM);
+        } else {
+            memcpy(pos, mstart, (size_t)s->n * sizeof *pos);
+            for (uint32_t i = 0; i < s->n; i++)
+                if (!s->nodes[i].excluded)
+                    members[pos[s->uf[i]]++] = i;
+            free(pos);
+            count_lost(s, r, members, mstart);
+        }
+    }
+    free(mstart);
+    free(members);
+    final_hashes(s, r);
+    collect_stats(s, r);
+    uint64_t want = spreadable_ops(s);
+    r->coverage = coverage(s, want);
+    r->end_ms = s->now / 1000;
+    r->last_write_ms = s->last_write_us / 1000;
+    r->settle_ms = s->settle_us / 1000;
+    r->convergence_ms = s->converged_at != SIM_NEVER && r->converged
+                            ? (s->converged_at - FM_MIN(s->converged_at, s->last_write_us)) / 1000
+                            : UINT64_MAX;
+    if (s->converged_at == SIM_NEVER)
+        r->converged = false;
+    r->messages = s->messages;
+    r->bytes = s->bytes;
+    r->segments = s->segments;
+    r->retransmits = s->retransmits;
+    r->writes_acked = s->nledger;
+    r->writes_failed = s->writes_failed;
+    for (uint32_t k = 0; k < s->nledger; k++) {
+        r->ops += s->ledger[k].nops;
+        r->expected_refused += s->ledger[k].expect_refused;
+    }
+    r->conns_opened = s->conns_opened;
+    r->connects_failed = s->connects_failed;
+    r->events = s->events;
+    for (uint32_t i = 0; i < s->n; i++)
+        r->crashes += s->nodes[i].restarts + s->nodes[i].crashed;
+    r->node_calls = s->node_calls;
+    crypto_generichash_state t = s->trace;
+    crypto_generichash_update(&t, s->tbuf, s->tlen);
+    crypto_generichash_final(&t, r->trace, FM_HASH_BYTES);
+    r->wall_ms = fm_sim_wall_ms() - s->wall_start;
+    r->setup_wall_ms = s->setup_wall_ms;
+    return s->error;
+}
+
+/* ---- accessors ------------------------------------------------------------------------------ */
+
+uint64_t fm_sim_now_ms(const fm_sim *s)
+{
+    return s->now / 1000;
+}
+
+uint32_t fm_sim_nodes(const fm_sim *s)
+{
+    return s->n;
+}
+
+fm_replica *fm_sim_replica(fm_sim *s, uint32_t i)
+{
+    return i < s->n && !s->nodes[i].crashed ? s->nodes[i].r : NULL;
+}
+
+fm_node *fm_sim_node(fm_sim *s, uint32_t i)
+{
+    return i < s->n && !s->nodes[i].crashed ? s->nodes[i].n : NULL;
+}
+
+void fm_sim_device(const fm_sim *s, uint32_t i, uint8_t out[FM_ID_BYTES])
+{
+    memcpy(out, s->nodes[i].dev, FM_ID_BYTES);
+}
+
+bool fm_sim_link_up(const fm_sim *s, uint32_t i, uint32_t j)
+{
+    return i < s->n && j < s->n && sim_link_eff(s, i, j);
+}

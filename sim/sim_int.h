@@ -1,0 +1,220 @@
+/*
+ * sim_int.h — the simulator's internals shared by its source files: the handle, simulated nodes,
+ * connections and the topology. Virtual time is in microseconds from the start of the run; a
+ * node's clock is base epoch + virtual time + its skew, in milliseconds.
+ *
+ * Invariants: a connection slot's gen grows every time the slot is freed, and every event that
+ * refers to a connection carries (slot, gen), so an event for a connection that is gone is
+ * recognised and dropped; the sim never calls into a node from inside one of its io callbacks
+ * (they only queue events); after every event delivered to a node its timer is re-read.
+ */
+#ifndef FM_SIM_INT_H
+#define FM_SIM_INT_H
+
+#include "crypto/sigcache.h"
+#include "node/replica.h"
+#include "sim/heap.h"
+#include "sim/rng.h"
+#include "sim/sim.h"
+
+#include <sodium.h>
+#include <sqlite3.h>
+
+#define SIM_BASE_EPOCH_MS 1800000000000ull
+#define SIM_YEAR_MS 31557600000ull
+#define SIM_NEVER UINT64_MAX
+
+enum sim_ev {
+    EV_TIMER = 1, /* node: a = timer gen */
+    EV_OPEN,      /* a = slot, b = gen << 1 | side */
+    EV_FAIL,      /* a = slot, b = gen << 1 */
+    EV_DATA,      /* a = slot | len << 32, b = gen << 1 | receiving side */
+    EV_FIN,       /* a = slot, b = gen << 1 | receiving side */
+    EV_WRITE,     /* a = write index */
+    EV_ADVERT,    /* node */
+    EV_CHURN,     /* node */
+    EV_CRASH,     /* node */
+    EV_RESTART,   /* node */
+    EV_PART,      /* a = partition, b = 1 start / 0 end */
+    EV_MOVE,
+    EV_CHECK,
+    EV_OFFLINE, /* node, b = 1 start / 0 end */
+    EV_REVOKE,  /* a = index into cfg.revoke */
+    EV_PHASE_END,
+};
+
+/* Trace record kinds (what a node was given). */
+enum sim_tr {
+    TR_TIMER = 1,
+    TR_OPEN,
+    TR_FAIL,
+    TR_DATA,
+    TR_CLOSED,
+    TR_SEEN,
+    TR_LOST,
+    TR_WRITE,
+    TR_CRASH,
+    TR_RESTART,
+    TR_REVOKE,
+};
+
+enum { END_NONE = 0, END_OPEN = 1, END_GONE = 2 };
+
+typedef struct sim_dir {
+    fm_buf q; /* bytes sent in this direction, not yet delivered: q.data[head, len) */
+    size_t head;
+    uint64_t busy_until, last_arrival;
+} sim_dir;
+
+typedef struct sim_conn {
+    uint32_t gen;
+    bool used;
+    uint32_t node[2]; /* [0] the initiator, [1] the responder (UINT32_MAX: unreachable) */
+    uint8_t end[2];
+    uint64_t open_at[2];
+    sim_dir dir[2]; /* dir[s]: from side s to side 1 - s */
+} sim_conn;
+
+/* A ChaCha20 keystream: a node's (or the authority's) randomness, keyed from the run seed. */
+typedef struct sim_stream {
+    uint8_t key[crypto_stream_chacha20_KEYBYTES];
+    uint64_t nonce;
+    uint8_t buf[512];
+    uint32_t pos;
+} sim_stream;
+
+typedef struct sim_node {
+    fm_sim *sim;
+    uint32_t idx;
+    uint32_t ident; /* whose identity it runs with (itself, unless --fork) */
+    char addr[16];
+    fm_env env;
+    int64_t skew_ms;
+    sim_stream rs;
+    fm_identity *id;
+    uint8_t dev[FM_ID_BYTES];
+    char uri[112];
+    sqlite3 *hold; /* keeps the memdb store alive across a crash */
+    fm_replica *r;
+    fm_node *n;
+    fm_node_io io;
+    bool crashed, out, present, subscribe_none, excluded, fork_clone;
+    uint32_t offline;       /* --offline windows in force */
+    uint64_t revoked_at_us; /* SIM_NEVER: not revoked */
+    uint64_t timer_at, timer_gen, last_tick_us;
+    uint32_t *conns; /* slots of connections with an end here */
+    uint32_t nconns, cconns;
+    double x, y, tx, ty, v;
+    bool ops_stale, digest_stale;  /* set by every call into the node */
+    uint64_t ops;                  /* cached op total */
+    uint8_t digest[FM_HASH_BYTES]; /* cached fm_node_digest */
+    fm_node_stats acc;             /* stats of earlier incarnations (before crashes) */
+    uint64_t restarts;
+} sim_node;
+
+typedef struct sim_write {
+    uint32_t node, coll;
+    uint64_t seq, t_us;
+    uint32_t nops;
+    bool expect_refused;
+} sim_write;
+
+typedef struct sim_sample {
+    uint64_t t_ms;
+    double coverage;
+    uint64_t bytes, messages;
+    uint32_t online;
+} sim_sample;
+
+struct fm_sim {
+    fm_sim_config cfg;
+    fm_sim_link_profile link;
+    double loss;
+    uint64_t rto_us, connect_timeout_us;
+    uint64_t now; /* virtual microseconds */
+    fm_sim_heap heap;
+    fm_sim_rng rng_topo, rng_link, rng_work, rng_churn, rng_move;
+    uint32_t n;
+    sim_node *nodes;
+    /* connections */
+    sim_conn *conns;
+    uint32_t nconns, cconns;
+    uint32_t *freec;
+    uint32_t nfree, cfree;
+    uint32_t *scratch_u32;
+    uint32_t cscratch;
+    fm_buf rx; /* the bytes of the segment being delivered */
+    /* topology: base graph as CSR (rows sorted); rgg keeps a second for the next step */
+    uint32_t *off, *adj, nadj, cadj;
+    uint32_t *off2, *adj2, nadj2, cadj2;
+    uint32_t *cell_start, *cell_nodes, ncells, grid;
+    double radius;
+    bool part_active[FM_SIM_MAX_PARTITIONS];
+    /* mesh */
+    fm_identity *authority;
+    fm_env auth_env;
+    sim_stream auth_rs;
+    fm_sigcache *sigcache;
+    char tag[48];
+    /* workload */
+    sim_write *ledger;
+    uint32_t nledger, cledger;
+    uint32_t next_write;
+    uint64_t write_end_us, settle_us, last_write_us;
+    uint64_t writes_failed;
+    bool phase_over;
+    /* trace */
+    crypto_generichash_state trace;
+    uint8_t tbuf[4096];
+    size_t tlen;
+    /* counters */
+    uint64_t messages, bytes, segments, retransmits, events, node_calls, conns_opened,
+        connects_failed;
+    /* convergence */
+    uint32_t *uf;
+    uint64_t converged_at; /* first passing check after settle (SIM_NEVER: none yet) */
+    bool stop, finishing;
+    sim_sample *samples;
+    uint32_t nsamples, csamples;
+    uint64_t wall_start, setup_wall_ms;
+    int error; /* first internal failure (out of memory); stops the run */
+    bool finished;
+};
+
+/* sim.c: calls into nodes (trace, timer, dirty mark) */
+void sim_fail(fm_sim *s, int rc);
+void sim_trace(fm_sim *s, uint32_t kind, uint32_t node, uint64_t conn, const uint8_t *data,
+               size_t len);
+void sim_after_call(fm_sim *s, sim_node *sn);
+bool sim_running(const sim_node *sn);
+void sim_push(fm_sim *s, uint64_t t, uint32_t kind, uint32_t node, uint64_t a, uint64_t b);
+/* The node's sync digest, recomputed only if a call may have changed it. */
+const uint8_t *sim_node_digest(sim_node *sn);
+
+/* net.c: connections over links */
+int sim_net_init(fm_sim *s);
+void sim_net_free(fm_sim *s);
+void sim_io_send(void *ctx, fm_conn_id conn, const uint8_t *data, size_t len);
+void sim_io_close(void *ctx, fm_conn_id conn);
+int sim_io_connect(void *ctx, const char *addr, fm_conn_id *conn);
+void sim_net_event(fm_sim *s, const fm_sim_event *e);
+/* Tears down every connection between i and j (j UINT32_MAX: every connection of i), telling
+ * the running ends (conn_closed, or conn_failed for one still connecting). */
+void sim_net_cut(fm_sim *s, uint32_t i, uint32_t j);
+
+/* topo.c: the base graph, presence, partitions, mobility, discovery */
+int sim_topo_build(fm_sim *s);
+void sim_topo_free(fm_sim *s);
+bool sim_base_edge(const fm_sim *s, uint32_t i, uint32_t j);
+bool sim_link_eff(const fm_sim *s, uint32_t i, uint32_t j);
+/* Recomputes node i's presence (running, in range, not offline) and applies link changes. */
+void sim_topo_presence(fm_sim *s, uint32_t i);
+void sim_topo_partition(fm_sim *s, uint32_t p, bool active);
+void sim_topo_move(fm_sim *s);
+void sim_topo_advert(fm_sim *s, uint32_t i);
+/* Connected components of the up-link graph among nodes that are not excluded: uf[i] is the
+ * root of i's component (excluded nodes are their own). Returns the number of components. */
+uint32_t sim_components(fm_sim *s);
+double sim_mean_degree(const fm_sim *s);
+
+#endif
