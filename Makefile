@@ -25,7 +25,7 @@ MAKEFLAGS += --no-print-directory
 # Each step parallelises inside cmake/ctest (JOBS); running steps side by side would overload a
 # 2-core machine and interleave their output.
 .NOTPARALLEL:
-.PHONY: help deps build demo check check-asan bench install fuzz fuzz-build fuzz-check format \
+.PHONY: help deps build demo demo-embedded check check-asan bench install fuzz fuzz-build fuzz-check format \
         format-check determinism clean
 
 help: ## list the targets
@@ -45,7 +45,10 @@ build: deps ## release build (RelWithDebInfo) in build/
 	    -DCMAKE_INSTALL_PREFIX=$(PREFIX)
 	$(CMAKE) --build $(BUILD_DIR) -j$(JOBS)
 
-demo: build ## build and run the embedded demo (build/fieldmesh-demo)
+demo: build ## three live nodes on loopback: writes, a conflict, convergence (tools/demo-live.sh)
+	tools/demo-live.sh $(BUILD_DIR)/fieldmesh
+
+demo-embedded: build ## the in-process three-replica demo, no network (build/fieldmesh-demo)
 	$(BUILD_DIR)/fieldmesh-demo
 
 check: build check-asan ## the whole test suite: release build + ASan/UBSan Debug build and ctest

@@ -305,9 +305,16 @@ int fm_replica_mesh_create(fm_replica *r, const fm_identity *authority, uint32_t
     uint8_t mesh[FM_ID_BYTES];
     fm_identity_public(authority, mesh);
     uint64_t now = r->env->now_ms(r->env->ctx);
+    /* The device's own certificate carries the name it was made with (`init --name`). */
+    char name[FM_MAX_DEVICE_NAME + 1] = "authority";
+    fm_buf nm;
+    fm_buf_init(&nm);
+    if (fm_store_meta_get(r->store, "name", &nm) == 0 && nm.len && nm.len <= FM_MAX_DEVICE_NAME)
+        snprintf(name, sizeof name, "%.*s", (int)nm.len, (const char *)nm.data);
+    fm_buf_free(&nm);
     fm_cert c;
-    int rc = fm_cert_issue(authority, mesh, r->device, "authority", FM_PERM_ALL, now,
-                           now + days * DAY_MS, now, &c);
+    int rc = fm_cert_issue(authority, mesh, r->device, name, FM_PERM_ALL, now, now + days * DAY_MS,
+                           now, &c);
     return rc ? rc : install(r, mesh, &c, NULL);
 }
 

@@ -616,6 +616,30 @@ static int summary_entry(void *arg, const fm_summary_entry *e)
     return accept ? send_vector(n, x->c, e->name.p, e->name.len, 0) : 0;
 }
 
+/* Marks the connection synced when, as far as we can tell, neither side lacks anything: every
+ * collection both sides take is known to be equal at the peer. */
+static void note_synced(fm_node *n, conn *c)
+{
+    for (uint32_t i = 0; i < n->r->st.ncolls; i++) {
+        const fm_coll *coll = n->r->st.colls[i];
+        if (!offers(n, coll) || peer_prio(c, (const uint8_t *)coll->name, coll->name_len) < 0)
+            continue;
+        csync *s = csync_get(c, (const uint8_t *)coll->name, coll->name_len, false);
+        if (!s || !s->known_valid || s->dirty || fm_vv_compare(&s->known, &coll->vv) != FM_VV_EQUAL)
+            return;
+    }
+    for (uint32_t i = 0; i < c->ncs; i++) {
+        const csync *s = &c->cs[i];
+        const fm_coll *coll = coll_of(n, (const uint8_t *)s->name, s->len);
+        if (my_prio(n, (const uint8_t *)s->name, s->len) >= 0 && s->known.n &&
+            (!coll || fm_vv_compare(&s->known, &coll->vv) != FM_VV_EQUAL))
+            return; /* the peer holds something we do not */
+    }
+    c->last_synced_ms = now_ms(n);
+    if (c->peer >= 0)
+        n->peers[c->peer].last_synced_ms = c->last_synced_ms;
+}
+
 static int on_summary(fm_node *n, conn *c, const uint8_t *p, size_t len)
 {
     uint64_t round;
@@ -648,6 +672,7 @@ static int on_summary(fm_node *n, conn *c, const uint8_t *p, size_t len)
             n->peers[c->peer].last_synced_ms = c->last_synced_ms;
     }
     pump(n, c);
+    note_synced(n, c);
     return 0;
 }
 
@@ -689,6 +714,8 @@ static int on_vector(fm_node *n, conn *c, const uint8_t *p, size_t len)
         rc = send_vector(n, c, m.name.p, m.name.len, FM_VECTOR_REPLY);
     if (!rc)
         pump(n, c);
+    if (!rc)
+        note_synced(n, c);
 out:
     fm_vv_free(&m.vv);
     return rc;
@@ -743,6 +770,7 @@ static int on_batches(fm_node *n, conn *c, const uint8_t *p, size_t len)
         else if (res[i] != 0 && res[i] != FM_EPENDING)
             n->st.batches_refused++;
     }
+    note_synced(n, c);
 ack:
     if (c->recv_bytes - c->acked_sent >= n->window / 4) {
         fm_buf *msg = &n->scratch;
@@ -1098,9 +1126,13 @@ static peer *peer_find(fm_node *n, const char *addr)
     return NULL;
 }
 
+/* Connections we dialled: inbound ones (a flood, say) do not stop the node dialling peers. */
 static uint32_t conn_count(const fm_node *n)
 {
-    return n->st.conns;
+    uint32_t k = 0;
+    for (uint32_t i = 0; i < n->max_total; i++)
+        k += n->conns[i].used && n->conns[i].initiator;
+    return k;
 }
 
 static int conn_slot(fm_node *n)
@@ -1109,6 +1141,30 @@ static int conn_slot(fm_node *n)
         if (!n->conns[i].used)
             return (int)i;
     return -1;
+}
+
+/* A slot for an inbound connection. Connections still in their handshake are capped at
+ * max_conns, and when the cap (or the table) is full the oldest of them makes room: a flood of
+ * silent connections cannot keep a real peer out for longer than its own handshake takes. */
+static int inbound_slot(fm_node *n)
+{
+    uint32_t pending = 0;
+    conn *oldest = NULL;
+    for (uint32_t i = 0; i < n->max_total; i++) {
+        conn *c = &n->conns[i];
+        if (!c->used || c->initiator || c->live)
+            continue;
+        pending++;
+        if (!oldest || c->opened_ms < oldest->opened_ms)
+            oldest = c;
+    }
+    int slot = pending < n->max_conns ? conn_slot(n) : -1;
+    if (slot < 0 && oldest) {
+        n->st.sessions_failed++;
+        conn_close(n, oldest, FM_ELIMIT);
+        slot = conn_slot(n);
+    }
+    return slot;
 }
 
 int fm_node_conn_open(fm_node *n, fm_conn_id id, bool initiator, const char *addr)
@@ -1121,10 +1177,14 @@ int fm_node_conn_open(fm_node *n, fm_conn_id id, bool initiator, const char *add
         return FM_EINVAL;
     }
     if (!initiator) {
-        int slot = conn_slot(n);
-        if (slot < 0 || conn_find(n, id)) {
+        if (conn_find(n, id)) {
             n->io.close(n->io.ctx, id);
-            return slot < 0 ? FM_ELIMIT : FM_EEXISTS;
+            return FM_EEXISTS;
+        }
+        int slot = inbound_slot(n);
+        if (slot < 0) {
+            n->io.close(n->io.ctx, id);
+            return FM_ELIMIT;
         }
         c = &n->conns[slot];
         memset(c, 0, sizeof *c);

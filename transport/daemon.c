@@ -482,7 +482,9 @@ static void on_control_read(struct bufferevent *bev, void *arg)
     size_t out_len = 0, err_len = 0;
     FILE *fo = open_memstream(&out, &out_len), *fe = open_memstream(&err, &err_len);
     int code = 1;
-    if (fo && fe) {
+    if (d->stopping && fe)
+        fprintf(fe, "fieldmesh: the node is shutting down; run the command again\n");
+    else if (fo && fe) {
         fm_cli_host host = {.replica = d->r, .node = d->node};
         code = fm_cli_run(req.argc, req.argv, &host, fo, fe);
     }
@@ -502,8 +504,10 @@ static void on_control_read(struct bufferevent *bev, void *arg)
     free(err);
     control_done(t);
     /* The command may have written (pushed at once) or changed membership. */
-    fm_node_tick(d->node);
-    rearm(d);
+    if (!d->stopping) {
+        fm_node_tick(d->node);
+        rearm(d);
+    }
 }
 
 static void on_control_event(struct bufferevent *bev, short events, void *arg)
@@ -707,6 +711,9 @@ static void daemon_free(fm_daemon *d)
     for (uint32_t i = 0; d->conns && i < d->cap; i++)
         if (d->conns[i].used)
             conn_free(&d->conns[i]);
+    /* Deferred bufferevent callbacks hold references: let them run so the frees complete. */
+    if (d->base)
+        event_base_loop(d->base, EVLOOP_NONBLOCK);
     free(d->conns);
     for (int i = 0; i < d->nlisteners; i++)
         evconnlistener_free(d->listeners[i]);
