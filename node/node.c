@@ -723,6 +723,16 @@ out:
 
 /* ---- receiving batches ---------------------------------------------------------------------- */
 
+/* Is b exactly the batch at the head of its feed here (hash and all)? Most duplicates are: a
+ * batch pushed by several neighbours at once. */
+static bool is_head(fm_node *n, const fm_batch *b)
+{
+    fm_coll *coll = coll_of(n, b->coll, b->coll_len);
+    const fm_feed *f = coll ? fm_coll_feed(&n->r->st, coll, b->author) : NULL;
+    return f && f->seq == fm_batch_last_seq(b) &&
+           sodium_memcmp(f->head, b->hash, FM_HASH_BYTES) == 0;
+}
+
 static int on_batches(fm_node *n, conn *c, const uint8_t *p, size_t len)
 {
     fm_proto_name name;
@@ -744,7 +754,7 @@ static int on_batches(fm_node *n, conn *c, const uint8_t *p, size_t len)
         rc = FM_ENOMEM;
         goto out;
     }
-    uint32_t keep = 0;
+    uint32_t keep = 0, dups = 0;
     for (uint32_t i = 0; i < k; i++) {
         if (fm_batch_decode(arr[i].data, arr[i].len, &n->b) || n->b.coll_len != name.len ||
             memcmp(n->b.coll, name.p, name.len) != 0) {
@@ -755,6 +765,10 @@ static int on_batches(fm_node *n, conn *c, const uint8_t *p, size_t len)
         if (fm_vv_get(&s->known, n->b.author) < last &&
             (rc = fm_vv_set(&s->known, n->b.author, last)))
             goto out;
+        if (is_head(n, &n->b)) {
+            dups++; /* the very batch we hold at its feed's head: no store transaction for it */
+            continue;
+        }
         arr[keep++] = arr[i];
     }
     int applied = keep ? fm_replica_ingest(n->r, arr, keep, res) : 0;
@@ -766,10 +780,11 @@ static int on_batches(fm_node *n, conn *c, const uint8_t *p, size_t len)
     }
     for (uint32_t i = 0; i < keep; i++) {
         if (res[i] == FM_EDUP)
-            n->st.batches_dup++;
+            dups++;
         else if (res[i] != 0 && res[i] != FM_EPENDING)
             n->st.batches_refused++;
     }
+    n->st.batches_dup += dups;
     note_synced(n, c);
 ack:
     if (c->recv_bytes - c->acked_sent >= n->window / 4) {
