@@ -211,3 +211,12 @@ int fm_bytes_cmp(const uint8_t *a, size_t alen, const uint8_t *b, size_t blen)
         return c;
     return alen < blen ? -1 : alen > blen ? 1 : 0;
 }
+
+void fm_vlog(fm_log_fn fn, void *ctx, int level, const char *fmt, va_list ap)
+{
+    if (!fn)
+        return;
+    char line[512];
+    vsnprintf(line, sizeof line, fmt, ap);
+    fn(ctx, level, line);
+}

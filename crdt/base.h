@@ -7,6 +7,7 @@
 
 #include "fieldmesh.h"
 
+#include <stdarg.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -65,6 +66,10 @@ char *fm_strndup(const char *s, size_t n);
 
 /* True if p[0..n) is valid UTF-8 (no overlongs, no surrogates). */
 bool fm_utf8_valid(const uint8_t *p, size_t n);
+
+/* Formats one log line (at most 511 bytes) and hands it to fn, if fn is set. */
+typedef void (*fm_log_fn)(void *ctx, int level, const char *line);
+void fm_vlog(fm_log_fn fn, void *ctx, int level, const char *fmt, va_list ap);
 
 /* Byte-string compare: memcmp then length. */
 int fm_bytes_cmp(const uint8_t *a, size_t alen, const uint8_t *b, size_t blen);

@@ -114,14 +114,10 @@ static void node_log(fm_node *n, int level, const char *fmt, ...)
 
 static void node_log(fm_node *n, int level, const char *fmt, ...)
 {
-    if (!n->io.log)
-        return;
-    char line[512];
     va_list ap;
     va_start(ap, fmt);
-    vsnprintf(line, sizeof line, fmt, ap);
+    fm_vlog(n->io.log, n->io.ctx, level, fmt, ap);
     va_end(ap);
-    n->io.log(n->io.ctx, level, line);
 }
 
 static uint64_t now_ms(const fm_node *n)
@@ -309,53 +305,81 @@ static fm_coll *coll_of(fm_node *n, const uint8_t *name, uint32_t len)
 
 /* ---- sending batches ------------------------------------------------------------------------ */
 
-typedef struct pump_ctx {
+/* A message of bin-encoded records being filled: the batches of one collection (BATCHES) or
+ * membership records (MEMBERS, s NULL). */
+typedef struct rec_list {
     fm_node *n;
     conn *c;
     csync *s;
-    fm_buf body; /* concatenated bin-encoded batches */
+    fm_buf body; /* the records, each already bin-encoded */
     uint32_t count;
+} rec_list;
+
+static int rec_list_add(rec_list *l, const uint8_t *p, size_t len)
+{
+    fm_wr w;
+    fm_wr_init(&w, &l->body);
+    fm_wr_bin(&w, p, len);
+    if (l->body.oom)
+        return FM_ENOMEM;
+    l->count++;
+    return 0;
+}
+
+/* Sends what was added as one message (nothing if empty); *sent gets its size. */
+static int rec_list_flush(rec_list *l, size_t *sent)
+{
+    *sent = 0;
+    if (!l->count)
+        return 0;
+    fm_buf *msg = &l->n->scratch;
+    fm_buf_reset(msg);
+    fm_wr w;
+    fm_wr_init(&w, msg);
+    if (l->s)
+        fm_proto_batches_begin(&w, (const uint8_t *)l->s->name, l->s->len, l->count);
+    else
+        fm_proto_members_begin(&w, l->count);
+    fm_wr_bytes_raw(&w, l->body.data, l->body.len);
+    int rc = conn_send(l->n, l->c, msg);
+    if (!rc)
+        *sent = msg->len;
+    fm_buf_reset(&l->body);
+    l->count = 0;
+    return rc;
+}
+
+typedef struct pump_ctx {
+    rec_list l;
     int err;
 } pump_ctx;
 
 static int pump_flush(pump_ctx *x)
 {
-    if (!x->count)
-        return 0;
-    fm_buf *msg = &x->n->scratch;
-    fm_buf_reset(msg);
-    fm_wr w;
-    fm_wr_init(&w, msg);
-    fm_proto_batches_begin(&w, (const uint8_t *)x->s->name, x->s->len, x->count);
-    fm_wr_bytes_raw(&w, x->body.data, x->body.len);
-    int rc = conn_send(x->n, x->c, msg);
-    if (!rc) {
-        x->c->sent_bytes += msg->len;
-        x->n->st.batches_out += x->count;
+    size_t sent;
+    uint32_t count = x->l.count;
+    int rc = rec_list_flush(&x->l, &sent);
+    if (!rc && sent) {
+        x->l.c->sent_bytes += sent;
+        x->l.n->st.batches_out += count;
     }
-    fm_buf_reset(&x->body);
-    x->count = 0;
     return rc;
 }
 
 /* Adds one batch to the frame under construction; raises known. */
 static int pump_add(pump_ctx *x, const fm_batch *b, const uint8_t *data, size_t len)
 {
-    if (x->count && (x->body.len + len > FM_PROTO_BATCHES_TARGET ||
-                     x->count >= FM_PROTO_MAX_BATCHES_PER_FRAME)) {
+    rec_list *l = &x->l;
+    if (l->count && (l->body.len + len > FM_PROTO_BATCHES_TARGET ||
+                     l->count >= FM_PROTO_MAX_BATCHES_PER_FRAME)) {
         int rc = pump_flush(x);
         if (rc)
             return rc;
     }
-    fm_wr w;
-    fm_wr_init(&w, &x->body);
-    fm_wr_bin(&w, data, len);
-    if (x->body.oom)
-        return FM_ENOMEM;
-    x->count++;
-    if (fm_vv_get(&x->s->known, b->author) < fm_batch_last_seq(b))
-        return fm_vv_set(&x->s->known, b->author, fm_batch_last_seq(b));
-    return 0;
+    int rc = rec_list_add(l, data, len);
+    if (!rc && fm_vv_get(&l->s->known, b->author) < fm_batch_last_seq(b))
+        rc = fm_vv_set(&l->s->known, b->author, fm_batch_last_seq(b));
+    return rc;
 }
 
 static bool window_open(const conn *c, size_t pending)
@@ -366,15 +390,15 @@ static bool window_open(const conn *c, size_t pending)
 static int pump_one(void *arg, const uint8_t *data, size_t len)
 {
     pump_ctx *x = arg;
-    if (!window_open(x->c, x->body.len))
+    if (!window_open(x->l.c, x->l.body.len))
         return 1; /* stop: the rest waits for an ACK */
-    fm_batch *b = &x->n->b;
+    fm_batch *b = &x->l.n->b;
     int rc = fm_batch_decode(data, len, b);
     if (rc) {
         x->err = FM_ESTORE; /* the store holds only batches that decoded */
         return 1;
     }
-    if (fm_batch_last_seq(b) <= fm_vv_get(&x->s->known, b->author))
+    if (fm_batch_last_seq(b) <= fm_vv_get(&x->l.s->known, b->author))
         return 0;
     if ((rc = pump_add(x, b, data, len))) {
         x->err = rc;
@@ -386,8 +410,8 @@ static int pump_one(void *arg, const uint8_t *data, size_t len)
 /* Streams what the peer lacks of one collection, from the store, until the window is full. */
 static int pump_coll(fm_node *n, conn *c, csync *s)
 {
-    pump_ctx x = {.n = n, .c = c, .s = s};
-    fm_buf_init(&x.body);
+    pump_ctx x = {.l = {.n = n, .c = c, .s = s}};
+    fm_buf_init(&x.l.body);
     fm_vv theirs;
     fm_vv_init(&theirs);
     int rc = fm_vv_copy(&theirs, &s->known);
@@ -402,7 +426,7 @@ static int pump_coll(fm_node *n, conn *c, csync *s)
             s->dirty = false;
     }
     fm_vv_free(&theirs);
-    fm_buf_free(&x.body);
+    fm_buf_free(&x.l.body);
     return rc;
 }
 
@@ -456,12 +480,12 @@ static void push_one(fm_node *n, conn *c, const fm_batch *b, const uint8_t *data
         s->dirty = true;
         return;
     }
-    pump_ctx x = {.n = n, .c = c, .s = s};
-    fm_buf_init(&x.body);
+    pump_ctx x = {.l = {.n = n, .c = c, .s = s}};
+    fm_buf_init(&x.l.body);
     int rc = pump_add(&x, b, data, len);
     if (!rc)
         rc = pump_flush(&x);
-    fm_buf_free(&x.body);
+    fm_buf_free(&x.l.body);
     if (rc)
         c->err = c->err ? c->err : rc;
 }
@@ -813,54 +837,27 @@ static int on_ack(fm_node *n, conn *c, const uint8_t *p, size_t len)
 
 /* ---- membership ----------------------------------------------------------------------------- */
 
-typedef struct members_out {
-    fm_node *n;
-    conn *c;
-    fm_buf body;
-    uint32_t count;
-    int rc;
-} members_out;
-
-static int members_flush(members_out *x)
-{
-    if (!x->count)
-        return 0;
-    fm_buf *msg = &x->n->scratch;
-    fm_buf_reset(msg);
-    fm_wr w;
-    fm_wr_init(&w, msg);
-    fm_proto_members_begin(&w, x->count);
-    fm_wr_bytes_raw(&w, x->body.data, x->body.len);
-    fm_buf_reset(&x->body);
-    x->count = 0;
-    return conn_send(x->n, x->c, msg);
-}
-
 static int members_one(void *arg, const uint8_t *rec, size_t len)
 {
-    members_out *x = arg;
+    rec_list *l = arg;
+    size_t sent;
     if (len > FM_PROTO_MAX_MEMBER_BYTES)
         return 0;
-    fm_wr w;
-    fm_wr_init(&w, &x->body);
-    fm_wr_bin(&w, rec, len);
-    if (x->body.oom)
-        return x->rc = FM_ENOMEM;
-    if (++x->count == FM_PROTO_MEMBERS_PER_FRAME)
-        return x->rc = members_flush(x);
-    return 0;
+    int rc = rec_list_add(l, rec, len);
+    if (!rc && l->count == FM_PROTO_MEMBERS_PER_FRAME)
+        rc = rec_list_flush(l, &sent);
+    return rc;
 }
 
 static int send_members(fm_node *n, conn *c)
 {
-    members_out x = {.n = n, .c = c};
-    fm_buf_init(&x.body);
-    int rc = fm__replica_each_member_bin(n->r, members_one, &x);
+    rec_list l = {.n = n, .c = c};
+    size_t sent;
+    fm_buf_init(&l.body);
+    int rc = fm__replica_each_member_bin(n->r, members_one, &l);
     if (!rc)
-        rc = x.rc;
-    if (!rc)
-        rc = members_flush(&x);
-    fm_buf_free(&x.body);
+        rc = rec_list_flush(&l, &sent);
+    fm_buf_free(&l.body);
     return rc;
 }
 

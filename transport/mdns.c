@@ -171,14 +171,10 @@ static void mlog(fm_mdns *m, int level, const char *fmt, ...) __attribute__((for
 
 static void mlog(fm_mdns *m, int level, const char *fmt, ...)
 {
-    if (!m->cb.log)
-        return;
-    char line[512];
     va_list ap;
     va_start(ap, fmt);
-    vsnprintf(line, sizeof line, fmt, ap);
+    fm_vlog(m->cb.log, m->cb.ctx, level, fmt, ap);
     va_end(ap);
-    m->cb.log(m->cb.ctx, level, line);
 }
 
 static void publish(fm_mdns *m);
