@@ -52,11 +52,21 @@ demo-embedded: build ## the in-process three-replica demo, no network (build/fie
 	$(BUILD_DIR)/fieldmesh-demo
 
 check: build check-asan ## the whole test suite: release build + ASan/UBSan Debug build and ctest
+	@if command -v qemu-system-x86_64 >/dev/null 2>&1 && [ "$$(id -u)" -eq 0 ]; then \
+	    $(MAKE) check-ble; \
+	else \
+	    echo "check: skipping check-ble (needs root and qemu-system-x86_64, as in CI)"; \
+	fi
 
 check-asan: deps ## ASan+UBSan Debug build in build-asan/ and its ctest (incl. format/determinism)
 	$(CMAKE) -S . -B $(ASAN_DIR) -DCMAKE_BUILD_TYPE=Debug -DFM_SANITIZE=ON
 	$(CMAKE) --build $(ASAN_DIR) -j$(JOBS)
 	cd $(ASAN_DIR) && $(CTEST) --output-on-failure -j$(JOBS)
+
+# One VM boot (tests/ble/vm.sh; the image is built once and cached in /var/tmp/fieldmesh-ble),
+# three daemons on virtual LE controllers, no IP path between them (tests/ble/guest-test.sh).
+check-ble: build ## BLE tests on real BlueZ in a qemu VM (root; prints ble_sync_bytes_per_s)
+	tests/ble/check-ble.sh $(BUILD_DIR); rc=$$?; [ $$rc -eq 77 ] && rc=0; exit $$rc
 
 bench: build ## run the benchmarks (build/fieldmesh-bench --json)
 	$(BUILD_DIR)/fieldmesh-bench --json

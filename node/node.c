@@ -1028,6 +1028,11 @@ static bool is_ble(const conn *c)
     return strncmp(c->addr, "ble:", 4) == 0;
 }
 
+static uint64_t connect_timeout(const conn *c)
+{
+    return is_ble(c) ? FM_NODE_BLE_CONNECT_MS : FM_HANDSHAKE_TIMEOUT_MS;
+}
+
 /* Two connections between the same pair: both sides keep an IP one over a BLE one, then the
  * one the smaller id initiated. The sync carries on over the survivor from what the peer's
  * vector says it holds: moving between transports restarts nothing. */
@@ -1423,7 +1428,7 @@ void fm_node_tick(fm_node *n)
         if (c->ae_at > t + 2 * (uint64_t)n->ae_ms)
             c->ae_at = t + jitter(n, n->ae_ms);
         if (!c->s) { /* outbound connect under way */
-            if (elapsed(t, c->opened_ms) >= FM_HANDSHAKE_TIMEOUT_MS) {
+            if (elapsed(t, c->opened_ms) >= connect_timeout(c)) {
                 n->st.sessions_failed++;
                 conn_close(n, c, FM_ETIMEOUT);
             }
@@ -1461,7 +1466,7 @@ uint64_t fm_node_next_deadline(const fm_node *n)
         if (!c->used)
             continue;
         if (!c->s) {
-            d = FM_MIN(d, c->opened_ms + FM_HANDSHAKE_TIMEOUT_MS);
+            d = FM_MIN(d, c->opened_ms + connect_timeout(c));
             continue;
         }
         d = FM_MIN(d, fm_session_deadline(c->s));

@@ -73,6 +73,9 @@ enum {
     FM_NODE_DEFAULT_WINDOW = 256 * 1024,
     FM_NODE_DEFAULT_BACKOFF_MIN_MS = 500,
     FM_NODE_DEFAULT_BACKOFF_MAX_MS = 60 * 1000,
+    /* An LE connect first waits for the peer's advertising: a dial to a "ble:" address may
+     * take this long before the handshake's own timeout starts. */
+    FM_NODE_BLE_CONNECT_MS = 30 * 1000,
 };
 
 typedef struct fm_node fm_node;

@@ -19,11 +19,15 @@ PACKAGES=(
     clang clang-format libclang-rt-14-dev
     # libraries
     libsodium-dev libmsgpack-dev libsqlite3-dev sqlite3 libevent-dev libavahi-client-dev
+    # BLE transport: sd-bus (bluetoothd over D-Bus) and the AF_BLUETOOTH/L2CAP headers
+    libsystemd-dev libbluetooth-dev
     # services and tools used by integration tests
     avahi-daemon avahi-utils dbus iproute2 python3
     # link impairment in integration.mdns_mesh: iptables (loss, NFQUEUE) and the library of the
     # userspace delayer tools/nfq_delay.c (the kernel has no netem)
     iptables libnetfilter-queue-dev
+    # make check-ble: a qemu VM (TCG) with BlueZ, built with debootstrap from Debian's packages
+    qemu-system-x86 debootstrap cpio
 )
 
 missing_packages() {

@@ -4,7 +4,9 @@
  *     fm_node_conn_data; the node's io callbacks write to them;
  *   - one timer, always set to the node's next deadline (so an idle node wakes only for its
  *     heartbeats and anti-entropy rounds);
- *   - mDNS discovery (mdns.c), static peers, the control socket (control.h), SIGINT/SIGTERM.
+ *   - mDNS discovery (mdns.c), static peers, the control socket (control.h), SIGINT/SIGTERM;
+ *   - BLE (ble.c): discovery over BlueZ and LE L2CAP channels, a connection kind of their own
+ *     (fd events + a blelink write queue) beside the bufferevents, at most FM_BLE_MAX_CONNS.
  * Every callback that calls into the node re-arms the timer afterwards. Bufferevents use
  * deferred callbacks, so nothing calls back into the node from inside one of its io calls.
  */
@@ -16,6 +18,8 @@
 #include "node/node.h"
 #include "node/replica.h"
 #include "transport/config.h"
+#include "transport/ble.h"
+#include "transport/blelink.h"
 #include "transport/control.h"
 #include "transport/mdns.h"
 
@@ -49,9 +53,23 @@ enum {
     FM_DAEMON_READ_CHUNK = 64 * 1024,
     FM_DAEMON_DIGEST_MS = 2000, /* advertised digest refreshed at most this often */
     FM_DAEMON_IDLE_MS = 3000,   /* quiet this long after moving data: give memory back */
+    FM_BLE_MAX_CONNS = 4,       /* BLE channels, inbound and outbound (the radio is slow) */
+    FM_BLE_CONNECT_MS = 30000,  /* an LE connect scans for the peer first */
 };
+_Static_assert((int)FM_DAEMON_READ_CHUNK >= (int)FM_BLELINK_MAX_MTU, "a read holds any BLE packet");
 
 typedef struct fm_daemon fm_daemon;
+
+/* A BLE channel: its own fd events and write queue (SEQPACKET, not a byte stream). */
+typedef struct bconn {
+    fm_daemon *d;
+    bool used, outbound, connected, closing, dead;
+    fm_conn_id id;
+    int fd;
+    struct event *rev, *wev, *timer;
+    fm_blelink link;
+    char addr[FM_NODE_MAX_ADDR + 1];
+} bconn;
 
 typedef struct tconn {
     fm_daemon *d;
@@ -84,6 +102,8 @@ struct fm_daemon {
     struct event *timer, *sigint, *sigterm, *digest_timer, *stop_timer, *idle_timer;
     uint64_t moved; /* batches in and out, and commands run, when last looked at */
     fm_mdns *mdns;
+    fm_ble *ble;
+    bconn bconns[FM_BLE_MAX_CONNS];
     bool stopping;
     uint64_t refused; /* inbound connections refused for the socket bound */
 };
@@ -133,7 +153,7 @@ static uint64_t wall_ms(void)
 
 static void digest_changed(fm_daemon *d)
 {
-    if (d->mdns && !evtimer_pending(d->digest_timer, NULL)) {
+    if ((d->mdns || d->ble) && !evtimer_pending(d->digest_timer, NULL)) {
         struct timeval tv = {0, 200 * 1000}; /* coalesce a burst of batches */
         evtimer_add(d->digest_timer, &tv);
     }
@@ -181,7 +201,9 @@ static void on_digest(evutil_socket_t fd, short what, void *arg)
     fm_daemon *d = arg;
     uint8_t dg[FM_HASH_BYTES];
     fm_node_digest(d->node, dg);
-    fm_mdns_set_digest(d->mdns, dg);
+    if (d->mdns)
+        fm_mdns_set_digest(d->mdns, dg);
+    fm_ble_set_digest(d->ble, dg);
 }
 
 /* ---- connections ---------------------------------------------------------------------------- */
@@ -253,9 +275,19 @@ static void conn_finish(tconn *t)
         evtimer_add(t->linger, &tv);
 }
 
+static bconn *bconn_by_id(fm_daemon *d, fm_conn_id id);
+static void ble_send(bconn *c, const uint8_t *data, size_t len);
+static void ble_finish(bconn *c);
+static int ble_connect(fm_daemon *d, const char *addr, fm_conn_id *out);
+
 static void io_send(void *ctx, fm_conn_id id, const uint8_t *data, size_t len)
 {
     fm_daemon *d = ctx;
+    bconn *c = bconn_by_id(d, id);
+    if (c) {
+        ble_send(c, data, len);
+        return;
+    }
     tconn *t = conn_by_id(d, id);
     if (!t || t->closing || !t->bev)
         return;
@@ -272,6 +304,12 @@ static void io_send(void *ctx, fm_conn_id id, const uint8_t *data, size_t len)
 
 static void io_close(void *ctx, fm_conn_id id)
 {
+    bconn *c = bconn_by_id(ctx, id);
+    if (c) {
+        if (!c->closing)
+            ble_finish(c);
+        return;
+    }
     tconn *t = conn_by_id(ctx, id);
     if (t && !t->closing)
         conn_finish(t);
@@ -321,6 +359,8 @@ static int io_connect(void *ctx, const char *addr, fm_conn_id *out)
     fm_daemon *d = ctx;
     char host[FM_NODE_MAX_ADDR + 1];
     uint16_t port;
+    if (!d->stopping && strncmp(addr, FM_BLE_ADDR_PREFIX, strlen(FM_BLE_ADDR_PREFIX)) == 0)
+        return ble_connect(d, addr, out);
     if (d->stopping || fm_addr_split(addr, host, sizeof host, &port))
         return FM_EINVAL;
     struct bufferevent *bev =
@@ -602,6 +642,273 @@ static void start_mdns(fm_daemon *d)
         dlog(d, FM_LOG_WARN, "mdns: could not start; static peers only");
 }
 
+/* ---- BLE connections ------------------------------------------------------------------------ */
+
+static bconn *bconn_by_id(fm_daemon *d, fm_conn_id id)
+{
+    for (uint32_t i = 0; i < FM_BLE_MAX_CONNS; i++)
+        if (d->bconns[i].used && d->bconns[i].id == id)
+            return &d->bconns[i];
+    return NULL;
+}
+
+static void ble_on_read(evutil_socket_t fd, short what, void *arg);
+static void bconn_free(bconn *c);
+static void ble_on_write(evutil_socket_t fd, short what, void *arg);
+static void ble_on_timer(evutil_socket_t fd, short what, void *arg);
+
+/* Takes fd (closed here on failure). */
+static bconn *bconn_new(fm_daemon *d, int fd, const char *addr)
+{
+    bconn *c = NULL;
+    for (uint32_t i = 0; i < FM_BLE_MAX_CONNS && !c; i++)
+        if (!d->bconns[i].used)
+            c = &d->bconns[i];
+    if (!c) {
+        close(fd);
+        return NULL;
+    }
+    memset(c, 0, sizeof *c);
+    c->d = d;
+    c->fd = fd;
+    c->rev = event_new(d->base, fd, EV_READ | EV_PERSIST, ble_on_read, c);
+    c->wev = event_new(d->base, fd, EV_WRITE | EV_PERSIST, ble_on_write, c);
+    c->timer = evtimer_new(d->base, ble_on_timer, c);
+    if (!c->rev || !c->wev || !c->timer) {
+        c->used = true;
+        bconn_free(c);
+        return NULL;
+    }
+    c->used = true;
+    c->id = d->next_id++;
+    snprintf(c->addr, sizeof c->addr, "%s", addr);
+    return c;
+}
+
+static void bconn_free(bconn *c)
+{
+    struct event *evs[] = {c->rev, c->wev, c->timer};
+    for (size_t i = 0; i < FM_ARRAY_LEN(evs); i++)
+        if (evs[i])
+            event_free(evs[i]);
+    if (c->connected)
+        fm_blelink_free(&c->link);
+    if (c->fd >= 0)
+        close(c->fd);
+    memset(c, 0, sizeof *c);
+}
+
+static uint32_t ble_conns(const fm_daemon *d)
+{
+    uint32_t k = 0;
+    for (uint32_t i = 0; i < FM_BLE_MAX_CONNS; i++)
+        k += d->bconns[i].used;
+    return k;
+}
+
+/* The channel is up: its MTUs size the packets. */
+static void ble_link_up(bconn *c)
+{
+    size_t omtu = FM_BLELINK_MIN_MTU, imtu = FM_BLELINK_MAX_MTU;
+    if (fm_blelink_mtu(c->fd, &omtu, &imtu))
+        dlog(c->d, FM_LOG_WARN, "%s: no L2CAP MTU; sending %zu-byte packets", c->addr, omtu);
+    fm_blelink_init(&c->link, c->fd, omtu, imtu);
+    c->connected = true;
+    dlog(c->d, FM_LOG_DEBUG, "%s: BLE channel up (%s, MTU out %zu in %zu)", c->addr,
+         c->outbound ? "outbound" : "inbound", omtu, imtu);
+}
+
+/* The link is gone under the node: free it and say so (from a loop callback, never an io one). */
+static void ble_drop(bconn *c)
+{
+    fm_daemon *d = c->d;
+    fm_conn_id id = c->id;
+    bool report = !c->closing;
+    dlog(d, FM_LOG_DEBUG, "%s: BLE channel closed", c->addr);
+    bconn_free(c);
+    if (report && d->node)
+        fm_node_conn_closed(d->node, id);
+}
+
+static void ble_on_read(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd, (void)what;
+    bconn *c = arg;
+    fm_daemon *d = c->d;
+    fm_conn_id id = c->id;
+    uint8_t buf[FM_DAEMON_READ_CHUNK];
+    if (c->dead) {
+        ble_drop(c);
+        rearm(d);
+        return;
+    }
+    /* Bounded per turn; the node may close the channel (and c be reused) on any packet. */
+    for (int i = 0; i < 64 && c->used && c->id == id && !c->closing; i++) {
+        int n = fm_blelink_recv(&c->link, buf, sizeof buf);
+        if (n == 0)
+            break;
+        if (n < 0) {
+            ble_drop(c);
+            break;
+        }
+        fm_node_conn_data(d->node, id, buf, (size_t)n);
+    }
+    rearm(d);
+}
+
+static void ble_connected(bconn *c)
+{
+    fm_daemon *d = c->d;
+    int why = 0;
+    fm_conn_id id = c->id;
+    evtimer_del(c->timer);
+    event_del(c->wev);
+    if (fm_ble_connect_result(c->fd, &why)) {
+        dlog(d, FM_LOG_DEBUG, "BLE connect to %s failed: %s", c->addr, strerror(why));
+        bconn_free(c);
+        fm_node_conn_failed(d->node, id);
+        return;
+    }
+    ble_link_up(c);
+    event_add(c->rev, NULL);
+    fm_node_conn_open(d->node, id, true, c->addr);
+}
+
+static void ble_on_write(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd, (void)what;
+    bconn *c = arg;
+    fm_daemon *d = c->d;
+    if (!c->connected) {
+        ble_connected(c);
+    } else {
+        int rc = fm_blelink_flush(&c->link);
+        if (rc < 0)
+            ble_drop(c);
+        else if (rc == 0 && c->closing)
+            bconn_free(c); /* the last bytes are out */
+        else if (rc == 0)
+            event_del(c->wev);
+    }
+    rearm(d);
+}
+
+static void ble_on_timer(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd, (void)what;
+    bconn *c = arg;
+    fm_daemon *d = c->d;
+    fm_conn_id id = c->id;
+    bool failed = c->outbound && !c->connected;
+    if (failed)
+        dlog(d, FM_LOG_DEBUG, "BLE connect to %s timed out", c->addr);
+    bconn_free(c); /* a connect that took too long, or a close that lingered */
+    if (failed)
+        fm_node_conn_failed(d->node, id);
+    rearm(d);
+}
+
+/* From io->send: queue; a socket error is reported by the read callback, later. */
+static void ble_send(bconn *c, const uint8_t *data, size_t len)
+{
+    if (c->closing || c->dead || !c->connected)
+        return;
+    int rc = fm_blelink_send(&c->link, data, len);
+    if (rc > 0) {
+        event_add(c->wev, NULL);
+    } else if (rc < 0) {
+        if (rc == FM_ELIMIT)
+            dlog(c->d, FM_LOG_WARN, "%s: peer does not read; dropping the channel", c->addr);
+        c->dead = true;
+        shutdown(c->fd, SHUT_RDWR);
+        event_active(c->rev, EV_READ, 0);
+    }
+}
+
+/* From io->close: flush what is queued (bounded by the linger time), then free. */
+static void ble_finish(bconn *c)
+{
+    c->closing = true;
+    if (!c->connected || fm_blelink_queued(&c->link) == 0 || c->dead) {
+        bconn_free(c);
+        return;
+    }
+    event_del(c->rev);
+    event_add(c->wev, NULL);
+    struct timeval tv = {FM_DAEMON_LINGER_MS / 1000, 0};
+    evtimer_add(c->timer, &tv);
+}
+
+static int ble_connect(fm_daemon *d, const char *addr, fm_conn_id *out)
+{
+    if (!d->ble)
+        return FM_EINVAL;
+    if (ble_conns(d) >= FM_BLE_MAX_CONNS)
+        return FM_ELIMIT;
+    int fd;
+    int rc = fm_ble_connect(d->ble, addr, &fd);
+    if (rc)
+        return rc;
+    bconn *c = bconn_new(d, fd, addr);
+    if (!c)
+        return FM_ENOMEM;
+    c->outbound = true;
+    struct timeval tv = {FM_BLE_CONNECT_MS / 1000, 0};
+    event_add(c->wev, NULL);
+    evtimer_add(c->timer, &tv);
+    dlog(d, FM_LOG_DEBUG, "BLE connect to %s", addr);
+    *out = c->id;
+    return 0;
+}
+
+static void ble_accepted(void *ctx, int fd, const char *addr)
+{
+    fm_daemon *d = ctx;
+    if (d->stopping || !d->node || ble_conns(d) >= FM_BLE_MAX_CONNS) {
+        dlog(d, FM_LOG_DEBUG, "refusing BLE channel from %s: %u open", addr, ble_conns(d));
+        close(fd);
+        return;
+    }
+    bconn *c = bconn_new(d, fd, addr);
+    if (!c)
+        return;
+    ble_link_up(c);
+    event_add(c->rev, NULL);
+    dlog(d, FM_LOG_DEBUG, "BLE channel from %s", addr);
+    fm_node_conn_open(d->node, c->id, false, addr);
+    rearm(d);
+}
+
+static void ble_found(void *ctx, const char *addr, const uint8_t digest[FM_HASH_BYTES])
+{
+    fm_daemon *d = ctx;
+    if (!d->node)
+        return;
+    fm_node_peer_seen(d->node, addr, digest, 0);
+    rearm(d);
+}
+
+static void ble_lost(void *ctx, const char *addr)
+{
+    fm_daemon *d = ctx;
+    if (!d->node)
+        return;
+    fm_node_peer_lost(d->node, addr);
+    rearm(d);
+}
+
+/* No adapter, no bluetoothd: ble.c has logged why; the other transports carry on. */
+static void start_ble(fm_daemon *d)
+{
+    uint8_t mesh[FM_ID_BYTES], dg[FM_HASH_BYTES];
+    fm_replica_mesh(d->r, mesh);
+    fm_node_digest(d->node, dg);
+    fm_ble_cb cb = {
+        .ctx = d, .found = ble_found, .lost = ble_lost, .accepted = ble_accepted, .log = node_log};
+    if (fm_ble_open(d->base, d->o.ble_adapter[0] ? d->o.ble_adapter : NULL, mesh, dg, &cb, &d->ble))
+        dlog(d, FM_LOG_DEBUG, "ble: off; other transports only");
+}
+
 /* ---- start and stop ------------------------------------------------------------------------- */
 
 static void on_stop_timer(evutil_socket_t fd, short what, void *arg)
@@ -621,6 +928,8 @@ static void on_signal(evutil_socket_t sig, short what, void *arg)
     evtimer_del(d->timer);
     fm_mdns_close(d->mdns); /* goodbye packets: peers drop us within a second */
     d->mdns = NULL;
+    fm_ble_close(d->ble); /* the advertisement goes */
+    d->ble = NULL;
     /* Single-threaded: no transaction is open here. Sessions end with their final frame. */
     fm_node_close(d->node);
     d->node = NULL;
@@ -638,6 +947,8 @@ static void on_signal(evutil_socket_t sig, short what, void *arg)
     bool busy = false;
     for (uint32_t i = 0; i < d->cap; i++)
         busy |= d->conns[i].used;
+    for (uint32_t i = 0; i < FM_BLE_MAX_CONNS; i++)
+        busy |= d->bconns[i].used;
     if (!busy)
         event_base_loopbreak(d->base);
 }
@@ -707,7 +1018,11 @@ static int take_lock(fm_daemon *d)
 static void daemon_free(fm_daemon *d)
 {
     fm_mdns_close(d->mdns);
+    fm_ble_close(d->ble);
     fm_node_close(d->node);
+    for (uint32_t i = 0; i < FM_BLE_MAX_CONNS; i++)
+        if (d->bconns[i].used)
+            bconn_free(&d->bconns[i]);
     for (uint32_t i = 0; d->conns && i < d->cap; i++)
         if (d->conns[i].used)
             conn_free(&d->conns[i]);
@@ -778,10 +1093,10 @@ int fm_daemon_main(const char *dir, int argc, char **argv, FILE *err)
         fm_fingerprint(dev, fpr);
         dlog(&d, FM_LOG_INFO, "node %s running in %s (%d static peer%s, mdns %s)", fpr, dir,
              d.o.npeers, d.o.npeers == 1 ? "" : "s", d.o.mdns ? "on" : "off");
-        if (d.o.ble)
-            dlog(&d, FM_LOG_DEBUG, "ble: no BLE transport in this build; TCP only");
         if (d.o.mdns)
             start_mdns(&d);
+        if (d.o.ble)
+            start_ble(&d);
         fm_node_tick(d.node);
         rearm(&d);
         event_base_dispatch(d.base);
