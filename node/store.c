@@ -393,13 +393,20 @@ int fm_store_put_batch(fm_store *st, const fm_coll *c, const fm_batch *b, const 
     return run(s);
 }
 
+/* Parameters 1-3 of every statement that names a feed position: collection, author, seq. */
+static void bind_feed_pos(sqlite3_stmt *s, const fm_coll *c, const uint8_t author[FM_ID_BYTES],
+                          uint64_t seq)
+{
+    sqlite3_bind_int64(s, 1, c->store_id);
+    sqlite3_bind_blob(s, 2, author, FM_ID_BYTES, SQLITE_STATIC);
+    sqlite3_bind_int64(s, 3, (int64_t)seq);
+}
+
 int fm_store_put_feed(fm_store *st, const fm_coll *c, const uint8_t author[FM_ID_BYTES],
                       uint64_t seq, const uint8_t head[FM_HASH_BYTES])
 {
     sqlite3_stmt *s = st->stmt[S_FEED_PUT];
-    sqlite3_bind_int64(s, 1, c->store_id);
-    sqlite3_bind_blob(s, 2, author, FM_ID_BYTES, SQLITE_STATIC);
-    sqlite3_bind_int64(s, 3, (int64_t)seq);
+    bind_feed_pos(s, c, author, seq);
     sqlite3_bind_blob(s, 4, head, FM_HASH_BYTES, SQLITE_STATIC);
     return run(s);
 }
@@ -408,9 +415,7 @@ int fm_store_batch_at(fm_store *st, const fm_coll *c, const uint8_t author[FM_ID
                       uint64_t seq, uint8_t hash[FM_HASH_BYTES], fm_buf *out)
 {
     sqlite3_stmt *s = st->stmt[S_BATCH_AT];
-    sqlite3_bind_int64(s, 1, c->store_id);
-    sqlite3_bind_blob(s, 2, author, FM_ID_BYTES, SQLITE_STATIC);
-    sqlite3_bind_int64(s, 3, (int64_t)seq);
+    bind_feed_pos(s, c, author, seq);
     int rc = lookup(s);
     if (rc)
         return rc;
@@ -515,9 +520,7 @@ int fm_store_first_batch_after(fm_store *st, const fm_coll *c, const uint8_t aut
                                uint64_t seq, int64_t *id)
 {
     sqlite3_stmt *s = st->stmt[S_FEED_FIRST_AFTER];
-    sqlite3_bind_int64(s, 1, c->store_id);
-    sqlite3_bind_blob(s, 2, author, FM_ID_BYTES, SQLITE_STATIC);
-    sqlite3_bind_int64(s, 3, (int64_t)seq);
+    bind_feed_pos(s, c, author, seq);
     int rc = lookup(s);
     if (rc)
         return rc;
