@@ -440,8 +440,9 @@ static int cmd_conflicts(const cli *c)
 typedef struct node_view {
     bool running;
     fm_node_stats st;
-    uint64_t behind_ops; /* ops connected peers hold that we lack */
-    uint32_t synced;     /* connected peers with nothing to exchange */
+    uint64_t behind_ops;   /* ops connected peers hold that we lack */
+    uint64_t behind_bytes; /* estimate: at the bytes per op of what this node received so far */
+    uint32_t synced;       /* connected peers with nothing to exchange */
 } node_view;
 
 static int count_synced(void *arg, const fm_peer_info *p)
@@ -459,6 +460,8 @@ static void view_node(const cli *c, node_view *v)
     v->running = true;
     fm_node_stats_get(c->host->node, &v->st);
     v->behind_ops = fm_node_ops_behind(c->host->node);
+    if (v->st.ops_in)
+        v->behind_bytes = v->behind_ops * v->st.op_bytes_in / v->st.ops_in;
     fm_node_peers(c->host->node, count_synced, v);
 }
 
@@ -476,10 +479,12 @@ static void status_json(const cli *c, const fm_status *s, const char *fpr, const
     if (v->running)
         fprintf(c->out,
                 ",\"connections\":%u,\"peers_synced\":%u,\"to_receive_ops\":%llu,"
-                "\"bytes_in\":%llu,\"bytes_out\":%llu,\"batches_in\":%llu,\"batches_out\":%llu",
+                "\"to_receive_bytes_est\":%llu,\"bytes_in\":%llu,\"bytes_out\":%llu,"
+                "\"batches_in\":%llu,\"batches_out\":%llu",
                 v->st.conns, v->synced, (unsigned long long)v->behind_ops,
-                (unsigned long long)v->st.bytes_in, (unsigned long long)v->st.bytes_out,
-                (unsigned long long)v->st.batches_in, (unsigned long long)v->st.batches_out);
+                (unsigned long long)v->behind_bytes, (unsigned long long)v->st.bytes_in,
+                (unsigned long long)v->st.bytes_out, (unsigned long long)v->st.batches_in,
+                (unsigned long long)v->st.batches_out);
     fputs("}\n", c->out);
 }
 
@@ -491,12 +496,15 @@ static void status_text(const cli *c, const fm_status *s, const char *fpr, const
             "records    %llu\nconflicts  %llu\nstate hash %s\n",
             fpr, full, mesh_text, (unsigned long long)s->ops, (unsigned long long)s->batches,
             (unsigned long long)s->records, (unsigned long long)s->conflicts, hash);
-    if (v->running)
-        fprintf(c->out, "node       running: %u connection%s, %u synced, %llu ops to receive\n",
-                v->st.conns, v->st.conns == 1 ? "" : "s", v->synced,
-                (unsigned long long)v->behind_ops);
-    else
+    if (v->running) {
+        fprintf(c->out, "node       running: %u connection%s, %u synced, %llu ops", v->st.conns,
+                v->st.conns == 1 ? "" : "s", v->synced, (unsigned long long)v->behind_ops);
+        if (v->st.ops_in) /* a size estimate needs something received to go by */
+            fprintf(c->out, " (~%llu KiB)", (unsigned long long)(v->behind_bytes + 1023) / 1024);
+        fprintf(c->out, " to receive\n");
+    } else {
         fprintf(c->out, "node       not running\n");
+    }
     if (s->pending)
         fprintf(c->out, "waiting    %llu batches wait for their causal context\n",
                 (unsigned long long)s->pending);

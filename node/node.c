@@ -104,6 +104,7 @@ struct fm_node {
     fm_batch b;
     fm_bytes *barr; /* a received BATCHES frame */
     int *bres;
+    uint32_t *bops;  /* ops of each batch in barr */
     int depth;       /* > 0 while inside a node entry point */
     int active_conn; /* conn whose fm_session_input is running, or -1 */
     uint64_t connect_at;
@@ -793,6 +794,7 @@ static int on_batches(fm_node *n, conn *c, const uint8_t *p, size_t len)
             dups++; /* the very batch we hold at its feed's head: no store transaction for it */
             continue;
         }
+        n->bops[keep] = n->b.nops;
         arr[keep++] = arr[i];
     }
     int applied = keep ? fm_replica_ingest(n->r, arr, keep, res) : 0;
@@ -803,6 +805,8 @@ static int on_batches(fm_node *n, conn *c, const uint8_t *p, size_t len)
         goto out;
     }
     for (uint32_t i = 0; i < keep; i++) {
+        if (res[i] == 0)
+            n->st.ops_in += n->bops[i], n->st.op_bytes_in += arr[i].len;
         if (res[i] == FM_EDUP)
             dups++;
         else if (res[i] != 0 && res[i] != FM_EPENDING)
@@ -1671,7 +1675,8 @@ int fm_node_open(const fm_node_config *cfg, fm_node **out)
     if (!rc && (!(n->conns = calloc(n->max_total, sizeof *n->conns)) ||
                 !(n->peers = calloc(FM_NODE_MAX_PEERS, sizeof *n->peers)) ||
                 !(n->barr = calloc(FM_PROTO_MAX_BATCHES_PER_FRAME, sizeof *n->barr)) ||
-                !(n->bres = calloc(FM_PROTO_MAX_BATCHES_PER_FRAME, sizeof *n->bres))))
+                !(n->bres = calloc(FM_PROTO_MAX_BATCHES_PER_FRAME, sizeof *n->bres)) ||
+                !(n->bops = calloc(FM_PROTO_MAX_BATCHES_PER_FRAME, sizeof *n->bops))))
         rc = FM_ENOMEM;
     if (rc) {
         fm_node_close(n);
@@ -1702,6 +1707,7 @@ void fm_node_close(fm_node *n)
     free(n->peers);
     free(n->barr);
     free(n->bres);
+    free(n->bops);
     free(n->subs);
     free(n->sub_names);
     fm_buf_free(&n->applied);

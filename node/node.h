@@ -152,6 +152,7 @@ typedef struct fm_node_stats {
     uint64_t batches_out, batches_in; /* batches sent / received (duplicates included) */
     uint64_t batches_dup;             /* received batches already held */
     uint64_t batches_refused;         /* received batches refused (bad signature, fork, ...) */
+    uint64_t ops_in, op_bytes_in; /* ops of received batches applied, and those batches' bytes */
     uint64_t sessions_ok, sessions_failed;
     uint32_t conns; /* open connections */
 } fm_node_stats;
