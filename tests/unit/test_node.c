@@ -398,6 +398,43 @@ static void test_prefers_ip_over_ble(void)
     world_close();
 }
 
+static uint64_t coll_ops(int node, const char *coll)
+{
+    fm_bytes vv;
+    fm_vv v;
+    fm_vv_init(&v);
+    CHECK_OK(fm_replica_vv(W.n[node].r, coll, &vv));
+    CHECK_OK(fm_vv_decode(vv.data, vv.len, &v));
+    uint64_t total = fm_vv_total(&v);
+    fm_vv_free(&v);
+    fm_bytes_free(&vv);
+    return total;
+}
+
+/* Critical collections sync first: with a small window, the receiver holds all of its critical
+ * collection while the bulk one is still coming. */
+static void test_critical_first(void)
+{
+    fm_node_sub subs[2] = {{"bulk", FM_PRIO_BULK}, {"crit", FM_PRIO_CRITICAL}};
+    fm_node_config cfg[2] = {{0}, {.subs = subs, .nsubs = 2, .window_bytes = 4096}};
+    world_open(2, cfg);
+    CHECK_OK(write_n(0, "bulk", "b", 150));
+    CHECK_OK(write_n(0, "crit", "c", 5));
+    link_static(0, 1);
+    fm_node_tick(W.n[0].node);
+    bool crit_first = false;
+    for (int guard = 0; guard < 100000 && W.qhead < W.qtail; guard++) {
+        ev e = W.q[W.qhead++ % MAXQ];
+        deliver(&e);
+        if (coll_ops(1, "crit") == 10 && coll_ops(1, "bulk") < 300)
+            crit_first = true;
+    }
+    CHECK(crit_first);
+    run_until(T0 + 5000);
+    check_same(0, 1);
+    world_close();
+}
+
 /* When nothing differs, one anti-entropy exchange is one SUMMARY each way, a few dozen bytes. */
 static void test_nothing_differs(void)
 {
@@ -590,6 +627,7 @@ int main(void)
     RUN(test_symmetric_dial);
     RUN(test_push_after_catch_up);
     RUN(test_prefers_ip_over_ble);
+    RUN(test_critical_first);
     RUN(test_nothing_differs);
     RUN(test_resume_after_cut);
     RUN(test_subscriptions);
