@@ -95,7 +95,7 @@ struct fm_node {
     uint64_t member_epoch;
     conn *conns;
     peer *peers;
-    uint32_t npeers;
+    uint32_t npeers, cpeers; /* grown as peers are seen, up to FM_NODE_MAX_PEERS */
     fm_conn_id next_local_id;
     fm_node_stats st;
     /* batches the replica applied during a node call, processed when the call ends */
@@ -1311,6 +1311,8 @@ int fm_node_peer_seen(fm_node *n, const char *addr, const uint8_t *digest, int f
     if (!p) {
         if (n->npeers >= FM_NODE_MAX_PEERS)
             return FM_ELIMIT;
+        if (fm_grow((void **)&n->peers, n->npeers, &n->cpeers, sizeof *n->peers))
+            return FM_ENOMEM;
         p = &n->peers[n->npeers++];
         memset(p, 0, sizeof *p);
         snprintf(p->addr, sizeof p->addr, "%s", addr);
@@ -1673,7 +1675,6 @@ int fm_node_open(const fm_node_config *cfg, fm_node **out)
     if (!rc)
         rc = own_cert(n);
     if (!rc && (!(n->conns = calloc(n->max_total, sizeof *n->conns)) ||
-                !(n->peers = calloc(FM_NODE_MAX_PEERS, sizeof *n->peers)) ||
                 !(n->barr = calloc(FM_PROTO_MAX_BATCHES_PER_FRAME, sizeof *n->barr)) ||
                 !(n->bres = calloc(FM_PROTO_MAX_BATCHES_PER_FRAME, sizeof *n->bres)) ||
                 !(n->bops = calloc(FM_PROTO_MAX_BATCHES_PER_FRAME, sizeof *n->bops))))

@@ -617,6 +617,20 @@ static void test_config_errors(void)
     cfg.nsubs = 2;
     CHECK_RC(fm_node_open(&cfg, &n), FM_EINVAL);
     CHECK_RC(fm_node_peer_seen(W.n[0].node, "", NULL, 0), FM_EINVAL);
+    /* the peer table holds FM_NODE_MAX_PEERS addresses; one more is refused, a known one not */
+    int rc = 0;
+    for (int i = 0; i < FM_NODE_MAX_PEERS && !rc; i++) {
+        char addr[32];
+        snprintf(addr, sizeof addr, "peer-%d:7400", i);
+        rc = fm_node_peer_seen(W.n[0].node, addr, NULL, 0);
+    }
+    CHECK_OK(rc);
+    CHECK_RC(fm_node_peer_seen(W.n[0].node, "one-more:7400", NULL, 0), FM_ELIMIT);
+    CHECK_OK(fm_node_peer_seen(W.n[0].node, "peer-7:7400", NULL, 0));
+    char longaddr[FM_NODE_MAX_ADDR + 2];
+    memset(longaddr, 'a', sizeof longaddr - 1);
+    longaddr[sizeof longaddr - 1] = '\0';
+    CHECK_RC(fm_node_peer_seen(W.n[0].node, longaddr, NULL, 0), FM_EINVAL);
     world_close();
 }
 
