@@ -32,6 +32,7 @@
 
 typedef struct ble_dev {
     bool used, random, has_payload;
+    bool connected; /* Device1.Connected: an LE link to it is up (either role) */
     char path[96];
     uint8_t mac[6];
     uint8_t payload[FM_BLE_PAYLOAD];
@@ -44,7 +45,7 @@ struct fm_ble {
     sd_bus *bus;
     struct event *bus_ev, *bus_timer, *listen_ev, *adv_timer;
     short bus_armed;
-    sd_bus_slot *obj_slot, *om_slot, *match_added, *match_removed, *match_changed;
+    sd_bus_slot *obj_slot, *om_slot, *match_added, *match_removed, *match_changed, *match_owner;
     char adapter_path[64];
     uint8_t mac[6];
     bool random;
@@ -54,7 +55,10 @@ struct fm_ble {
     uint8_t digest[FM_HASH_BYTES];
     uint8_t adv_payload[FM_BLE_PAYLOAD]; /* what the registered advertisement says */
     bool adv_registered, adv_busy, adv_dirty, dead;
-    bool quiet;             /* during fm_ble_open: devices are recorded, reported after it */
+    bool quiet;        /* during fm_ble_open: devices are recorded, reported after it */
+    bool bluez_gone;   /* org.bluez has no owner: bluetoothd stopped or restarting */
+    int restart_tries; /* > 0: discovery is being restarted for a new bluetoothd */
+    struct event *restart_timer;
     struct event *start_ev; /* reports the devices bluetoothd already knew */
     char local[64];
     ble_dev devs[FM_BLE_MAX_DEVICES];
@@ -311,6 +315,12 @@ static int read_device(fm_ble *b, const char *path, sd_bus_message *m)
                 return r;
             d->random = !strcmp(s, "random");
             sd_bus_message_exit_container(m);
+        } else if (!strcmp(key, "Connected") && sd_bus_message_enter_container(m, 'v', "b") > 0) {
+            int v = 0;
+            if ((r = sd_bus_message_read(m, "b", &v)) < 0)
+                return r;
+            d->connected = v;
+            sd_bus_message_exit_container(m);
         } else if (!strcmp(key, "ServiceData") &&
                    sd_bus_message_enter_container(m, 'v', "a{sv}") > 0) {
             if ((r = read_service_data(b, d, m)) < 0)
@@ -500,14 +510,22 @@ static void on_adv_timer(evutil_socket_t fd, short what, void *arg)
 
 /* ---- discovery ------------------------------------------------------------------------------ */
 
+static void restart_later(fm_ble *b);
+
 static int on_discovery(sd_bus_message *m, void *arg, sd_bus_error *err)
 {
     fm_ble *b = arg;
     const sd_bus_error *e = sd_bus_message_get_error(m);
+    if (e && b->restart_tries > 0 && b->restart_tries < FM_BLE_RESTART_TRIES) {
+        restart_later(b); /* the new bluetoothd has not set the adapter up yet */
+        return 0;
+    }
     if (e)
         blog(b, FM_LOG_WARN, "ble: StartDiscovery: %s: %s", e->name, e->message);
     else
-        blog(b, FM_LOG_DEBUG, "ble: discovering on %s", b->adapter_path);
+        blog(b, b->restart_tries ? FM_LOG_INFO : FM_LOG_DEBUG, "ble: discovering on %s",
+             b->adapter_path);
+    b->restart_tries = 0;
     adv_register(b); /* after scanning is on: see the file comment */
     return 0;
 }
@@ -516,7 +534,7 @@ static int on_filter(sd_bus_message *m, void *arg, sd_bus_error *err)
 {
     fm_ble *b = arg;
     const sd_bus_error *e = sd_bus_message_get_error(m);
-    if (e)
+    if (e && !b->restart_tries)
         blog(b, FM_LOG_WARN, "ble: SetDiscoveryFilter: %s: %s", e->name, e->message);
     int r = sd_bus_call_method_async(b->bus, NULL, "org.bluez", b->adapter_path,
                                      "org.bluez.Adapter1", "StartDiscovery", on_discovery, b, "");
@@ -530,6 +548,62 @@ static int start_discovery(fm_ble *b)
     return sd_bus_call_method_async(b->bus, NULL, "org.bluez", b->adapter_path,
                                     "org.bluez.Adapter1", "SetDiscoveryFilter", on_filter, b,
                                     "a{sv}", 2, "Transport", "s", "le", "DuplicateData", "b", 0);
+}
+
+/* ---- bluetoothd restarts -------------------------------------------------------------------- */
+
+static void on_restart_timer(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd, (void)what;
+    fm_ble *b = arg;
+    if (b->bluez_gone || b->dead)
+        return;
+    b->restart_tries++;
+    int r = start_discovery(b);
+    if (r < 0)
+        blog(b, FM_LOG_WARN, "ble: SetDiscoveryFilter: %s", strerror(-r));
+    bus_pump(b);
+}
+
+static void restart_later(fm_ble *b)
+{
+    struct timeval tv = {0, FM_BLE_RESTART_MS * 1000};
+    evtimer_add(b->restart_timer, &tv);
+}
+
+/* NameOwnerChanged for org.bluez. Gone: its devices, discovery and our advertisement went with
+ * it (open channels are the kernel's and carry on). Back: discovery and the advertisement are
+ * set up again once its adapter answers (retried every FM_BLE_RESTART_MS). */
+static int on_owner(sd_bus_message *m, void *arg, sd_bus_error *err)
+{
+    (void)err;
+    fm_ble *b = arg;
+    const char *name, *old, *owner;
+    if (sd_bus_message_read(m, "sss", &name, &old, &owner) < 0 || strcmp(name, "org.bluez") != 0)
+        return 0;
+    if (!owner[0]) {
+        if (!b->bluez_gone)
+            blog(b, FM_LOG_WARN, "ble: bluetoothd went away; discovery resumes when it is back");
+        b->bluez_gone = true;
+        b->adv_registered = b->adv_busy = false;
+        b->restart_tries = 0;
+        evtimer_del(b->restart_timer);
+        for (size_t i = 0; i < FM_BLE_MAX_DEVICES; i++)
+            if (b->devs[i].used) {
+                dev_unreport(b, &b->devs[i]);
+                memset(&b->devs[i], 0, sizeof b->devs[i]);
+            }
+        return 0;
+    }
+    if (b->bluez_gone)
+        blog(b, FM_LOG_INFO, "ble: bluetoothd is back; restarting discovery and advertising");
+    else
+        blog(b, FM_LOG_INFO, "ble: bluetoothd restarted; restarting discovery and advertising");
+    b->bluez_gone = false;
+    b->adv_registered = b->adv_busy = false;
+    b->restart_tries = 1;
+    restart_later(b);
+    return 0;
 }
 
 /* ---- the adapter ---------------------------------------------------------------------------- */
@@ -731,6 +805,21 @@ int fm_ble_connect(fm_ble *b, const char *addr, int *out)
     return 0;
 }
 
+bool fm_ble_dial_later(const fm_ble *b, const char *addr)
+{
+    uint8_t mac[6];
+    bool random;
+    uint16_t psm;
+    if (!b || fm_ble_parse_addr(addr, mac, &random, &psm) || memcmp(b->mac, mac, 6) >= 0)
+        return false; /* not ours to wait for: the higher address dials at once */
+    for (size_t i = 0; i < FM_BLE_MAX_DEVICES; i++) {
+        const ble_dev *d = &b->devs[i];
+        if (d->used && !memcmp(d->mac, mac, 6))
+            return !d->connected;
+    }
+    return true;
+}
+
 int fm_ble_connect_result(int fd, int *why)
 {
     int e = 0;
@@ -754,7 +843,8 @@ static int ble_setup(fm_ble *b, const char *adapter)
     sd_bus_set_method_call_timeout(b->bus, (uint64_t)FM_BLE_CALL_TIMEOUT_MS * 1000u);
     b->bus_timer = evtimer_new(b->base, on_bus, b);
     b->adv_timer = evtimer_new(b->base, on_adv_timer, b);
-    if (!b->bus_timer || !b->adv_timer)
+    b->restart_timer = evtimer_new(b->base, on_restart_timer, b);
+    if (!b->bus_timer || !b->adv_timer || !b->restart_timer)
         return FM_ENOMEM;
     /* Matches before the snapshot, so no device slips between the two. */
     if (sd_bus_match_signal(b->bus, &b->match_added, "org.bluez", NULL,
@@ -766,7 +856,12 @@ static int ble_setup(fm_ble *b, const char *adapter)
         sd_bus_add_match(b->bus, &b->match_changed,
                          "type='signal',sender='org.bluez',interface='org.freedesktop.DBus."
                          "Properties',member='PropertiesChanged',arg0='org.bluez.Device1'",
-                         on_changed, b) < 0)
+                         on_changed, b) < 0 ||
+        sd_bus_add_match(b->bus, &b->match_owner,
+                         "type='signal',sender='org.freedesktop.DBus',path='/org/freedesktop/DBus',"
+                         "interface='org.freedesktop.DBus',member='NameOwnerChanged',"
+                         "arg0='org.bluez'",
+                         on_owner, b) < 0)
         return FM_EIO;
     int rc = find_adapter(b, adapter);
     if (rc)
@@ -853,7 +948,7 @@ void fm_ble_close(fm_ble *b)
 {
     if (!b)
         return;
-    if (b->bus && !b->dead && b->adapter_path[0]) {
+    if (b->bus && !b->dead && !b->bluez_gone && b->adapter_path[0]) {
         /* Best effort, bounded: bluetoothd also drops both when our bus connection closes. */
         if (b->adv_registered)
             sd_bus_call_method(b->bus, "org.bluez", b->adapter_path,
@@ -862,11 +957,12 @@ void fm_ble_close(fm_ble *b)
         sd_bus_call_method(b->bus, "org.bluez", b->adapter_path, "org.bluez.Adapter1",
                            "StopDiscovery", NULL, NULL, "");
     }
-    sd_bus_slot *slots[] = {b->obj_slot, b->om_slot, b->match_added, b->match_removed,
-                            b->match_changed};
+    sd_bus_slot *slots[] = {b->obj_slot,      b->om_slot,       b->match_added,
+                            b->match_removed, b->match_changed, b->match_owner};
     for (size_t i = 0; i < FM_ARRAY_LEN(slots); i++)
         sd_bus_slot_unref(slots[i]);
-    struct event *evs[] = {b->bus_ev, b->bus_timer, b->listen_ev, b->adv_timer, b->start_ev};
+    struct event *evs[] = {b->bus_ev,    b->bus_timer, b->listen_ev,
+                           b->adv_timer, b->start_ev,  b->restart_timer};
     for (size_t i = 0; i < FM_ARRAY_LEN(evs); i++)
         if (evs[i])
             event_free(evs[i]);

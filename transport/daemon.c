@@ -55,6 +55,7 @@ enum {
     FM_DAEMON_IDLE_MS = 3000,   /* quiet this long after moving data: give memory back */
     FM_BLE_MAX_CONNS = 4,       /* BLE channels, inbound and outbound (the radio is slow) */
     FM_BLE_CONNECT_MS = 30000,  /* an LE connect scans for the peer first */
+    FM_BLE_DIAL_POLL_MS = 250,  /* a waiting dial (fm_ble_dial_later) asks again this often */
 };
 _Static_assert((int)FM_DAEMON_READ_CHUNK >= (int)FM_BLELINK_MAX_MTU, "a read holds any BLE packet");
 
@@ -64,8 +65,10 @@ typedef struct fm_daemon fm_daemon;
 typedef struct bconn {
     fm_daemon *d;
     bool used, outbound, connected, closing, dead;
+    bool waiting; /* outbound, not dialled yet (fm_ble_dial_later): no fd, no fd events */
+    uint64_t wait_until_ms;
     fm_conn_id id;
-    int fd;
+    int fd; /* -1 while waiting */
     struct event *rev, *wev, *timer;
     fm_blelink link;
     char addr[FM_NODE_MAX_ADDR + 1];
@@ -200,6 +203,8 @@ static void on_digest(evutil_socket_t fd, short what, void *arg)
     (void)fd, (void)what;
     fm_daemon *d = arg;
     uint8_t dg[FM_HASH_BYTES];
+    if (!d->node)
+        return; /* shutting down: the node is gone */
     fm_node_digest(d->node, dg);
     if (d->mdns)
         fm_mdns_set_digest(d->mdns, dg);
@@ -665,16 +670,19 @@ static bconn *bconn_new(fm_daemon *d, int fd, const char *addr)
         if (!d->bconns[i].used)
             c = &d->bconns[i];
     if (!c) {
-        close(fd);
+        if (fd >= 0)
+            close(fd);
         return NULL;
     }
     memset(c, 0, sizeof *c);
     c->d = d;
     c->fd = fd;
-    c->rev = event_new(d->base, fd, EV_READ | EV_PERSIST, ble_on_read, c);
-    c->wev = event_new(d->base, fd, EV_WRITE | EV_PERSIST, ble_on_write, c);
+    if (fd >= 0) {
+        c->rev = event_new(d->base, fd, EV_READ | EV_PERSIST, ble_on_read, c);
+        c->wev = event_new(d->base, fd, EV_WRITE | EV_PERSIST, ble_on_write, c);
+    }
     c->timer = evtimer_new(d->base, ble_on_timer, c);
-    if (!c->rev || !c->wev || !c->timer) {
+    if ((fd >= 0 && (!c->rev || !c->wev)) || !c->timer) {
         c->used = true;
         bconn_free(c);
         return NULL;
@@ -696,6 +704,7 @@ static void bconn_free(bconn *c)
     if (c->fd >= 0)
         close(c->fd);
     memset(c, 0, sizeof *c);
+    c->fd = -1;
 }
 
 static uint32_t ble_conns(const fm_daemon *d)
@@ -793,12 +802,82 @@ static void ble_on_write(evutil_socket_t fd, short what, void *arg)
     rearm(d);
 }
 
+static uint64_t mono_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
+}
+
+/* Opens the socket of an outbound channel and waits for it to connect. 0 or an FM_ error (c is
+ * left to the caller). */
+static int ble_dial(bconn *c)
+{
+    fm_daemon *d = c->d;
+    int fd;
+    int rc = d->ble ? fm_ble_connect(d->ble, c->addr, &fd) : FM_EINVAL;
+    if (rc)
+        return rc;
+    c->fd = fd;
+    c->rev = event_new(d->base, fd, EV_READ | EV_PERSIST, ble_on_read, c);
+    c->wev = event_new(d->base, fd, EV_WRITE | EV_PERSIST, ble_on_write, c);
+    if (!c->rev || !c->wev)
+        return FM_ENOMEM;
+    c->waiting = false;
+    struct timeval tv = {FM_BLE_CONNECT_MS / 1000, 0};
+    event_add(c->wev, NULL);
+    evtimer_add(c->timer, &tv);
+    dlog(d, FM_LOG_DEBUG, "BLE connect to %s", c->addr);
+    return 0;
+}
+
+/* An outbound channel whose connect is under way. */
+static bool ble_dialling(const fm_daemon *d)
+{
+    for (uint32_t i = 0; i < FM_BLE_MAX_CONNS; i++) {
+        const bconn *o = &d->bconns[i];
+        if (o->used && o->outbound && !o->waiting && !o->connected)
+            return true;
+    }
+    return false;
+}
+
+/* Whether a dial to addr waits: for the peer's own link (fm_ble_dial_later, until wait_until),
+ * or for another dial of ours to finish: one LE link set up at a time per adapter (the kernel
+ * and btvirt mix up two links that complete together). */
+static bool ble_must_wait(const fm_daemon *d, const char *addr, uint64_t wait_until)
+{
+    return ble_dialling(d) || (fm_ble_dial_later(d->ble, addr) && mono_ms() < wait_until);
+}
+
+/* A waiting dial: go once nothing holds it back (ble_must_wait), else ask again. */
+static void ble_wait_tick(bconn *c)
+{
+    fm_daemon *d = c->d;
+    fm_conn_id id = c->id;
+    if (d->ble && ble_must_wait(d, c->addr, c->wait_until_ms)) {
+        struct timeval tv = {0, FM_BLE_DIAL_POLL_MS * 1000};
+        evtimer_add(c->timer, &tv);
+        return;
+    }
+    if (ble_dial(c)) {
+        bconn_free(c);
+        if (d->node)
+            fm_node_conn_failed(d->node, id);
+    }
+}
+
 static void ble_on_timer(evutil_socket_t fd, short what, void *arg)
 {
     (void)fd, (void)what;
     bconn *c = arg;
     fm_daemon *d = c->d;
     fm_conn_id id = c->id;
+    if (c->waiting) {
+        ble_wait_tick(c);
+        rearm(d);
+        return;
+    }
     bool failed = c->outbound && !c->connected;
     if (failed)
         dlog(d, FM_LOG_DEBUG, "BLE connect to %s timed out", c->addr);
@@ -845,18 +924,30 @@ static int ble_connect(fm_daemon *d, const char *addr, fm_conn_id *out)
         return FM_EINVAL;
     if (ble_conns(d) >= FM_BLE_MAX_CONNS)
         return FM_ELIMIT;
-    int fd;
-    int rc = fm_ble_connect(d->ble, addr, &fd);
-    if (rc)
-        return rc;
-    bconn *c = bconn_new(d, fd, addr);
+    uint8_t mac[6];
+    bool random;
+    uint16_t psm;
+    if (fm_ble_parse_addr(addr, mac, &random, &psm) || psm < FM_BLE_PSM_MIN)
+        return FM_EINVAL;
+    bconn *c = bconn_new(d, -1, addr);
     if (!c)
         return FM_ENOMEM;
     c->outbound = true;
-    struct timeval tv = {FM_BLE_CONNECT_MS / 1000, 0};
-    event_add(c->wev, NULL);
-    evtimer_add(c->timer, &tv);
-    dlog(d, FM_LOG_DEBUG, "BLE connect to %s", addr);
+    c->waiting = true; /* not counted by ble_dialling while deciding */
+    uint64_t until = mono_ms() + FM_BLE_DIAL_WAIT_MS;
+    if (ble_must_wait(d, addr, until)) {
+        c->wait_until_ms = until;
+        struct timeval tv = {0, FM_BLE_DIAL_POLL_MS * 1000};
+        evtimer_add(c->timer, &tv);
+        dlog(d, FM_LOG_DEBUG, "BLE connect to %s: waiting (%s)", addr,
+             ble_dialling(d) ? "another connect under way" : "lower address: its link first");
+    } else {
+        int rc = ble_dial(c);
+        if (rc) {
+            bconn_free(c);
+            return rc;
+        }
+    }
     *out = c->id;
     return 0;
 }
@@ -926,6 +1017,8 @@ static void on_signal(evutil_socket_t sig, short what, void *arg)
     dlog(d, FM_LOG_INFO, "%s: shutting down", sig == SIGINT ? "SIGINT" : "SIGTERM");
     d->stopping = true;
     evtimer_del(d->timer);
+    evtimer_del(d->digest_timer); /* both would reach the node, which is closed below */
+    evtimer_del(d->idle_timer);
     fm_mdns_close(d->mdns); /* goodbye packets: peers drop us within a second */
     d->mdns = NULL;
     fm_ble_close(d->ble); /* the advertisement goes */

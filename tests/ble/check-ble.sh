@@ -7,7 +7,8 @@
 # Prepares a scratch directory (never the repository: the guest writes there as root) with the
 # binaries and three node stores in one mesh, boots the VM, prints the results and the tail of
 # each node's log on failure. Exit 0 pass, 1 fail, 77 skipped (not root, or no qemu).
-# Env: FM_BLE_KEEP=1 keeps the scratch directory; see vm.sh for the VM's knobs.
+# Env: FM_BLE_KEEP=1 keeps the scratch directory; FM_BLE_THIRD=1 adds the third daemon (step 5)
+# and FM_BLE_RESTART=1 the bluetoothd restart (step 6); see vm.sh for the VM's knobs.
 set -euo pipefail
 
 HERE=$(cd "$(dirname "$0")" && pwd)
@@ -29,6 +30,7 @@ mkdir -p "$S/bin" "$S/nodes"
 cp "$BUILD/fieldmesh" "$BUILD/tests/bulk_writer" "$S/bin/"
 cp "$HERE/guest-test.sh" "$S/"
 [ -z "${FM_BLE_THIRD:-}" ] || touch "$S/third"
+[ -z "${FM_BLE_RESTART:-}" ] || touch "$S/restart"
 FM=$BUILD/fieldmesh
 export HOME=$S/home
 mkdir -p "$HOME"

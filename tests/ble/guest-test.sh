@@ -7,7 +7,10 @@
 #   3. ble_sync_bytes_per_s: A comes back with a 20000-op backlog; B pulls it over BLE;
 #   4. a dropped connection: B SIGKILLed in the middle of another backlog, restarted, converges
 #      with every op (nothing lost, nothing twice: equal op counts and state hashes);
-#   5. C joins last and converges with both.
+#   5. (FM_BLE_THIRD=1 only) C joins last and converges with both;
+#   6. (FM_BLE_RESTART=1 only) bluetoothd restarts under the three daemons: A and B find each
+#      other again (discovery and advertising come back without a daemon restart), and B,
+#      restarted with an offline write, converges with A.
 # Runs from the 9p share (cwd): bin/ (fieldmesh, bulk_writer), nodes/A..C (stores prepared on the
 # host, one mesh). Writes logs/ and results.txt there; prints "FMBLE: PASS" or "FMBLE: FAIL ...".
 [ -n "${BASH_VERSION:-}" ] || exec bash "$0" "$@" # vm.sh runs it with sh
@@ -157,15 +160,59 @@ fi
 start B
 converge 300 A B && result ble_resume_ms "$CONV_MS"
 
-# Three daemons sharing the emulated air are not reliable yet (channels between the later pair
-# can go quiet; see the issue notes): this step runs only when asked for (FM_BLE_THIRD=1).
+# A third daemon means a controller with two LE links, where this btvirt (bluez 5.66) puts the
+# peripheral's traffic on the wrong connection handle, and the guest kernel can then crash in
+# hci_chan_del: it passed 5 of 5 runs with the dial tie-break, but stays opt-in (FM_BLE_THIRD=1)
+# until the VM image carries a patched btvirt.
 if [ -f "$SHARE/third" ]; then
     say "5. C (hci2) joins last"
     put C patients p4 'name="C. Ndiaye"'
     start C
     converge 300 A B C && result ble_third_node_ms "$CONV_MS"
 else
-    say "5. (three daemons: skipped; FM_BLE_THIRD=1 runs it)"
+    say "5. (a third daemon: FM_BLE_THIRD=1 runs it)"
+fi
+
+# A bluetoothd restart under three daemons is not reliable on this stack yet: closing the
+# channels it leaves behind can hit a Linux 6.1 list corruption in hci_chan_del (kernel BUG,
+# the process killed) that btvirt 5.66 sets up: its LE Connection Complete gives the peripheral
+# the central's connection handle, so once a controller holds two links their traffic crosses.
+# This step runs only when asked for (FM_BLE_RESTART=1).
+if [ -f "$SHARE/restart" ]; then
+    say "6. bluetoothd restarts under the three daemons"
+    # log_has NODE FROM_LINE PATTERN: PATTERN in NODE's log after line FROM_LINE.
+    log_has() { tail -n +"$(($2 + 1))" "$SHARE/logs/$1.log" | grep -q "$3"; }
+    bt_pid=$(pidof bluetoothd 2>/dev/null | awk '{print $1}')
+    markA=$(wc -l <"$SHARE/logs/A.log")
+    markB=$(wc -l <"$SHARE/logs/B.log")
+    if [ -z "$bt_pid" ]; then
+        fail bluetoothd-restart "no bluetoothd running"
+    else
+        kill "$bt_pid"
+        for _ in $(seq 1 100); do kill -0 "$bt_pid" 2>/dev/null || break; sleep 0.1; done
+        t=$(now_ms)
+        /usr/libexec/bluetooth/bluetoothd -n >>/tmp/bluetoothd.log 2>&1 &
+        found=0
+        for _ in $(seq 1 300); do
+            if log_has A "$markA" "ble: found ble:${2:-x}" && log_has B "$markB" "ble: found ble:${1:-x}" &&
+                log_has A "$markA" "ble: advertising" && log_has B "$markB" "ble: advertising"; then
+                found=1
+                break
+            fi
+            sleep 0.1
+        done
+        if [ $found = 1 ]; then
+            result ble_bluetoothd_restart_rediscover_ms $(($(now_ms) - t))
+        else
+            fail bluetoothd-restart "A and B did not rediscover each other in 30 s"
+        fi
+        stop B
+        put B patients p5 'name="A. Mensah"'
+        start B
+        converge 60 A B && result ble_bluetoothd_restart_sync_ms "$CONV_MS"
+    fi
+else
+    say "6. (bluetoothd restart: skipped; FM_BLE_RESTART=1 runs it)"
 fi
 
 cleanup
