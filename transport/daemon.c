@@ -410,6 +410,20 @@ static uint32_t live_sockets(const fm_daemon *d)
     return k;
 }
 
+/* An accepted socket as a connection: NULL (and the socket closed) if there is no room. */
+static tconn *conn_accept(fm_daemon *d, evutil_socket_t fd, int opts)
+{
+    struct bufferevent *bev = bufferevent_socket_new(d->base, fd, opts);
+    tconn *t = bev ? conn_new(d, bev) : NULL;
+    if (!t) {
+        if (bev)
+            bufferevent_free(bev); /* closes fd */
+        else
+            evutil_closesocket(fd);
+    }
+    return t;
+}
+
 static void on_accept(struct evconnlistener *l, evutil_socket_t fd, struct sockaddr *sa, int len,
                       void *arg)
 {
@@ -426,16 +440,10 @@ static void on_accept(struct evconnlistener *l, evutil_socket_t fd, struct socka
         evutil_closesocket(fd);
         return;
     }
-    struct bufferevent *bev =
-        bufferevent_socket_new(d->base, fd, BEV_OPT_CLOSE_ON_FREE | BEV_OPT_DEFER_CALLBACKS);
-    tconn *t = bev ? conn_new(d, bev) : NULL;
-    if (!t) {
-        if (bev)
-            bufferevent_free(bev);
-        else
-            evutil_closesocket(fd);
+    tconn *t = conn_accept(d, fd, BEV_OPT_CLOSE_ON_FREE | BEV_OPT_DEFER_CALLBACKS);
+    if (!t)
         return;
-    }
+    struct bufferevent *bev = t->bev;
     int one = 1;
     setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
     t->connected = true;
@@ -574,15 +582,10 @@ static void on_control_accept(struct evconnlistener *l, evutil_socket_t fd, stru
         evutil_closesocket(fd);
         return;
     }
-    struct bufferevent *bev = bufferevent_socket_new(d->base, fd, BEV_OPT_CLOSE_ON_FREE);
-    tconn *t = bev ? conn_new(d, bev) : NULL;
-    if (!t) {
-        if (bev)
-            bufferevent_free(bev);
-        else
-            evutil_closesocket(fd);
+    tconn *t = conn_accept(d, fd, BEV_OPT_CLOSE_ON_FREE);
+    if (!t)
         return;
-    }
+    struct bufferevent *bev = t->bev;
     t->control = true;
     bufferevent_setwatermark(bev, EV_READ, 0, FM_CONTROL_MAX_REQUEST + 1);
     bufferevent_setcb(bev, on_control_read, NULL, on_control_event, t);
