@@ -36,6 +36,7 @@ void fm_state_reset(fm_state *s)
     s->ncolls = 0;
     s->ndirty = 0;
     s->ops = s->batches = 0;
+    s->gen++;
 }
 
 void fm_state_free(fm_state *s)
@@ -100,6 +101,7 @@ int fm_state_coll_add(fm_state *s, const uint8_t *name, uint32_t len, fm_coll **
     memmove(&s->colls[i + 1], &s->colls[i], (s->ncolls - i) * sizeof *s->colls);
     s->colls[i] = c;
     s->ncolls++;
+    s->gen++;
     *out = c;
     return 0;
 }
@@ -141,6 +143,7 @@ int fm_state_set_feed(fm_state *s, fm_coll *c, const uint8_t author[FM_ID_BYTES]
     int rc = fm_vv_set(&c->vv, author, seq);
     if (rc)
         return rc;
+    s->gen++;
     if (!f) {
         memmove(&c->feeds[pos + 1], &c->feeds[pos], (c->nfeeds - pos) * sizeof *c->feeds);
         f = &c->feeds[pos];

@@ -58,6 +58,7 @@ typedef struct fm_state {
     uint32_t cctx;
     fm_buf scratch;
     uint64_t ops, batches; /* applied */
+    uint64_t gen; /* moves whenever a vector or the set of collections changes; never resets */
 } fm_state;
 
 void fm_state_init(fm_state *s, const fm_state_io *io);

@@ -217,7 +217,7 @@ static int install(fm_replica *r, const uint8_t *mesh_id, const fm_cert *c, cons
     fm_membership *fresh = NULL;
     int rc = r->mesh ? 0 : fm_membership_new(mesh_id, FM_ADMIT_PRESENTED, &fresh);
     if (!rc)
-        rc = fm_store_begin(r->store);
+        rc = fm__replica_begin(r);
     if (rc) {
         fm_membership_free(fresh);
         return rc;
@@ -253,7 +253,7 @@ int fm__replica_import_members(fm_replica *r, const fm_bytes *recs, size_t n)
         return FM_EINVAL;
     if (!r->mesh)
         return FM_ENOTFOUND;
-    int rc = fm_store_begin(r->store);
+    int rc = fm__replica_begin(r);
     if (rc)
         return rc;
     uint32_t added = 0, skipped = 0;

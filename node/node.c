@@ -67,6 +67,7 @@ typedef struct conn {
     uint32_t ncs, ccs;
     uint64_t round;
     uint64_t opened_ms, last_rx_ms, last_tx_ms, last_synced_ms, ae_at;
+    uint64_t synced_checked_ms; /* when note_synced last compared vectors after BATCHES */
     uint64_t bytes_in, bytes_out;
 } conn;
 
@@ -98,6 +99,13 @@ struct fm_node {
     uint32_t npeers, cpeers; /* grown as peers are seen, up to FM_NODE_MAX_PEERS */
     fm_conn_id next_local_id;
     fm_node_stats st;
+    /* fm_node_digest's last result, for state generation digest_gen (hashing every vector
+     * at every tick was a twentieth of a busy node's time) */
+    uint8_t digest[FM_HASH_BYTES];
+    uint64_t digest_gen;
+    bool digest_valid;
+    uint64_t commit_at; /* when batches a group commit holds are committed (0: none wait) */
+    uint64_t rollbacks; /* the replica's rollbacks count we last saw */
     /* batches the replica applied during a node call, processed when the call ends */
     fm_buf applied;
     fm_buf scratch;
@@ -551,6 +559,19 @@ static void leave(fm_node *n)
 {
     if (n->depth == 1 && n->applied.len)
         process_applied(n);
+    if (n->depth == 1 && n->r->rollbacks != n->rollbacks) {
+        /* Batches peers sent us may be gone while they think we hold them: every session
+         * starts over from vectors read from the store. */
+        n->rollbacks = n->r->rollbacks;
+        node_log(n, FM_LOG_WARN, "store transaction rolled back: resyncing every connection");
+        for (uint32_t i = 0; i < n->max_total; i++)
+            if (n->conns[i].used)
+                conn_close(n, &n->conns[i], FM_ESTORE);
+    }
+    if (n->depth == 1)
+        n->commit_at = !n->r->txn_open ? 0
+                       : n->commit_at  ? n->commit_at
+                                       : now_ms(n) + FM_NODE_COMMIT_MS;
     n->depth--;
 }
 
@@ -645,6 +666,7 @@ static int summary_entry(void *arg, const fm_summary_entry *e)
  * collection both sides take is known to be equal at the peer. */
 static void note_synced(fm_node *n, conn *c)
 {
+    c->synced_checked_ms = now_ms(n);
     for (uint32_t i = 0; i < n->r->st.ncolls; i++) {
         const fm_coll *coll = n->r->st.colls[i];
         if (!offers(n, coll) || peer_prio(c, (const uint8_t *)coll->name, coll->name_len) < 0)
@@ -750,14 +772,6 @@ out:
 
 /* Is b exactly the batch at the head of its feed here (hash and all)? Most duplicates are: a
  * batch pushed by several neighbours at once. */
-static bool is_head(fm_node *n, const fm_batch *b)
-{
-    fm_coll *coll = coll_of(n, b->coll, b->coll_len);
-    const fm_feed *f = coll ? fm_coll_feed(&n->r->st, coll, b->author) : NULL;
-    return f && f->seq == fm_batch_last_seq(b) &&
-           sodium_memcmp(f->head, b->hash, FM_HASH_BYTES) == 0;
-}
-
 static int on_batches(fm_node *n, conn *c, const uint8_t *p, size_t len)
 {
     fm_proto_name name;
@@ -790,8 +804,8 @@ static int on_batches(fm_node *n, conn *c, const uint8_t *p, size_t len)
         if (fm_vv_get(&s->known, n->b.author) < last &&
             (rc = fm_vv_set(&s->known, n->b.author, last)))
             goto out;
-        if (is_head(n, &n->b)) {
-            dups++; /* the very batch we hold at its feed's head: no store transaction for it */
+        if (fm__replica_holds(n->r, &n->b)) {
+            dups++; /* a batch we hold (its feed's head, or recent): no store transaction */
             continue;
         }
         n->bops[keep] = n->b.nops;
@@ -813,7 +827,10 @@ static int on_batches(fm_node *n, conn *c, const uint8_t *p, size_t len)
             n->st.batches_refused++;
     }
     n->st.batches_dup += dups;
-    note_synced(n, c);
+    /* Comparing vectors costs O(authors): not after every message of a long sync, where it
+     * dominated. The next SUMMARY notes equal digests anyway. */
+    if (elapsed(now_ms(n), c->synced_checked_ms) >= FM_NODE_SYNC_CHECK_MS)
+        note_synced(n, c);
 ack:
     if (c->recv_bytes - c->acked_sent >= n->window / 4) {
         fm_buf *msg = &n->scratch;
@@ -1341,6 +1358,11 @@ void fm_node_peer_lost(fm_node *n, const char *addr)
 
 void fm_node_digest(fm_node *n, uint8_t out[FM_HASH_BYTES])
 {
+    if (n->digest_valid && n->digest_gen == n->r->st.gen) {
+        memcpy(out, n->digest, FM_HASH_BYTES);
+        return;
+    }
+    bool ok = true;
     crypto_generichash_state h;
     crypto_generichash_init(&h, NULL, 0, FM_HASH_BYTES);
     for (uint32_t i = 0; i < n->r->st.ncolls; i++) {
@@ -1348,22 +1370,29 @@ void fm_node_digest(fm_node *n, uint8_t out[FM_HASH_BYTES])
         if (!offers(n, c))
             continue;
         uint8_t d[FM_HASH_BYTES];
-        if (fm_vv_digest(&c->vv, d))
+        if (fm_vv_digest(&c->vv, d)) {
             memset(d, 0xff, sizeof d); /* out of memory: a digest that matches nobody */
+            ok = false;
+        }
         crypto_generichash_update(&h, (const uint8_t *)c->name, c->name_len + 1);
         crypto_generichash_update(&h, d, sizeof d);
     }
     crypto_generichash_final(&h, out, FM_HASH_BYTES);
+    memcpy(n->digest, out, FM_HASH_BYTES);
+    n->digest_gen = n->r->st.gen;
+    n->digest_valid = ok;
 }
 
 /* Whether a known peer is worth a connection now. */
-static bool want_connect(fm_node *n, const peer *p, const uint8_t digest[FM_HASH_BYTES], uint64_t t)
+static bool want_connect(fm_node *n, const peer *p, uint64_t t)
 {
     if (p->conn >= 0 || !p->present || p->retry_at > t)
         return false;
-    if (p->is_static)
+    if (p->is_static || !p->has_digest)
         return true;
-    return !p->has_digest || sodium_memcmp(p->digest, digest, FM_HASH_BYTES) != 0;
+    uint8_t digest[FM_HASH_BYTES];
+    fm_node_digest(n, digest); /* only here: hashing every vector is not free */
+    return sodium_memcmp(p->digest, digest, FM_HASH_BYTES) != 0;
 }
 
 /* Is the peer already connected to us under another connection (inbound, by device id)? */
@@ -1380,15 +1409,12 @@ static bool connected_by_id(const fm_node *n, const peer *p)
 
 static void connect_peers(fm_node *n, uint64_t t)
 {
-    uint8_t digest[FM_HASH_BYTES];
-    fm_node_digest(n, digest);
     n->connect_at = UINT64_MAX;
     for (uint32_t i = 0; i < n->npeers; i++) {
         peer *p = &n->peers[i];
         if (p->conn < 0 && p->present && p->retry_at > t && p->retry_at < n->connect_at)
             n->connect_at = p->retry_at;
-        if (conn_count(n) >= n->max_conns || !want_connect(n, p, digest, t) ||
-            connected_by_id(n, p))
+        if (conn_count(n) >= n->max_conns || !want_connect(n, p, t) || connected_by_id(n, p))
             continue;
         int slot = conn_slot(n);
         if (slot < 0)
@@ -1412,7 +1438,7 @@ static void connect_peers(fm_node *n, uint64_t t)
     /* Peers skipped only because we were full are looked at again within a second. */
     if (n->connect_at == UINT64_MAX)
         for (uint32_t i = 0; i < n->npeers; i++)
-            if (want_connect(n, &n->peers[i], digest, t)) {
+            if (want_connect(n, &n->peers[i], t)) {
                 n->connect_at = t + 1000;
                 break;
             }
@@ -1422,6 +1448,12 @@ void fm_node_tick(fm_node *n)
 {
     enter(n);
     uint64_t t = now_ms(n);
+    if (n->commit_at && t >= n->commit_at) {
+        int rc = fm__replica_flush(n->r);
+        if (rc)
+            node_log(n, FM_LOG_ERROR, "group commit failed: %s (%s)", fm_strerror(rc),
+                     fm_store_errmsg(n->r->store));
+    }
     if (n->mesh != n->r->mesh || fm__replica_member_epoch(n->r) != n->member_epoch)
         recheck_sessions(n);
     for (uint32_t i = 0; i < n->max_total; i++) {
@@ -1467,6 +1499,8 @@ void fm_node_tick(fm_node *n)
 uint64_t fm_node_next_deadline(const fm_node *n)
 {
     uint64_t d = n->connect_at;
+    if (n->commit_at)
+        d = FM_MIN(d, n->commit_at);
     for (uint32_t i = 0; i < n->max_total; i++) {
         const conn *c = &n->conns[i];
         if (!c->used)
@@ -1688,6 +1722,8 @@ int fm_node_open(const fm_node_config *cfg, fm_node **out)
     n->mesh = n->r->mesh;
     n->member_epoch = fm__replica_member_epoch(n->r);
     fm__replica_set_applied_hook(n->r, on_applied, n);
+    fm__replica_set_group_commit(n->r, FM_NODE_GROUP_COMMIT_BATCHES);
+    n->rollbacks = n->r->rollbacks;
     *out = n;
     return 0;
 }
@@ -1702,8 +1738,11 @@ void fm_node_close(fm_node *n)
             if (n->conns[i].used)
                 conn_close(n, &n->conns[i], 0);
     }
-    if (n->r && n->conns)
+    if (n->r && n->conns) {
         fm__replica_set_applied_hook(n->r, NULL, NULL);
+        fm__replica_flush(n->r);
+        fm__replica_set_group_commit(n->r, 0);
+    }
     free(n->conns);
     free(n->peers);
     free(n->barr);

@@ -76,6 +76,11 @@ enum {
     /* An LE connect first waits for the peer's advertising: a dial to a "ble:" address may
      * take this long before the handshake's own timeout starts. */
     FM_NODE_BLE_CONNECT_MS = 30 * 1000,
+    /* Peers' "last synced" is checked at most this often while BATCHES flow. */
+    FM_NODE_SYNC_CHECK_MS = 250,
+    /* Group commit of relayed batches (replica.h): at most this many, this long. */
+    FM_NODE_GROUP_COMMIT_BATCHES = 512,
+    FM_NODE_COMMIT_MS = 50,
 };
 
 typedef struct fm_node fm_node;

@@ -246,7 +246,8 @@ int fm_collection_list(fm_replica *r, const char *collection, fm_record_fn fn, v
     if (!c || !c->store_id)
         return 0;
     list_ctx x = {r, fn, arg, NULL};
-    return fm_store_each_record(r->store, c, false, list_one, &x);
+    int rc = fm__replica_flush(r); /* the store rows of records a group commit still holds */
+    return rc ? rc : fm_store_each_record(r->store, c, false, list_one, &x);
 }
 
 int fm_conflicts_list(fm_replica *r, fm_record_fn fn, void *arg)
@@ -254,5 +255,6 @@ int fm_conflicts_list(fm_replica *r, fm_record_fn fn, void *arg)
     if (!r || !fn)
         return FM_EINVAL;
     list_ctx x = {r, fn, arg, NULL};
-    return fm_store_each_record(r->store, NULL, true, list_one, &x);
+    int rc = fm__replica_flush(r);
+    return rc ? rc : fm_store_each_record(r->store, NULL, true, list_one, &x);
 }

@@ -41,6 +41,8 @@ static int state_save(void *arg, fm_coll *c, const fm_rec *rec, const uint8_t *e
 /* Rebuilds the in-memory state from the store (at open, and after a failed transaction). */
 static int replica_reload(fm_replica *r)
 {
+    free(r->recent);
+    r->recent = NULL;
     fm_state_reset(&r->st);
     return fm_store_load_state(r->store, &r->st);
 }
@@ -114,12 +116,14 @@ void fm_replica_close(fm_replica *r)
 {
     if (!r)
         return;
+    fm__replica_flush(r); /* what fails to commit came from peers, who still hold it */
     pending_clear(r);
     free(r->pending);
     fm_batch_free(&r->batch);
     fm_buf_free(&r->applied);
     free(r->applied_end);
     fm_state_free(&r->st);
+    free(r->recent);
     fm__mesh_free(r);
     fm_store_close(r->store);
     fm_identity_free(r->identity);
@@ -199,6 +203,34 @@ static int verify_batch(fm_replica *r, const fm_batch *b, const uint8_t *data, s
 
 /* ---- applying batches (local and remote share this path) ---------------------------------- */
 
+static uint32_t recent_slot(const uint8_t hash[FM_HASH_BYTES])
+{
+    uint32_t x;
+    memcpy(&x, hash, sizeof x); /* a BLAKE2b output: any four bytes are uniform */
+    return x % FM_REPLICA_RECENT_SLOTS;
+}
+
+static void recent_add(fm_replica *r, const uint8_t hash[FM_HASH_BYTES])
+{
+    if (!r->recent && !(r->recent = calloc(FM_REPLICA_RECENT_SLOTS, sizeof *r->recent)))
+        return; /* out of memory: duplicates take the store path */
+    memcpy(r->recent[recent_slot(hash)], hash, FM_HASH_BYTES);
+}
+
+bool fm__replica_holds(fm_replica *r, const fm_batch *b)
+{
+    fm_coll *c = fm_state_coll(&r->st, b->coll, b->coll_len);
+    if (!c)
+        return false;
+    const fm_feed *f = fm_coll_feed(&r->st, c, b->author);
+    uint64_t last = fm_batch_last_seq(b);
+    if (!f || f->seq < last)
+        return false;
+    if (f->seq == last)
+        return memcmp(f->head, b->hash, FM_HASH_BYTES) == 0;
+    return r->recent && memcmp(r->recent[recent_slot(b->hash)], b->hash, FM_HASH_BYTES) == 0;
+}
+
 /* Applies a checked batch to state and store (inside the caller's transaction). */
 static int apply_checked(fm_replica *r, const fm_batch *b, const uint8_t *data, size_t len)
 {
@@ -211,6 +243,7 @@ static int apply_checked(fm_replica *r, const fm_batch *b, const uint8_t *data, 
         (rc = fm_store_put_batch(r->store, c, b, data, len)) ||
         (rc = fm_store_put_feed(r->store, c, b->author, fm_batch_last_seq(b), b->hash)))
         return rc;
+    recent_add(r, b->hash);
     return applied_note(r, data, len);
 }
 
@@ -230,14 +263,33 @@ static int finish_txn(fm_replica *r, int rc)
         rc = fm_store_commit(r->store);
     for (uint32_t i = 0; !rc && i < r->st.ncolls; i++)
         r->st.colls[i]->agg_dirty = false;
+    r->txn_open = false;
+    r->txn_batches = 0;
     if (rc) {
         fm_store_rollback(r->store);
+        r->rollbacks++;
         int rrc = replica_reload(r);
         FM_ASSERT(rrc == 0 || rrc == FM_ENOMEM || rrc == FM_ESTORE);
         return rc;
     }
     fm_state_trim(&r->st, FM_STATE_CACHE_RECORDS);
     return 0;
+}
+
+void fm__replica_set_group_commit(fm_replica *r, uint32_t max_batches)
+{
+    r->group_max = max_batches;
+}
+
+int fm__replica_flush(fm_replica *r)
+{
+    return r->txn_open ? finish_txn(r, 0) : 0;
+}
+
+int fm__replica_begin(fm_replica *r)
+{
+    int rc = fm__replica_flush(r);
+    return rc ? rc : fm_store_begin(r->store);
 }
 
 /* ---- local transactions ---------------------------------------------------------------------- */
@@ -449,7 +501,7 @@ int fm_txn_commit(fm_txn *t)
     FM_ASSERT(rc == 0 || rc == FM_ENOMEM);
     FM_ASSERT(rc || fm_batch_verify(&r->batch, enc.data, enc.len) == 0);
     FM_ASSERT(rc || fm_state_check(&r->st, &r->batch) == 0);
-    if (rc || (rc = fm_store_begin(r->store)))
+    if (rc || (rc = fm__replica_begin(r)))
         goto out_enc;
     rc = finish_txn(r, apply_checked(r, &r->batch, enc.data, enc.len));
     if (!rc && r->sigcache)
@@ -535,14 +587,6 @@ static int vv_room(fm_replica *r, const fm_batch *b)
     return 0;
 }
 
-/* The feed's head batch itself: bytes we verified and hold, so a duplicate for free. */
-static bool is_head(fm_replica *r, const fm_batch *b)
-{
-    fm_coll *c = fm_state_coll(&r->st, b->coll, b->coll_len);
-    const fm_feed *f = c ? fm_coll_feed(&r->st, c, b->author) : NULL;
-    return f && f->seq == fm_batch_last_seq(b) && memcmp(f->head, b->hash, FM_HASH_BYTES) == 0;
-}
-
 /* Checks and applies (or holds) one remote batch. Returns 0 if applied, FM_EPENDING if held,
  * another negative code if refused; *fatal tells store failures and failed applies, which abort
  * the transaction. The cheap checks come first, the signature only where it matters: nothing is
@@ -555,7 +599,7 @@ static int ingest_one(fm_replica *r, const uint8_t *data, size_t len, bool verif
     bool partial = false;
     *fatal = false;
     int rc = fm_batch_decode(data, len, b);
-    if (!rc && is_head(r, b))
+    if (!rc && fm__replica_holds(r, b))
         return FM_EDUP;
     if (!rc)
         rc = fm__mesh_check_batch(r, b);
@@ -615,7 +659,7 @@ int fm_replica_ingest(fm_replica *r, const fm_bytes *batches, size_t n, int *res
     if (r->in_hook)
         return FM_ESTATE;
     applied_reset(r);
-    int rc = fm_store_begin(r->store), applied = 0;
+    int rc = r->txn_open ? 0 : fm_store_begin(r->store), applied = 0;
     if (rc)
         return rc;
     for (size_t i = 0; i < n && !rc; i++) {
@@ -630,7 +674,11 @@ int fm_replica_ingest(fm_replica *r, const fm_bytes *batches, size_t n, int *res
             rc = pending_drain(r, &applied);
         }
     }
-    rc = finish_txn(r, rc);
+    r->txn_batches += (uint32_t)n;
+    if (rc || r->group_max <= 1 || r->txn_batches >= r->group_max)
+        rc = finish_txn(r, rc);
+    else
+        r->txn_open = true;
     /* The transaction rolled back: nothing of this call was applied, whatever came before. */
     for (size_t i = 0; rc && results && i < n; i++)
         results[i] = rc;

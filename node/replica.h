@@ -34,6 +34,21 @@ int fm__replica_export_vv(fm_replica *r, const uint8_t *coll, uint32_t coll_len,
  * every batch this replica verifies (or signs) goes in. */
 void fm__replica_set_sigcache(fm_replica *r, fm_sigcache *c);
 
+/* Group commit: ingest leaves its store transaction open until it holds max_batches batches
+ * (0 or 1: commit at every ingest, the default), so a busy relay commits once for many. Only
+ * remote batches wait, never a local write: they came from peers, and a crash before the commit
+ * loses nothing a peer cannot send again. Anything else that writes the store, and close,
+ * commits first. fm__replica_flush commits now (0 when nothing waits); on failure everything
+ * uncommitted is rolled back and rollbacks moves. */
+void fm__replica_set_group_commit(fm_replica *r, uint32_t max_batches);
+int fm__replica_flush(fm_replica *r);
+/* Commits what waits, then begins a store transaction. */
+int fm__replica_begin(fm_replica *r);
+
+/* Whether b (decoded, hash set) is a batch this replica holds, known cheaply: its feed's head,
+ * or a recently applied one. false says nothing (ingest decides). */
+bool fm__replica_holds(fm_replica *r, const fm_batch *b);
+
 /* Installs n membership records (binary canonical encodings of certificates and revocations, as
  * fm__replica_each_member_bin yields them) in one store transaction. Records that do not decode,
  * belong to another mesh, carry a bad signature or pass a view bound are skipped and counted in
@@ -92,7 +107,20 @@ struct fm_replica {
     bool member_digest_ok;
     uint64_t member_epoch;
     uint64_t members_skipped; /* records fm__replica_import_members refused, ever */
+    /* Hashes of recently applied batches, direct-mapped (a newer one overwrites): a duplicate
+     * of one, however old its feed position, is known without a store read. Emptied whenever
+     * the state is rebuilt, so it never names a batch the store does not hold. */
+    uint8_t (*recent)[FM_HASH_BYTES];
+    /* Group commit of remote batches (fm__replica_set_group_commit): a store transaction left
+     * open by ingest, and the batches it holds. rollbacks counts rebuilds after a failed
+     * transaction: batches reported applied before then may be gone. */
+    bool txn_open;
+    uint32_t txn_batches, group_max;
+    uint64_t rollbacks;
 };
+
+/* Slots of fm_replica.recent (64 KiB). */
+#define FM_REPLICA_RECENT_SLOTS 2048u
 
 /* Mesh membership (membership.c): load at open (and after a failed install: the view and the
  * record hashes are rebuilt from the store); may this batch's author write (at the batch's

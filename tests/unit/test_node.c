@@ -327,6 +327,32 @@ static void test_eager_push(void)
     world_close();
 }
 
+/* Relayed batches are applied at once but committed in groups: within FM_NODE_COMMIT_MS, by the
+ * node's own deadline, and before the node closes. */
+static void test_group_commit_deadline(void)
+{
+    world_open(2, NULL);
+    link_static(0, 1);
+    run_until(T0 + 3000);
+    CHECK(!W.n[1].r->txn_open);
+    uint64_t before = W.now;
+    CHECK_OK(write_n(0, "notes", "x", 3));
+    drain();
+    CHECK_EQ_INT(status_of(1).ops, 6); /* applied and visible before the commit */
+    CHECK(W.n[1].r->txn_open);
+    CHECK(fm_node_next_deadline(W.n[1].node) <= before + FM_NODE_COMMIT_MS);
+    run_until(before + FM_NODE_COMMIT_MS);
+    CHECK(!W.n[1].r->txn_open);
+    CHECK_OK(write_n(0, "notes", "y", 2));
+    drain();
+    CHECK(W.n[1].r->txn_open);
+    fm_node_close(W.n[1].node);
+    W.n[1].node = NULL;
+    CHECK(!W.n[1].r->txn_open);
+    CHECK_EQ_INT(status_of(1).ops, 10);
+    world_close();
+}
+
 /* Both ends dial each other (as discovery makes them do): one connection survives, and a write
  * still reaches the far end of a line at once. */
 static void test_symmetric_dial(void)
@@ -638,6 +664,7 @@ int main(void)
 {
     RUN(test_two_nodes_sync);
     RUN(test_eager_push);
+    RUN(test_group_commit_deadline);
     RUN(test_symmetric_dial);
     RUN(test_push_after_catch_up);
     RUN(test_prefers_ip_over_ble);
