@@ -114,6 +114,20 @@ fm_vv_order fm_vv_compare(const fm_vv *a, const fm_vv *b)
                   : (b_more ? FM_VV_LESS : FM_VV_EQUAL);
 }
 
+bool fm_vv_leq(const fm_vv *a, const fm_vv *b)
+{
+    if (a->n > b->n)
+        return false; /* every seq is > 0: an author of a missing from b */
+    if ((uint64_t)a->n * 16 >= b->n) {
+        fm_vv_order o = fm_vv_compare(a, b);
+        return o == FM_VV_EQUAL || o == FM_VV_LESS;
+    }
+    for (uint32_t i = 0; i < a->n; i++)
+        if (fm_vv_get(b, a->e[i].author) < a->e[i].seq)
+            return false;
+    return true;
+}
+
 uint64_t fm_vv_total(const fm_vv *v)
 {
     uint64_t t = 0;

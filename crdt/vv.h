@@ -35,6 +35,9 @@ int fm_vv_set(fm_vv *v, const uint8_t author[FM_ID_BYTES], uint64_t seq);
 /* dst = pointwise max(dst, src). */
 int fm_vv_merge(fm_vv *dst, const fm_vv *src);
 fm_vv_order fm_vv_compare(const fm_vv *a, const fm_vv *b);
+/* a <= b pointwise (compare is EQUAL or LESS), in O(a->n log b->n) when a is the small one: a
+ * batch's compact context against a peer's vector of a thousand authors. */
+bool fm_vv_leq(const fm_vv *a, const fm_vv *b);
 /* True if v has seen op (author, seq). */
 static inline bool fm_vv_covers(const fm_vv *v, const uint8_t author[FM_ID_BYTES], uint64_t seq)
 {

@@ -35,6 +35,17 @@ typedef struct csync {
     fm_vv known;
 } csync;
 
+/* A batch announced in IHAVE: waiting to go out, or (in fm_node.missing) announced by a peer,
+ * lacking here, grafted at due unless it arrives first. */
+typedef struct lazy_ent {
+    uint8_t coll[FM_MAX_COLLECTION_LEN];
+    uint32_t len;
+    uint8_t author[FM_ID_BYTES];
+    uint64_t seq;
+    fm_conn_id conn; /* missing: the announcer */
+    uint64_t due;    /* missing: when to graft */
+} lazy_ent;
+
 typedef struct conn {
     bool used;
     fm_conn_id id;
@@ -69,6 +80,12 @@ typedef struct conn {
     uint64_t opened_ms, last_rx_ms, last_tx_ms, last_synced_ms, ae_at;
     uint64_t synced_checked_ms; /* when note_synced last compared vectors after BATCHES */
     uint64_t bytes_in, bytes_out;
+    /* Lazy push (Plumtree): a peer that PRUNEd us gets IHAVE for what we apply, not BATCHES,
+     * until it grafts; we PRUNE a peer whose push we already held. */
+    bool lazy, pruned;
+    lazy_ent *ihave; /* entries waiting for the next IHAVE */
+    uint32_t nihave, cihave;
+    uint64_t ihave_at; /* when they go out (0: none wait) */
 } conn;
 
 typedef struct peer {
@@ -102,10 +119,12 @@ struct fm_node {
     /* fm_node_digest's last result, for state generation digest_gen (hashing every vector
      * at every tick was a twentieth of a busy node's time) */
     uint8_t digest[FM_HASH_BYTES];
-    uint64_t digest_gen;
+    uint64_t digest_gen, digest_ms;
     bool digest_valid;
     uint64_t commit_at; /* when batches a group commit holds are committed (0: none wait) */
     uint64_t rollbacks; /* the replica's rollbacks count we last saw */
+    lazy_ent *missing;  /* announced, lacking: a FIFO in due order from missing_head */
+    uint32_t nmissing, cmissing, missing_head;
     /* batches the replica applied during a node call, processed when the call ends */
     fm_buf applied;
     fm_buf scratch;
@@ -249,6 +268,7 @@ static void conn_drop(fm_node *n, conn *c, bool failed)
     }
     fm_session_free(c->s);
     fm_buf_free(&c->out);
+    free(c->ihave);
     csync_free_all(c);
     free(c->peer_subs);
     free(c->peer_prio);
@@ -467,6 +487,75 @@ static void pump(fm_node *n, conn *c)
     }
 }
 
+/* ---- lazy push ------------------------------------------------------------------------------ */
+
+static int ihave_flush(fm_node *n, conn *c)
+{
+    c->ihave_at = 0;
+    uint32_t i = 0;
+    while (i < c->nihave) {
+        const lazy_ent *e = &c->ihave[i];
+        uint32_t k = 1; /* a run of one collection */
+        while (i + k < c->nihave && k < FM_PROTO_MAX_IHAVE && c->ihave[i + k].len == e->len &&
+               memcmp(c->ihave[i + k].coll, e->coll, e->len) == 0)
+            k++;
+        fm_buf *msg = &n->scratch;
+        fm_buf_reset(msg);
+        fm_wr w;
+        fm_wr_init(&w, msg);
+        fm_proto_ihave_begin(&w, e->coll, e->len, k);
+        for (uint32_t j = 0; j < k; j++)
+            fm_proto_ihave_entry(&w, c->ihave[i + j].author, c->ihave[i + j].seq);
+        int rc = conn_send(n, c, msg);
+        if (rc) {
+            c->nihave = 0;
+            return rc;
+        }
+        n->st.ihave_out += k;
+        i += k;
+    }
+    c->nihave = 0;
+    return 0;
+}
+
+/* Announces b to a lazy peer: in one IHAVE with others within FM_NODE_IHAVE_MS. */
+static void ihave_queue(fm_node *n, conn *c, const fm_batch *b)
+{
+    if (c->nihave >= FM_PROTO_MAX_IHAVE && (c->err = ihave_flush(n, c)))
+        return;
+    if (fm_grow((void **)&c->ihave, c->nihave, &c->cihave, sizeof *c->ihave)) {
+        c->err = FM_ENOMEM;
+        return;
+    }
+    lazy_ent *e = &c->ihave[c->nihave++];
+    memcpy(e->coll, b->coll, b->coll_len);
+    e->len = b->coll_len;
+    memcpy(e->author, b->author, FM_ID_BYTES);
+    e->seq = fm_batch_last_seq(b);
+    if (!c->ihave_at)
+        c->ihave_at = now_ms(n) + FM_NODE_IHAVE_MS;
+}
+
+/* The peer pushed a batch we held already: from now on it announces instead. */
+static int send_prune(fm_node *n, conn *c)
+{
+    if (c->pruned || !(c->peer_caps & FM_CAP_LAZY))
+        return 0;
+    /* Keep a few peers pushing: one tree for every author's writes breaks as peers come
+     * and go, and each break costs a graft's round trip. */
+    uint32_t eager = 0;
+    for (uint32_t i = 0; i < n->max_total; i++)
+        eager += n->conns[i].used && n->conns[i].hello_rcvd && !n->conns[i].pruned;
+    if (eager <= FM_NODE_EAGER_MIN)
+        return 0;
+    c->pruned = true;
+    n->st.prunes_out++;
+    fm_buf *msg = &n->scratch;
+    fm_buf_reset(msg);
+    int rc = fm_proto_prune_encode(msg);
+    return rc ? rc : conn_send(n, c, msg);
+}
+
 /* The eager-push rule for one applied batch and one connection. */
 static void push_one(fm_node *n, conn *c, const fm_batch *b, const uint8_t *data, size_t len)
 {
@@ -483,8 +572,11 @@ static void push_one(fm_node *n, conn *c, const fm_batch *b, const uint8_t *data
     uint64_t have = fm_vv_get(&s->known, b->author);
     if (have >= fm_batch_last_seq(b))
         return;
-    bool next = have + 1 == b->first_seq && fm_vv_compare(&b->ctx, &s->known) != FM_VV_GREATER &&
-                fm_vv_compare(&b->ctx, &s->known) != FM_VV_CONCURRENT;
+    if (c->lazy) {
+        ihave_queue(n, c, b);
+        return;
+    }
+    bool next = have + 1 == b->first_seq && fm_vv_leq(&b->ctx, &s->known);
     if (!s->known_valid || s->dirty || !next || !window_open(c, len)) {
         s->dirty = true;
         return;
@@ -811,6 +903,9 @@ static int on_batches(fm_node *n, conn *c, const uint8_t *p, size_t len)
         n->bops[keep] = n->b.nops;
         arr[keep++] = arr[i];
     }
+    /* Nothing new, all of it held and recent: another peer pushes the same to us first. */
+    if (dups == k && (rc = send_prune(n, c)))
+        goto out;
     int applied = keep ? fm_replica_ingest(n->r, arr, keep, res) : 0;
     if (applied < 0) {
         node_log(n, FM_LOG_ERROR, "ingest failed: %s (%s)", fm_strerror(applied),
@@ -840,6 +935,113 @@ ack:
     }
 out:
     return rc;
+}
+
+static int on_graft(fm_node *n, conn *c, const uint8_t *p, size_t len)
+{
+    fm_proto_name name;
+    int rc = fm_proto_graft_decode(p, len, &name);
+    if (rc)
+        return rc;
+    c->lazy = false;
+    fm_coll *coll = coll_of(n, name.p, name.len);
+    if (!coll || !offers(n, coll) || peer_prio(c, name.p, name.len) < 0)
+        return 0;
+    csync *s = csync_get(c, name.p, name.len, true);
+    if (!s)
+        return FM_ENOMEM;
+    s->dirty = true; /* sent once `known` is valid: after the VECTOR exchange if under way */
+    pump(n, c);
+    return 0;
+}
+
+static int on_prune(fm_node *n, conn *c, const uint8_t *p, size_t len)
+{
+    int rc = fm_proto_prune_decode(p, len);
+    if (!rc && !c->lazy) {
+        c->lazy = true;
+        node_log(n, FM_LOG_DEBUG, "conn %llu: pruned: announcing, not pushing",
+                 (unsigned long long)c->id);
+    }
+    return rc;
+}
+
+/* Awaits an announced batch we lack; FIFO order is due order (one delay for all). */
+static void missing_add(fm_node *n, conn *c, const fm_proto_name *name, const fm_ihave_entry *e)
+{
+    if (n->missing_head && n->missing_head == n->nmissing)
+        n->missing_head = n->nmissing = 0;
+    if (n->nmissing - n->missing_head >= FM_NODE_MAX_MISSING)
+        return; /* anti-entropy still finds it */
+    if (n->missing_head && n->nmissing == n->cmissing) {
+        memmove(n->missing, n->missing + n->missing_head,
+                (n->nmissing - n->missing_head) * sizeof *n->missing);
+        n->nmissing -= n->missing_head;
+        n->missing_head = 0;
+    }
+    if (fm_grow((void **)&n->missing, n->nmissing, &n->cmissing, sizeof *n->missing))
+        return;
+    lazy_ent *m = &n->missing[n->nmissing++];
+    memcpy(m->coll, name->p, name->len);
+    m->len = name->len;
+    memcpy(m->author, e->author, FM_ID_BYTES);
+    m->seq = e->seq;
+    m->conn = c->id;
+    m->due = now_ms(n) + FM_NODE_GRAFT_MS;
+}
+
+static int on_ihave(fm_node *n, conn *c, const uint8_t *p, size_t len)
+{
+    fm_proto_name name;
+    fm_ihave_entry e[FM_PROTO_MAX_IHAVE];
+    uint32_t k;
+    int rc = fm_proto_ihave_decode(p, len, &name, e, &k);
+    if (rc || my_prio(n, name.p, name.len) < 0)
+        return rc;
+    csync *s = csync_get(c, name.p, name.len, true);
+    if (!s)
+        return FM_ENOMEM;
+    fm_coll *coll = coll_of(n, name.p, name.len);
+    for (uint32_t i = 0; i < k; i++) {
+        /* The peer holds it: never push it there. */
+        if (fm_vv_get(&s->known, e[i].author) < e[i].seq &&
+            (rc = fm_vv_set(&s->known, e[i].author, e[i].seq)))
+            return rc;
+        if (!coll || !fm_vv_covers(&coll->vv, e[i].author, e[i].seq))
+            missing_add(n, c, &name, &e[i]);
+    }
+    return 0;
+}
+
+/* Announced batches still lacking when due: ask their announcer to push again. Its `known` of
+ * us is fresh (our IHAVEs and pushes raise it), so it sends little we hold. */
+static void graft_due(fm_node *n, uint64_t t)
+{
+    while (n->missing_head < n->nmissing && n->missing[n->missing_head].due <= t) {
+        lazy_ent m = n->missing[n->missing_head++];
+        fm_coll *coll = coll_of(n, m.coll, m.len);
+        if (coll && fm_vv_covers(&coll->vv, m.author, m.seq))
+            continue; /* arrived by another path */
+        conn *c = conn_find(n, m.conn);
+        if (!c || !c->hello_rcvd || c->closing)
+            continue; /* anti-entropy finds it */
+        c->pruned = false;
+        n->st.grafts_out++;
+        fm_buf *msg = &n->scratch;
+        fm_buf_reset(msg);
+        int rc = fm_proto_graft_encode(msg, m.coll, m.len);
+        if (!rc)
+            rc = conn_send(n, c, msg);
+        if (rc) {
+            conn_close(n, c, rc);
+            continue;
+        }
+        /* One graft per peer and collection is enough: drop its other entries due now. */
+        for (uint32_t i = n->missing_head; i < n->nmissing && n->missing[i].due <= t; i++)
+            if (n->missing[i].conn == m.conn && n->missing[i].len == m.len &&
+                memcmp(n->missing[i].coll, m.coll, m.len) == 0)
+                n->missing[i].due = 0, n->missing[i].conn = 0;
+    }
 }
 
 static int on_ack(fm_node *n, conn *c, const uint8_t *p, size_t len)
@@ -1143,6 +1345,15 @@ static void on_frame(void *arg, const uint8_t *data, size_t len)
         case FM_MSG_MEMBERS:
             rc = on_members(n, c, data, len);
             break;
+        case FM_MSG_IHAVE:
+            rc = on_ihave(n, c, data, len);
+            break;
+        case FM_MSG_PRUNE:
+            rc = on_prune(n, c, data, len);
+            break;
+        case FM_MSG_GRAFT:
+            rc = on_graft(n, c, data, len);
+            break;
         default:
             break; /* unknown types are ignored: a newer peer may send more */
         }
@@ -1380,6 +1591,7 @@ void fm_node_digest(fm_node *n, uint8_t out[FM_HASH_BYTES])
     crypto_generichash_final(&h, out, FM_HASH_BYTES);
     memcpy(n->digest, out, FM_HASH_BYTES);
     n->digest_gen = n->r->st.gen;
+    n->digest_ms = now_ms(n);
     n->digest_valid = ok;
 }
 
@@ -1390,8 +1602,13 @@ static bool want_connect(fm_node *n, const peer *p, uint64_t t)
         return false;
     if (p->is_static || !p->has_digest)
         return true;
+    /* Hashing every vector is not free, and a busy node's vectors change at every batch: a
+     * digest up to FM_NODE_DIGEST_STALE_MS old decides (at worst one dial too many or late). */
     uint8_t digest[FM_HASH_BYTES];
-    fm_node_digest(n, digest); /* only here: hashing every vector is not free */
+    if (n->digest_valid && elapsed(t, n->digest_ms) < FM_NODE_DIGEST_STALE_MS)
+        memcpy(digest, n->digest, FM_HASH_BYTES);
+    else
+        fm_node_digest(n, digest);
     return sodium_memcmp(p->digest, digest, FM_HASH_BYTES) != 0;
 }
 
@@ -1484,10 +1701,15 @@ void fm_node_tick(fm_node *n)
         }
         if (c->live && t >= c->ae_at) {
             rc = send_summary(n, c);
-            if (rc)
+            if (rc) {
                 conn_close(n, c, rc);
+                continue;
+            }
         }
+        if (c->ihave_at && t >= c->ihave_at && (rc = ihave_flush(n, c)))
+            conn_close(n, c, rc);
     }
+    graft_due(n, t);
     for (uint32_t i = 0; i < n->npeers; i++)
         if (n->peers[i].retry_at > t + n->bmax)
             n->peers[i].retry_at = t, n->connect_at = t;
@@ -1513,7 +1735,11 @@ uint64_t fm_node_next_deadline(const fm_node *n)
         d = FM_MIN(d, c->last_rx_ms + n->idle_ms);
         if (c->live)
             d = FM_MIN(d, c->ae_at);
+        if (c->ihave_at)
+            d = FM_MIN(d, c->ihave_at);
     }
+    if (n->missing_head < n->nmissing)
+        d = FM_MIN(d, n->missing[n->missing_head].due);
     return d;
 }
 
@@ -1753,5 +1979,6 @@ void fm_node_close(fm_node *n)
     fm_buf_free(&n->applied);
     fm_buf_free(&n->scratch);
     fm_batch_free(&n->b);
+    free(n->missing);
     free(n);
 }

@@ -78,6 +78,14 @@ enum {
     FM_NODE_BLE_CONNECT_MS = 30 * 1000,
     /* Peers' "last synced" is checked at most this often while BATCHES flow. */
     FM_NODE_SYNC_CHECK_MS = 250,
+    /* Dial decisions compare peers' digests with ours computed at most this long ago. */
+    FM_NODE_DIGEST_STALE_MS = 1000,
+    /* Lazy push: announcements to a pruned peer wait this long to share one IHAVE; a batch
+     * announced to us and still lacking this long after is grafted (docs/PROTOCOL.md). */
+    FM_NODE_IHAVE_MS = 25,
+    FM_NODE_GRAFT_MS = 400,
+    FM_NODE_MAX_MISSING = 4096, /* announced batches awaited at once */
+    FM_NODE_EAGER_MIN = 2,      /* peers never pruned: they push to us */
     /* Group commit of relayed batches (replica.h): at most this many, this long. */
     FM_NODE_GROUP_COMMIT_BATCHES = 512,
     FM_NODE_COMMIT_MS = 50,
@@ -159,7 +167,9 @@ typedef struct fm_node_stats {
     uint64_t batches_refused;         /* received batches refused (bad signature, fork, ...) */
     uint64_t ops_in, op_bytes_in; /* ops of received batches applied, and those batches' bytes */
     uint64_t sessions_ok, sessions_failed;
-    uint32_t conns; /* open connections */
+    uint64_t ihave_out;              /* batches announced to lazy peers instead of sent */
+    uint64_t prunes_out, grafts_out; /* lazy push: peers told to announce / to push again */
+    uint32_t conns;                  /* open connections */
 } fm_node_stats;
 void fm_node_stats_get(const fm_node *n, fm_node_stats *out);
 /* Sync progress: ops that connected peers are known to hold and this node lacks (the largest

@@ -293,3 +293,86 @@ int fm_proto_members_decode(const uint8_t *p, size_t len, fm_bytes *out, uint32_
     *n = k;
     return fm_rd_end(&r);
 }
+
+/* ---- IHAVE, PRUNE, GRAFT ------------------------------------------------------------------------
+ */
+
+void fm_proto_ihave_begin(fm_wr *w, const uint8_t *name, uint32_t len, uint32_t n)
+{
+    FM_ASSERT(n >= 1 && n <= FM_PROTO_MAX_IHAVE);
+    msgpack_pack_array(FM_PK(w), 3);
+    msgpack_pack_uint64(FM_PK(w), FM_MSG_IHAVE);
+    fm_wr_str(w, name, len);
+    msgpack_pack_array(FM_PK(w), n);
+}
+
+void fm_proto_ihave_entry(fm_wr *w, const uint8_t author[FM_ID_BYTES], uint64_t seq)
+{
+    FM_ASSERT(seq > 0);
+    msgpack_pack_array(FM_PK(w), 2);
+    fm_wr_bin(w, author, FM_ID_BYTES);
+    msgpack_pack_uint64(FM_PK(w), seq);
+}
+
+int fm_proto_ihave_decode(const uint8_t *p, size_t len, fm_proto_name *name, fm_ihave_entry *out,
+                          uint32_t *n)
+{
+    fm_rd r;
+    uint32_t k;
+    fm_rd_init(&r, p, len);
+    if (rd_head(&r, FM_MSG_IHAVE, 3) || rd_name(&r, name) || fm_rd_array(&r, &k))
+        return r.err;
+    if (k == 0)
+        return FM_EDECODE;
+    if (k > FM_PROTO_MAX_IHAVE)
+        return FM_ELIMIT;
+    for (uint32_t i = 0; i < k; i++) {
+        const uint8_t *a;
+        uint32_t alen;
+        if (fm_rd_array_exact(&r, 2) || fm_rd_bin(&r, &a, &alen, FM_ID_BYTES) ||
+            fm_rd_uint(&r, &out[i].seq))
+            return r.err;
+        if (alen != FM_ID_BYTES || out[i].seq == 0)
+            return FM_EDECODE;
+        out[i].author = a;
+    }
+    *n = k;
+    return fm_rd_end(&r);
+}
+
+int fm_proto_prune_encode(fm_buf *out)
+{
+    fm_wr w;
+    fm_wr_init(&w, out);
+    msgpack_pack_array(FM_PK(&w), 1);
+    msgpack_pack_uint64(FM_PK(&w), FM_MSG_PRUNE);
+    return wr_done(out);
+}
+
+int fm_proto_prune_decode(const uint8_t *p, size_t len)
+{
+    fm_rd r;
+    fm_rd_init(&r, p, len);
+    if (rd_head(&r, FM_MSG_PRUNE, 1) || fm_rd_end(&r))
+        return r.err;
+    return 0;
+}
+
+int fm_proto_graft_encode(fm_buf *out, const uint8_t *name, uint32_t len)
+{
+    fm_wr w;
+    fm_wr_init(&w, out);
+    msgpack_pack_array(FM_PK(&w), 2);
+    msgpack_pack_uint64(FM_PK(&w), FM_MSG_GRAFT);
+    fm_wr_str(&w, name, len);
+    return wr_done(out);
+}
+
+int fm_proto_graft_decode(const uint8_t *p, size_t len, fm_proto_name *name)
+{
+    fm_rd r;
+    fm_rd_init(&r, p, len);
+    if (rd_head(&r, FM_MSG_GRAFT, 2) || rd_name(&r, name) || fm_rd_end(&r))
+        return r.err;
+    return 0;
+}

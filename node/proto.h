@@ -11,6 +11,11 @@
  *   BATCHES [4, name, [batch...]]                       causal order
  *   ACK     [5, processed]
  *   MEMBERS [6, [record...]]                            certificates and revocations
+ *   IHAVE   [7, name, [[author, last_seq]...]]           lazy push: batches the sender holds
+ *   PRUNE   [8]                                         push IHAVE to me, not BATCHES
+ *   GRAFT   [9, name]                                   push BATCHES to me again, and what
+ *                                                       I lack of name now
+ * IHAVE, PRUNE and GRAFT go only to peers with FM_CAP_LAZY.
  */
 #ifndef FM_PROTO_H
 #define FM_PROTO_H
@@ -23,7 +28,8 @@ enum {
     FM_PROTO_MIN = 1,
     FM_PROTO_MAX = 1,
     FM_CAP_MEMBERS = 1 << 0, /* understands MEMBERS */
-    FM_CAPS = FM_CAP_MEMBERS,
+    FM_CAP_LAZY = 1 << 1,    /* understands IHAVE, PRUNE and GRAFT */
+    FM_CAPS = FM_CAP_MEMBERS | FM_CAP_LAZY,
 
     FM_MSG_HELLO = 1,
     FM_MSG_SUMMARY = 2,
@@ -31,6 +37,9 @@ enum {
     FM_MSG_BATCHES = 4,
     FM_MSG_ACK = 5,
     FM_MSG_MEMBERS = 6,
+    FM_MSG_IHAVE = 7,
+    FM_MSG_PRUNE = 8,
+    FM_MSG_GRAFT = 9,
 
     FM_VECTOR_REPLY = 1,
 
@@ -42,6 +51,7 @@ enum {
     FM_PROTO_MAX_SUMMARY = FM_MAX_COLLECTIONS, /* entries in one SUMMARY */
     FM_PROTO_MEMBERS_PER_FRAME = 256,
     FM_PROTO_MAX_MEMBER_BYTES = 256, /* one certificate or revocation */
+    FM_PROTO_MAX_IHAVE = 1024,       /* entries in one IHAVE */
 };
 
 _Static_assert(FM_PROTO_BATCHES_TARGET + 64 <= FM_MAX_BATCH_BYTES, "target fits a frame");
@@ -100,6 +110,23 @@ int fm_proto_batches_decode(const uint8_t *p, size_t len, fm_proto_name *name, f
 
 int fm_proto_ack_encode(fm_buf *out, uint64_t processed);
 int fm_proto_ack_decode(const uint8_t *p, size_t len, uint64_t *processed);
+
+typedef struct fm_ihave_entry {
+    const uint8_t *author; /* FM_ID_BYTES */
+    uint64_t seq;
+} fm_ihave_entry;
+
+/* IHAVE: begin with the count (1..FM_PROTO_MAX_IHAVE), then each entry. */
+void fm_proto_ihave_begin(fm_wr *w, const uint8_t *name, uint32_t len, uint32_t n);
+void fm_proto_ihave_entry(fm_wr *w, const uint8_t author[FM_ID_BYTES], uint64_t seq);
+/* Fills out[] (at most FM_PROTO_MAX_IHAVE) with entries borrowed from p; seq > 0. */
+int fm_proto_ihave_decode(const uint8_t *p, size_t len, fm_proto_name *name, fm_ihave_entry *out,
+                          uint32_t *n);
+
+int fm_proto_prune_encode(fm_buf *out);
+int fm_proto_prune_decode(const uint8_t *p, size_t len);
+int fm_proto_graft_encode(fm_buf *out, const uint8_t *name, uint32_t len);
+int fm_proto_graft_decode(const uint8_t *p, size_t len, fm_proto_name *name);
 
 void fm_proto_members_begin(fm_wr *w, uint32_t n);
 /* Fills out[] (at most FM_PROTO_MEMBERS_PER_FRAME) with borrowed records. */

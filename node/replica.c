@@ -831,5 +831,7 @@ int fm_replica_forks(fm_replica *r, fm_author_fn fn, void *arg)
 void fm__replica_release_memory(fm_replica *r)
 {
     fm_state_trim(&r->st, 0);
+    free(r->recent); /* only an accelerator: rebuilt as batches arrive */
+    r->recent = NULL;
     fm_store_release_memory(r->store);
 }

@@ -119,8 +119,8 @@ struct fm_replica {
     uint64_t rollbacks;
 };
 
-/* Slots of fm_replica.recent (64 KiB). */
-#define FM_REPLICA_RECENT_SLOTS 2048u
+/* Slots of fm_replica.recent (256 KiB, given back by fm__replica_release_memory). */
+#define FM_REPLICA_RECENT_SLOTS 8192u
 
 /* Mesh membership (membership.c): load at open (and after a failed install: the view and the
  * record hashes are rebuilt from the store); may this batch's author write (at the batch's

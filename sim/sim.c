@@ -208,6 +208,9 @@ static void stats_add(fm_node_stats *acc, const fm_node_stats *x)
     acc->batches_refused += x->batches_refused;
     acc->sessions_ok += x->sessions_ok;
     acc->sessions_failed += x->sessions_failed;
+    acc->ihave_out += x->ihave_out;
+    acc->prunes_out += x->prunes_out;
+    acc->grafts_out += x->grafts_out;
 }
 
 /* Closes node and replica. A crash: peers see their connections drop, the node is told nothing
@@ -1023,6 +1026,9 @@ static void collect_stats(fm_sim *s, fm_sim_result *r)
         r->batches_dup += st.batches_dup;
         r->batches_refused += st.batches_refused;
         r->frames += st.frames_out;
+        r->ihave += st.ihave_out;
+        r->prunes += st.prunes_out;
+        r->grafts += st.grafts_out;
     }
 }
 

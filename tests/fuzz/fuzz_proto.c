@@ -167,8 +167,62 @@ static int members(const uint8_t *data, size_t size)
     return 0;
 }
 
+static int ihave(const uint8_t *data, size_t size)
+{
+    static fm_ihave_entry e[FM_PROTO_MAX_IHAVE];
+    fm_proto_name name;
+    uint32_t n = 0;
+    int rc = fm_proto_ihave_decode(data, size, &name, e, &n);
+    if (rc)
+        return rc;
+    if (n == 0 || n > FM_PROTO_MAX_IHAVE)
+        abort();
+    fm_buf out;
+    fm_buf_init(&out);
+    fm_wr w;
+    fm_wr_init(&w, &out);
+    fm_proto_ihave_begin(&w, name.p, name.len, n);
+    for (uint32_t i = 0; i < n; i++) {
+        if (e[i].seq == 0)
+            abort();
+        fm_proto_ihave_entry(&w, e[i].author, e[i].seq);
+    }
+    same_bytes(&out, data, size);
+    fm_buf_free(&out);
+    return 0;
+}
+
+static int prune(const uint8_t *data, size_t size)
+{
+    int rc = fm_proto_prune_decode(data, size);
+    if (rc)
+        return rc;
+    fm_buf out;
+    fm_buf_init(&out);
+    if (fm_proto_prune_encode(&out) != 0)
+        abort();
+    same_bytes(&out, data, size);
+    fm_buf_free(&out);
+    return 0;
+}
+
+static int graft(const uint8_t *data, size_t size)
+{
+    fm_proto_name name;
+    int rc = fm_proto_graft_decode(data, size, &name);
+    if (rc)
+        return rc;
+    fm_buf out;
+    fm_buf_init(&out);
+    if (fm_proto_graft_encode(&out, name.p, name.len) != 0)
+        abort();
+    same_bytes(&out, data, size);
+    fm_buf_free(&out);
+    return 0;
+}
+
 static int (*const decoders[])(const uint8_t *, size_t) = {
-    NULL, hello, summary, vector, batches, ack, members,
+    NULL, hello, summary, vector, batches, ack, members, ihave, prune, graft,
 };
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
@@ -177,11 +231,11 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     uint64_t type = 0;
     int trc = fm_proto_type(data, size, &type);
     int typed = 1;
-    if (trc == 0 && type >= FM_MSG_HELLO && type <= FM_MSG_MEMBERS)
+    if (trc == 0 && type >= FM_MSG_HELLO && type <= FM_MSG_GRAFT)
         typed = decoders[type](data, size);
     /* every decoder regardless: at most one accepts, and only a frame of its own type */
     int accepted = 0;
-    for (uint64_t t = FM_MSG_HELLO; t <= FM_MSG_MEMBERS; t++) {
+    for (uint64_t t = FM_MSG_HELLO; t <= FM_MSG_GRAFT; t++) {
         if (decoders[t](data, size) != 0)
             continue;
         accepted++;

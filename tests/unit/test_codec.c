@@ -837,16 +837,22 @@ static void test_vv_compare(void)
         fm_vv x, y, m;
         fm_vv_init(&x), fm_vv_init(&y), fm_vv_init(&m);
         bool xm = false, ym = false;
-        for (uint32_t k = 0; k < 5; k++) {
+        /* Every other round a sparse x against a dense y (fm_vv_leq's binary-search path). */
+        bool sparse = it % 2;
+        for (uint32_t k = 0; k < (sparse ? 64u : 5u); k++) {
             uint8_t id[32];
             key(id, k);
             uint64_t sx = fm_test_rand64(&rng) % 3, sy = fm_test_rand64(&rng) % 3;
+            if (sparse)
+                sx = fm_test_rand64(&rng) % 32 == 0 ? sx : 0, sy += sx == 0;
             fm_vv_set(&x, id, sx), fm_vv_set(&y, id, sy);
             xm |= sx > sy, ym |= sy > sx;
         }
         fm_vv_order want =
             xm ? (ym ? FM_VV_CONCURRENT : FM_VV_GREATER) : (ym ? FM_VV_LESS : FM_VV_EQUAL);
         CHECK_EQ_INT(fm_vv_compare(&x, &y), want);
+        CHECK(fm_vv_leq(&x, &y) == (want == FM_VV_EQUAL || want == FM_VV_LESS));
+        CHECK(fm_vv_leq(&y, &x) == (want == FM_VV_EQUAL || want == FM_VV_GREATER));
         fm_vv_copy(&m, &x);
         fm_vv_merge(&m, &y);
         fm_vv_order mx = fm_vv_compare(&m, &x), my = fm_vv_compare(&m, &y);

@@ -353,6 +353,42 @@ static void test_group_commit_deadline(void)
     world_close();
 }
 
+/* Lazy push: in a full mesh of four, redundant pushes get their senders pruned; pruned peers
+ * announce instead, and every write still reaches every node at once (no timer fires). */
+static void test_lazy_push(void)
+{
+    world_open(4, NULL);
+    for (int a = 0; a < 4; a++)
+        for (int b = a + 1; b < 4; b++)
+            link_static(a, b);
+    run_until(T0 + 3000);
+    for (int round = 0; round < 6; round++) {
+        uint64_t before = W.now;
+        char prefix[8];
+        snprintf(prefix, sizeof prefix, "w%d", round);
+        CHECK_OK(write_n(round % 4, "notes", prefix, 2));
+        drain();
+        CHECK_EQ_INT(W.now, before);
+        for (int i = 1; i < 4; i++)
+            check_same(0, i);
+        run_until(W.now + FM_NODE_IHAVE_MS + FM_NODE_GRAFT_MS + 1); /* announcements settle */
+    }
+    uint64_t prunes = 0, ihave = 0, dups_late = 0;
+    for (int i = 0; i < 4; i++) {
+        fm_node_stats st;
+        fm_node_stats_get(W.n[i].node, &st);
+        prunes += st.prunes_out, ihave += st.ihave_out;
+        CHECK_EQ_INT(st.grafts_out, 0); /* nothing was late: every node kept two pushers */
+        CHECK_EQ_INT(st.batches_refused, 0);
+        dups_late += st.batches_dup;
+    }
+    CHECK(prunes >= 1 && prunes <= 8);
+    CHECK(ihave >= 1 && ihave <= 1000);
+    CHECK(dups_late >= 1 && dups_late <= 1000);
+    CHECK_EQ_INT(status_of(3).ops, 6 * 2 * 2);
+    world_close();
+}
+
 /* Both ends dial each other (as discovery makes them do): one connection survives, and a write
  * still reaches the far end of a line at once. */
 static void test_symmetric_dial(void)
@@ -665,6 +701,7 @@ int main(void)
     RUN(test_two_nodes_sync);
     RUN(test_eager_push);
     RUN(test_group_commit_deadline);
+    RUN(test_lazy_push);
     RUN(test_symmetric_dial);
     RUN(test_push_after_catch_up);
     RUN(test_prefers_ip_over_ble);

@@ -99,15 +99,21 @@ static int decode_as(uint64_t type, const uint8_t *p, size_t len)
     uint32_t n;
     fm_bytes *arr = calloc(FM_PROTO_MAX_BATCHES_PER_FRAME, sizeof *arr);
     FM_ASSERT(h && arr);
-    int r[7];
+    fm_ihave_entry *ih = calloc(FM_PROTO_MAX_IHAVE, sizeof *ih);
+    FM_ASSERT(ih);
+    int r[10];
     r[1] = fm_proto_hello_decode(p, len, h);
     r[2] = fm_proto_summary_decode(p, len, &u, NULL, NULL);
     r[3] = fm_proto_vector_decode(p, len, &v);
     r[4] = fm_proto_batches_decode(p, len, &name, arr, &n);
     r[5] = fm_proto_ack_decode(p, len, &u);
     r[6] = fm_proto_members_decode(p, len, arr, &n);
-    if (type >= 1 && type <= 6)
+    r[7] = fm_proto_ihave_decode(p, len, &name, ih, &n);
+    r[8] = fm_proto_prune_decode(p, len);
+    r[9] = fm_proto_graft_decode(p, len, &name);
+    if (type >= 1 && type <= 9)
         rc = r[type];
+    free(ih);
     fm_vv_free(&v.vv);
     free(arr);
     free(h);
@@ -129,7 +135,7 @@ typedef struct samples {
     size_t cert_len, rev_len;
     /* the messages */
     fm_buf hello, hello_all, hello_none, summary, summary_empty, vector, vector_reply, batches, ack,
-        members;
+        members, ihave, prune, graft;
 } samples;
 
 static void op_enc(fm_buf *ops, fm_op_type t, const char *id, const char *field, fm_value v)
@@ -247,6 +253,13 @@ static void make_messages(samples *s)
     fm_proto_members_begin(&w, 2);
     fm_wr_bin(&w, s->cert, s->cert_len);
     fm_wr_bin(&w, s->rev, s->rev_len);
+
+    fm_wr_init(&w, &s->ihave);
+    fm_proto_ihave_begin(&w, (const uint8_t *)"notes", 5, 2);
+    fm_proto_ihave_entry(&w, s->a, 3);
+    fm_proto_ihave_entry(&w, s->b, 300);
+    CHECK_OK(fm_proto_prune_encode(&s->prune));
+    CHECK_OK(fm_proto_graft_encode(&s->graft, (const uint8_t *)"notes", 5));
 }
 
 static void samples_init(samples *s)
@@ -263,9 +276,9 @@ static void samples_init(samples *s)
     CHECK_OK(fm_vv_set(&s->vv_notes, s->b, 300));
     CHECK_OK(fm_vv_digest(&s->vv_empty, s->d_empty));
     CHECK_OK(fm_vv_digest(&s->vv_notes, s->d_notes));
-    fm_buf *bufs[] = {&s->batch1,       &s->batch2,  &s->hello,         &s->hello_all,
-                      &s->hello_none,   &s->summary, &s->summary_empty, &s->vector,
-                      &s->vector_reply, &s->batches, &s->ack,           &s->members};
+    fm_buf *bufs[] = {&s->batch1,  &s->batch2,        &s->hello,  &s->hello_all,    &s->hello_none,
+                      &s->summary, &s->summary_empty, &s->vector, &s->vector_reply, &s->batches,
+                      &s->ack,     &s->members,       &s->ihave,  &s->prune,        &s->graft};
     for (size_t i = 0; i < FM_ARRAY_LEN(bufs); i++)
         fm_buf_init(bufs[i]);
     make_batches(s, a);
@@ -278,9 +291,9 @@ static void samples_init(samples *s)
 
 static void samples_free(samples *s)
 {
-    fm_buf *bufs[] = {&s->batch1,       &s->batch2,  &s->hello,         &s->hello_all,
-                      &s->hello_none,   &s->summary, &s->summary_empty, &s->vector,
-                      &s->vector_reply, &s->batches, &s->ack,           &s->members};
+    fm_buf *bufs[] = {&s->batch1,  &s->batch2,        &s->hello,  &s->hello_all,    &s->hello_none,
+                      &s->summary, &s->summary_empty, &s->vector, &s->vector_reply, &s->batches,
+                      &s->ack,     &s->members,       &s->ihave,  &s->prune,        &s->graft};
     for (size_t i = 0; i < FM_ARRAY_LEN(bufs); i++)
         fm_buf_free(bufs[i]);
     fm_vv_free(&s->vv_notes);
@@ -307,6 +320,9 @@ static size_t sample_list(const samples *s, sample_msg out[16])
     out[n++] = (sample_msg){"batches", FM_MSG_BATCHES, &s->batches};
     out[n++] = (sample_msg){"ack", FM_MSG_ACK, &s->ack};
     out[n++] = (sample_msg){"members", FM_MSG_MEMBERS, &s->members};
+    out[n++] = (sample_msg){"ihave", FM_MSG_IHAVE, &s->ihave};
+    out[n++] = (sample_msg){"prune", FM_MSG_PRUNE, &s->prune};
+    out[n++] = (sample_msg){"graft", FM_MSG_GRAFT, &s->graft};
     return n;
 }
 
@@ -323,7 +339,7 @@ static void test_type(void)
         CHECK_OK(fm_proto_type(m[i].b->data, m[i].b->len, &t));
         CHECK_EQ_INT(t, m[i].type);
         /* each message decodes as its own type only */
-        for (uint64_t other = 1; other <= 6; other++)
+        for (uint64_t other = 1; other <= 9; other++)
             if (other == m[i].type)
                 CHECK_OK(decode_as(other, m[i].b->data, m[i].b->len));
             else
@@ -375,7 +391,7 @@ static void test_hello_roundtrip(void)
     CHECK_OK(fm_proto_hello_decode(s.hello.data, s.hello.len, h));
     CHECK_EQ_INT(h->proto_min, 1);
     CHECK_EQ_INT(h->proto_max, 1);
-    CHECK_EQ_INT(h->caps, FM_CAP_MEMBERS);
+    CHECK_EQ_INT(h->caps, FM_CAP_MEMBERS | FM_CAP_LAZY);
     CHECK_EQ_INT(h->window, FM_NODE_DEFAULT_WINDOW);
     CHECK(!h->subs_all);
     CHECK_EQ_INT(h->nsubs, 3);
@@ -401,10 +417,10 @@ static void test_hello_roundtrip(void)
     hello_roundtrip(&s.hello_all);
     hello_roundtrip(&s.hello_none);
 
-    /* the layout, by hand: [1, 1, 1, 1, 4096, nil, bin32 zeros, 0] */
+    /* the layout, by hand: [1, 1, 1, 3, 4096, nil, bin32 zeros, 0] */
     fm_buf want;
     fm_buf_init(&want);
-    put_hex(&want, "98 01 01 01 01 cd 10 00 c0 c4 20");
+    put_hex(&want, "98 01 01 01 03 cd 10 00 c0 c4 20");
     for (int i = 0; i < 32; i++)
         fm_buf_putc(&want, 0);
     fm_buf_putc(&want, 0);
@@ -1042,6 +1058,66 @@ static void test_ack_rejects(void)
     CHECK_RC(ack_rc("82 05 00"), FM_EDECODE); /* a map is not an array */
 }
 
+static int lazy_hex(uint64_t type, const char *h)
+{
+    fm_buf b;
+    fm_buf_init(&b);
+    put_hex(&b, h);
+    int rc = decode_as(type, b.data, b.len);
+    fm_buf_free(&b);
+    return rc;
+}
+
+/* IHAVE, PRUNE, GRAFT: layouts by hand, and what they refuse. */
+static void test_lazy_messages(void)
+{
+    samples s;
+    samples_init(&s);
+    fm_proto_name name;
+    fm_ihave_entry e[FM_PROTO_MAX_IHAVE];
+    uint32_t n = 0;
+    CHECK_OK(fm_proto_ihave_decode(s.ihave.data, s.ihave.len, &name, e, &n));
+    CHECK(name_is(name, "notes"));
+    CHECK_EQ_INT(n, 2);
+    CHECK_MEM(e[0].author, s.a, FM_ID_BYTES);
+    CHECK_EQ_INT(e[0].seq, 3);
+    CHECK_MEM(e[1].author, s.b, FM_ID_BYTES);
+    CHECK_EQ_INT(e[1].seq, 300);
+    CHECK_BYTES(s.prune.data, s.prune.len, (const uint8_t *)"\x91\x08", 2);
+    CHECK_BYTES(s.graft.data, s.graft.len, (const uint8_t *)"\x92\x09\xa5notes", 8);
+    CHECK_OK(fm_proto_graft_decode(s.graft.data, s.graft.len, &name));
+    CHECK(name_is(name, "notes"));
+    char z[32 * 3 + 1] = {0}; /* 32 zero bytes in hex */
+    for (int i = 0; i < 32; i++)
+        memcpy(z + 3 * i, "00 ", 3);
+    char h[512];
+    snprintf(h, sizeof h, "93 07 a1 6e 91 92 c4 20 %s 01", z);
+    CHECK_OK(lazy_hex(FM_MSG_IHAVE, h));
+    snprintf(h, sizeof h, "93 07 a1 6e 91 92 c4 20 %s 00", z); /* seq 0 */
+    CHECK_RC(lazy_hex(FM_MSG_IHAVE, h), FM_EDECODE);
+    snprintf(h, sizeof h, "93 07 a1 6e 91 92 c4 1f %.93s 01", z); /* a 31-byte author */
+    CHECK_RC(lazy_hex(FM_MSG_IHAVE, h), FM_EDECODE);
+    snprintf(h, sizeof h, "93 07 a1 6e 91 93 c4 20 %s 01 01", z);
+    CHECK(lazy_hex(FM_MSG_IHAVE, h) < 0);
+    CHECK_RC(lazy_hex(FM_MSG_IHAVE, "93 07 a1 6e 90"), FM_EDECODE);          /* nothing announced */
+    CHECK_RC(lazy_hex(FM_MSG_IHAVE, "93 07 a0 91 92 c4 00 01"), FM_EDECODE); /* bad name */
+    fm_buf big; /* one entry past the bound */
+    fm_buf_init(&big);
+    put_hex(&big, "93 07 a1 6e dc 04 01");
+    fm_wr w;
+    fm_wr_init(&w, &big);
+    for (int i = 0; i <= FM_PROTO_MAX_IHAVE; i++)
+        fm_proto_ihave_entry(&w, s.a, (uint64_t)i + 1);
+    CHECK_RC(fm_proto_ihave_decode(big.data, big.len, &name, e, &n), FM_ELIMIT);
+    fm_buf_free(&big);
+    CHECK_RC(lazy_hex(FM_MSG_PRUNE, "92 08 00"), FM_EDECODE);
+    CHECK_RC(lazy_hex(FM_MSG_PRUNE, "91 09"), FM_EDECODE);
+    CHECK_RC(lazy_hex(FM_MSG_GRAFT, "91 09"), FM_EDECODE);
+    CHECK_RC(lazy_hex(FM_MSG_GRAFT, "92 09 a0"), FM_EDECODE);
+    CHECK_RC(lazy_hex(FM_MSG_GRAFT, "93 09 a1 6e 00"), FM_EDECODE);
+    samples_free(&s);
+}
+
 static int members_hex(const char *h)
 {
     fm_buf b;
@@ -1178,14 +1254,15 @@ static const char PROTO_VECTOR_HEADER[] =
     "#   {b: 300}, hlc 1700000000500 << 16, ops [[2, \"r1\", \"n\", -3], [5, \"r2\"]].\n"
     "# cert = certificate of a, name \"alpha\", perms 3, not_before = issued_at = 1700000000000,\n"
     "#   not_after 1800000000000; revocation = of b, effective_ms = issued_at = 1750000000000.\n"
-    "# hello: [1, 1, 1, caps 1, window 262144, [[\"alerts\", 0], [\"notes\", 1], [\"photos\", "
+    "# hello: [1, 1, 1, caps 3, window 262144, [[\"alerts\", 0], [\"notes\", 1], [\"photos\", "
     "2]],\n"
     "#   digest 32 x 0x5a, count 3]; hello_all: window 4096, subs nil, digest 32 x 0x00, count 0;\n"
     "#   hello_none: window 67108864, subs [], digest 32 x 0xff, count 4096.\n"
     "# summary: round 1, [[\"alerts\", d_empty], [\"notes\", d_notes]]; summary_empty: round 2.\n"
     "# vector: round 1, flags 0, acked 0, \"notes\", vv_notes; vector_reply: round 2, flags 1,\n"
     "#   acked 70000, \"alerts\", {}. batches: \"notes\", [batch1, batch2]. ack: 65536.\n"
-    "# members: [cert, revocation].\n";
+    "# members: [cert, revocation]. ihave: \"notes\", [[a, 3], [b, 300]]. prune. graft: "
+    "\"notes\".\n";
 
 static void proto_vectors(fm_buf *b, const samples *s)
 {
@@ -1250,6 +1327,7 @@ int main(void)
     RUN(test_batches_rejects);
     RUN(test_ack_rejects);
     RUN(test_members_rejects);
+    RUN(test_lazy_messages);
     RUN(test_truncation);
     RUN(test_bit_flips);
     RUN(test_golden_vectors);
