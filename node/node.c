@@ -125,6 +125,7 @@ struct fm_node {
     uint64_t rollbacks; /* the replica's rollbacks count we last saw */
     lazy_ent *missing;  /* announced, lacking: a FIFO in due order from missing_head */
     uint32_t nmissing, cmissing, missing_head;
+    uint8_t (*graft_authors)[FM_ID_BYTES]; /* scratch of graft_due: FM_PROTO_MAX_IHAVE */
     /* batches the replica applied during a node call, processed when the call ends */
     fm_buf applied;
     fm_buf scratch;
@@ -937,22 +938,65 @@ out:
     return rc;
 }
 
+/* Sends author's batches from the one holding seq on, up to FM_NODE_GRAFT_BATCHES, while the
+ * window allows; false if it stopped before the feed's head. */
+static bool graft_feed(fm_node *n, pump_ctx *x, const fm_coll *coll, const uint8_t *author,
+                       uint64_t seq)
+{
+    fm_buf data;
+    fm_buf_init(&data);
+    uint64_t head = fm_vv_get(&coll->vv, author);
+    bool done = true;
+    for (uint32_t k = 0; seq <= head && !x->err; k++) {
+        if (k == FM_NODE_GRAFT_BATCHES || !window_open(x->l.c, x->l.body.len)) {
+            done = false;
+            break;
+        }
+        int rc = fm__replica_batch_at(n->r, (const uint8_t *)coll->name, coll->name_len, author,
+                                      seq, &data);
+        if (!rc)
+            rc = fm_batch_decode(data.data, data.len, &n->b) ? FM_ESTORE : 0;
+        if (!rc && fm_batch_last_seq(&n->b) > fm_vv_get(&x->l.s->known, author))
+            rc = pump_add(x, &n->b, data.data, data.len);
+        if (rc)
+            x->err = rc;
+        else
+            seq = fm_batch_last_seq(&n->b) + 1;
+    }
+    fm_buf_free(&data);
+    return done;
+}
+
 static int on_graft(fm_node *n, conn *c, const uint8_t *p, size_t len)
 {
     fm_proto_name name;
-    int rc = fm_proto_graft_decode(p, len, &name);
+    fm_ihave_entry e[FM_PROTO_MAX_IHAVE];
+    uint32_t k;
+    int rc = fm_proto_graft_decode(p, len, &name, e, &k);
     if (rc)
         return rc;
     c->lazy = false;
+    n->st.grafts_in++;
     fm_coll *coll = coll_of(n, name.p, name.len);
     if (!coll || !offers(n, coll) || peer_prio(c, name.p, name.len) < 0)
         return 0;
     csync *s = csync_get(c, name.p, name.len, true);
     if (!s)
         return FM_ENOMEM;
-    s->dirty = true; /* sent once `known` is valid: after the VECTOR exchange if under way */
-    pump(n, c);
-    return 0;
+    /* Just the feeds it names, from where it says it is: a pump would resend everything the
+     * peer got from others while we announced to it. */
+    pump_ctx x = {.l = {.n = n, .c = c, .s = s}};
+    fm_buf_init(&x.l.body);
+    for (uint32_t i = 0; i < k && !x.err; i++) {
+        if (fm_vv_get(&s->known, e[i].author) < e[i].seq - 1 &&
+            (rc = fm_vv_set(&s->known, e[i].author, e[i].seq - 1)))
+            x.err = rc;
+        else if (!graft_feed(n, &x, coll, e[i].author, e[i].seq))
+            s->dirty = true; /* the rest from the store when the window reopens */
+    }
+    rc = x.err ? x.err : pump_flush(&x);
+    fm_buf_free(&x.l.body);
+    return rc;
 }
 
 static int on_prune(fm_node *n, conn *c, const uint8_t *p, size_t len)
@@ -1019,6 +1063,8 @@ static void graft_due(fm_node *n, uint64_t t)
 {
     while (n->missing_head < n->nmissing && n->missing[n->missing_head].due <= t) {
         lazy_ent m = n->missing[n->missing_head++];
+        if (m.due == 0)
+            continue; /* taken by an earlier GRAFT */
         fm_coll *coll = coll_of(n, m.coll, m.len);
         if (coll && fm_vv_covers(&coll->vv, m.author, m.seq))
             continue; /* arrived by another path */
@@ -1027,20 +1073,31 @@ static void graft_due(fm_node *n, uint64_t t)
             continue; /* anti-entropy finds it */
         c->pruned = false;
         n->st.grafts_out++;
+        /* One GRAFT per peer and collection: every feed of it lacking now, from where we are. */
+        uint32_t k = 0;
+        uint8_t(*authors)[FM_ID_BYTES] = n->graft_authors;
+        for (uint32_t i = n->missing_head - 1; i < n->nmissing && n->missing[i].due <= t; i++) {
+            lazy_ent *x = &n->missing[i];
+            if (x->due == 0 || x->conn != m.conn || x->len != m.len ||
+                memcmp(x->coll, m.coll, m.len) != 0)
+                continue;
+            x->due = 0; /* taken */
+            bool dup = coll && fm_vv_covers(&coll->vv, x->author, x->seq);
+            for (uint32_t j = 0; j < k && !dup; j++)
+                dup = memcmp(authors[j], x->author, FM_ID_BYTES) == 0;
+            if (!dup && k < FM_PROTO_MAX_IHAVE)
+                memcpy(authors[k++], x->author, FM_ID_BYTES);
+        }
         fm_buf *msg = &n->scratch;
         fm_buf_reset(msg);
-        int rc = fm_proto_graft_encode(msg, m.coll, m.len);
-        if (!rc)
-            rc = conn_send(n, c, msg);
-        if (rc) {
+        fm_wr w;
+        fm_wr_init(&w, msg);
+        fm_proto_graft_begin(&w, m.coll, m.len, k);
+        for (uint32_t j = 0; j < k; j++)
+            fm_proto_ihave_entry(&w, authors[j], (coll ? fm_vv_get(&coll->vv, authors[j]) : 0) + 1);
+        int rc = conn_send(n, c, msg);
+        if (rc)
             conn_close(n, c, rc);
-            continue;
-        }
-        /* One graft per peer and collection is enough: drop its other entries due now. */
-        for (uint32_t i = n->missing_head; i < n->nmissing && n->missing[i].due <= t; i++)
-            if (n->missing[i].conn == m.conn && n->missing[i].len == m.len &&
-                memcmp(n->missing[i].coll, m.coll, m.len) == 0)
-                n->missing[i].due = 0, n->missing[i].conn = 0;
     }
 }
 
@@ -1936,6 +1993,7 @@ int fm_node_open(const fm_node_config *cfg, fm_node **out)
         rc = own_cert(n);
     if (!rc && (!(n->conns = calloc(n->max_total, sizeof *n->conns)) ||
                 !(n->barr = calloc(FM_PROTO_MAX_BATCHES_PER_FRAME, sizeof *n->barr)) ||
+                !(n->graft_authors = calloc(FM_PROTO_MAX_IHAVE, sizeof *n->graft_authors)) ||
                 !(n->bres = calloc(FM_PROTO_MAX_BATCHES_PER_FRAME, sizeof *n->bres)) ||
                 !(n->bops = calloc(FM_PROTO_MAX_BATCHES_PER_FRAME, sizeof *n->bops))))
         rc = FM_ENOMEM;
@@ -1980,5 +2038,6 @@ void fm_node_close(fm_node *n)
     fm_buf_free(&n->scratch);
     fm_batch_free(&n->b);
     free(n->missing);
+    free(n->graft_authors);
     free(n);
 }

@@ -84,8 +84,9 @@ enum {
      * announced to us and still lacking this long after is grafted (docs/PROTOCOL.md). */
     FM_NODE_IHAVE_MS = 25,
     FM_NODE_GRAFT_MS = 400,
-    FM_NODE_MAX_MISSING = 4096, /* announced batches awaited at once */
-    FM_NODE_EAGER_MIN = 2,      /* peers never pruned: they push to us */
+    FM_NODE_MAX_MISSING = 4096,  /* announced batches awaited at once */
+    FM_NODE_EAGER_MIN = 2,       /* peers never pruned: they push to us */
+    FM_NODE_GRAFT_BATCHES = 256, /* batches of one feed a GRAFT sends at once */
     /* Group commit of relayed batches (replica.h): at most this many, this long. */
     FM_NODE_GROUP_COMMIT_BATCHES = 512,
     FM_NODE_COMMIT_MS = 50,
@@ -169,7 +170,8 @@ typedef struct fm_node_stats {
     uint64_t sessions_ok, sessions_failed;
     uint64_t ihave_out;              /* batches announced to lazy peers instead of sent */
     uint64_t prunes_out, grafts_out; /* lazy push: peers told to announce / to push again */
-    uint32_t conns;                  /* open connections */
+    uint64_t grafts_in;
+    uint32_t conns; /* open connections */
 } fm_node_stats;
 void fm_node_stats_get(const fm_node *n, fm_node_stats *out);
 /* Sync progress: ops that connected peers are known to hold and this node lacks (the largest

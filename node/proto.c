@@ -297,13 +297,23 @@ int fm_proto_members_decode(const uint8_t *p, size_t len, fm_bytes *out, uint32_
 /* ---- IHAVE, PRUNE, GRAFT ------------------------------------------------------------------------
  */
 
-void fm_proto_ihave_begin(fm_wr *w, const uint8_t *name, uint32_t len, uint32_t n)
+static void entries_begin(fm_wr *w, uint64_t type, const uint8_t *name, uint32_t len, uint32_t n)
 {
     FM_ASSERT(n >= 1 && n <= FM_PROTO_MAX_IHAVE);
     msgpack_pack_array(FM_PK(w), 3);
-    msgpack_pack_uint64(FM_PK(w), FM_MSG_IHAVE);
+    msgpack_pack_uint64(FM_PK(w), type);
     fm_wr_str(w, name, len);
     msgpack_pack_array(FM_PK(w), n);
+}
+
+void fm_proto_ihave_begin(fm_wr *w, const uint8_t *name, uint32_t len, uint32_t n)
+{
+    entries_begin(w, FM_MSG_IHAVE, name, len, n);
+}
+
+void fm_proto_graft_begin(fm_wr *w, const uint8_t *name, uint32_t len, uint32_t n)
+{
+    entries_begin(w, FM_MSG_GRAFT, name, len, n);
 }
 
 void fm_proto_ihave_entry(fm_wr *w, const uint8_t author[FM_ID_BYTES], uint64_t seq)
@@ -314,13 +324,13 @@ void fm_proto_ihave_entry(fm_wr *w, const uint8_t author[FM_ID_BYTES], uint64_t 
     msgpack_pack_uint64(FM_PK(w), seq);
 }
 
-int fm_proto_ihave_decode(const uint8_t *p, size_t len, fm_proto_name *name, fm_ihave_entry *out,
-                          uint32_t *n)
+static int entries_decode(uint64_t type, const uint8_t *p, size_t len, fm_proto_name *name,
+                          fm_ihave_entry *out, uint32_t *n)
 {
     fm_rd r;
     uint32_t k;
     fm_rd_init(&r, p, len);
-    if (rd_head(&r, FM_MSG_IHAVE, 3) || rd_name(&r, name) || fm_rd_array(&r, &k))
+    if (rd_head(&r, type, 3) || rd_name(&r, name) || fm_rd_array(&r, &k))
         return r.err;
     if (k == 0)
         return FM_EDECODE;
@@ -340,6 +350,18 @@ int fm_proto_ihave_decode(const uint8_t *p, size_t len, fm_proto_name *name, fm_
     return fm_rd_end(&r);
 }
 
+int fm_proto_ihave_decode(const uint8_t *p, size_t len, fm_proto_name *name, fm_ihave_entry *out,
+                          uint32_t *n)
+{
+    return entries_decode(FM_MSG_IHAVE, p, len, name, out, n);
+}
+
+int fm_proto_graft_decode(const uint8_t *p, size_t len, fm_proto_name *name, fm_ihave_entry *out,
+                          uint32_t *n)
+{
+    return entries_decode(FM_MSG_GRAFT, p, len, name, out, n);
+}
+
 int fm_proto_prune_encode(fm_buf *out)
 {
     fm_wr w;
@@ -354,25 +376,6 @@ int fm_proto_prune_decode(const uint8_t *p, size_t len)
     fm_rd r;
     fm_rd_init(&r, p, len);
     if (rd_head(&r, FM_MSG_PRUNE, 1) || fm_rd_end(&r))
-        return r.err;
-    return 0;
-}
-
-int fm_proto_graft_encode(fm_buf *out, const uint8_t *name, uint32_t len)
-{
-    fm_wr w;
-    fm_wr_init(&w, out);
-    msgpack_pack_array(FM_PK(&w), 2);
-    msgpack_pack_uint64(FM_PK(&w), FM_MSG_GRAFT);
-    fm_wr_str(&w, name, len);
-    return wr_done(out);
-}
-
-int fm_proto_graft_decode(const uint8_t *p, size_t len, fm_proto_name *name)
-{
-    fm_rd r;
-    fm_rd_init(&r, p, len);
-    if (rd_head(&r, FM_MSG_GRAFT, 2) || rd_name(&r, name) || fm_rd_end(&r))
         return r.err;
     return 0;
 }

@@ -13,8 +13,8 @@
  *   MEMBERS [6, [record...]]                            certificates and revocations
  *   IHAVE   [7, name, [[author, last_seq]...]]           lazy push: batches the sender holds
  *   PRUNE   [8]                                         push IHAVE to me, not BATCHES
- *   GRAFT   [9, name]                                   push BATCHES to me again, and what
- *                                                       I lack of name now
+ *   GRAFT   [9, name, [[author, from_seq]...]]          push BATCHES to me again, and those
+ *                                                       feeds from from_seq now
  * IHAVE, PRUNE and GRAFT go only to peers with FM_CAP_LAZY.
  */
 #ifndef FM_PROTO_H
@@ -125,8 +125,10 @@ int fm_proto_ihave_decode(const uint8_t *p, size_t len, fm_proto_name *name, fm_
 
 int fm_proto_prune_encode(fm_buf *out);
 int fm_proto_prune_decode(const uint8_t *p, size_t len);
-int fm_proto_graft_encode(fm_buf *out, const uint8_t *name, uint32_t len);
-int fm_proto_graft_decode(const uint8_t *p, size_t len, fm_proto_name *name);
+/* GRAFT: the IHAVE layout (begin, then fm_proto_ihave_entry with from_seq). */
+void fm_proto_graft_begin(fm_wr *w, const uint8_t *name, uint32_t len, uint32_t n);
+int fm_proto_graft_decode(const uint8_t *p, size_t len, fm_proto_name *name, fm_ihave_entry *out,
+                          uint32_t *n);
 
 void fm_proto_members_begin(fm_wr *w, uint32_t n);
 /* Fills out[] (at most FM_PROTO_MEMBERS_PER_FRAME) with borrowed records. */

@@ -731,6 +731,18 @@ static int export_start(fm_replica *r, const fm_coll *c, const fm_vv *theirs, in
     return 0;
 }
 
+int fm__replica_batch_at(fm_replica *r, const uint8_t *coll, uint32_t coll_len,
+                         const uint8_t author[FM_ID_BYTES], uint64_t seq, fm_buf *out)
+{
+    fm_coll *c = fm_state_coll(&r->st, coll, coll_len);
+    if (!c || !c->store_id || fm_vv_get(&c->vv, author) < seq)
+        return FM_ENOTFOUND;
+    uint8_t hash[FM_HASH_BYTES];
+    fm_buf_reset(out);
+    int rc = fm_store_batch_at(r->store, c, author, seq, hash, out);
+    return rc == FM_ENOTFOUND ? FM_ESTORE : rc; /* the vector says we hold it */
+}
+
 int fm__replica_export_vv(fm_replica *r, const uint8_t *coll, uint32_t coll_len,
                           const fm_vv *theirs, fm_batch_fn fn, void *arg)
 {

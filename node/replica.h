@@ -34,6 +34,10 @@ int fm__replica_export_vv(fm_replica *r, const uint8_t *coll, uint32_t coll_len,
  * every batch this replica verifies (or signs) goes in. */
 void fm__replica_set_sigcache(fm_replica *r, fm_sigcache *c);
 
+/* The stored batch of coll holding op seq of author's feed, into out: 0, FM_ENOTFOUND. */
+int fm__replica_batch_at(fm_replica *r, const uint8_t *coll, uint32_t coll_len,
+                         const uint8_t author[FM_ID_BYTES], uint64_t seq, fm_buf *out);
+
 /* Group commit: ingest leaves its store transaction open until it holds max_batches batches
  * (0 or 1: commit at every ingest, the default), so a busy relay commits once for many. Only
  * remote batches wait, never a local write: they came from peers, and a crash before the commit

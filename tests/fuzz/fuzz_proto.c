@@ -208,14 +208,24 @@ static int prune(const uint8_t *data, size_t size)
 
 static int graft(const uint8_t *data, size_t size)
 {
+    static fm_ihave_entry e[FM_PROTO_MAX_IHAVE];
     fm_proto_name name;
-    int rc = fm_proto_graft_decode(data, size, &name);
+    uint32_t n = 0;
+    int rc = fm_proto_graft_decode(data, size, &name, e, &n);
     if (rc)
         return rc;
+    if (n == 0 || n > FM_PROTO_MAX_IHAVE)
+        abort();
     fm_buf out;
     fm_buf_init(&out);
-    if (fm_proto_graft_encode(&out, name.p, name.len) != 0)
-        abort();
+    fm_wr w;
+    fm_wr_init(&w, &out);
+    fm_proto_graft_begin(&w, name.p, name.len, n);
+    for (uint32_t i = 0; i < n; i++) {
+        if (e[i].seq == 0)
+            abort();
+        fm_proto_ihave_entry(&w, e[i].author, e[i].seq);
+    }
     same_bytes(&out, data, size);
     fm_buf_free(&out);
     return 0;

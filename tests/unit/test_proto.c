@@ -110,7 +110,7 @@ static int decode_as(uint64_t type, const uint8_t *p, size_t len)
     r[6] = fm_proto_members_decode(p, len, arr, &n);
     r[7] = fm_proto_ihave_decode(p, len, &name, ih, &n);
     r[8] = fm_proto_prune_decode(p, len);
-    r[9] = fm_proto_graft_decode(p, len, &name);
+    r[9] = fm_proto_graft_decode(p, len, &name, ih, &n);
     if (type >= 1 && type <= 9)
         rc = r[type];
     free(ih);
@@ -259,7 +259,9 @@ static void make_messages(samples *s)
     fm_proto_ihave_entry(&w, s->a, 3);
     fm_proto_ihave_entry(&w, s->b, 300);
     CHECK_OK(fm_proto_prune_encode(&s->prune));
-    CHECK_OK(fm_proto_graft_encode(&s->graft, (const uint8_t *)"notes", 5));
+    fm_wr_init(&w, &s->graft);
+    fm_proto_graft_begin(&w, (const uint8_t *)"notes", 5, 1);
+    fm_proto_ihave_entry(&w, s->b, 301);
 }
 
 static void samples_init(samples *s)
@@ -1084,9 +1086,13 @@ static void test_lazy_messages(void)
     CHECK_MEM(e[1].author, s.b, FM_ID_BYTES);
     CHECK_EQ_INT(e[1].seq, 300);
     CHECK_BYTES(s.prune.data, s.prune.len, (const uint8_t *)"\x91\x08", 2);
-    CHECK_BYTES(s.graft.data, s.graft.len, (const uint8_t *)"\x92\x09\xa5notes", 8);
-    CHECK_OK(fm_proto_graft_decode(s.graft.data, s.graft.len, &name));
+    CHECK_OK(fm_proto_graft_decode(s.graft.data, s.graft.len, &name, e, &n));
     CHECK(name_is(name, "notes"));
+    CHECK_EQ_INT(n, 1);
+    CHECK_MEM(e[0].author, s.b, FM_ID_BYTES);
+    CHECK_EQ_INT(e[0].seq, 301);
+    CHECK_EQ_INT(s.graft.len, 47);
+    CHECK_MEM(s.graft.data, "\x93\x09\xa5notes\x91\x92\xc4\x20", 12);
     char z[32 * 3 + 1] = {0}; /* 32 zero bytes in hex */
     for (int i = 0; i < 32; i++)
         memcpy(z + 3 * i, "00 ", 3);
@@ -1113,8 +1119,13 @@ static void test_lazy_messages(void)
     CHECK_RC(lazy_hex(FM_MSG_PRUNE, "92 08 00"), FM_EDECODE);
     CHECK_RC(lazy_hex(FM_MSG_PRUNE, "91 09"), FM_EDECODE);
     CHECK_RC(lazy_hex(FM_MSG_GRAFT, "91 09"), FM_EDECODE);
-    CHECK_RC(lazy_hex(FM_MSG_GRAFT, "92 09 a0"), FM_EDECODE);
-    CHECK_RC(lazy_hex(FM_MSG_GRAFT, "93 09 a1 6e 00"), FM_EDECODE);
+    CHECK_RC(lazy_hex(FM_MSG_GRAFT, "92 09 a1 6e"), FM_EDECODE);
+    CHECK_RC(lazy_hex(FM_MSG_GRAFT, "93 09 a1 6e 90"), FM_EDECODE);
+    snprintf(h, sizeof h, "93 09 a1 6e 91 92 c4 20 %s 00", z); /* from seq 0 */
+    CHECK_RC(lazy_hex(FM_MSG_GRAFT, h), FM_EDECODE);
+    snprintf(h, sizeof h, "93 09 a1 6e 91 92 c4 20 %s 01", z);
+    CHECK_OK(lazy_hex(FM_MSG_GRAFT, h));
+    CHECK_RC(lazy_hex(FM_MSG_IHAVE, h), FM_EDECODE); /* a GRAFT is no IHAVE */
     samples_free(&s);
 }
 
@@ -1261,8 +1272,8 @@ static const char PROTO_VECTOR_HEADER[] =
     "# summary: round 1, [[\"alerts\", d_empty], [\"notes\", d_notes]]; summary_empty: round 2.\n"
     "# vector: round 1, flags 0, acked 0, \"notes\", vv_notes; vector_reply: round 2, flags 1,\n"
     "#   acked 70000, \"alerts\", {}. batches: \"notes\", [batch1, batch2]. ack: 65536.\n"
-    "# members: [cert, revocation]. ihave: \"notes\", [[a, 3], [b, 300]]. prune. graft: "
-    "\"notes\".\n";
+    "# members: [cert, revocation]. ihave: \"notes\", [[a, 3], [b, 300]]. prune.\n"
+    "# graft: \"notes\", [[b, 301]].\n";
 
 static void proto_vectors(fm_buf *b, const samples *s)
 {
