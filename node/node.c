@@ -121,6 +121,7 @@ struct fm_node {
     uint8_t digest[FM_HASH_BYTES];
     uint64_t digest_gen, digest_ms;
     bool digest_valid;
+    int lazy;           /* fm_node_config.lazy_push */
     uint64_t commit_at; /* when batches a group commit holds are committed (0: none wait) */
     uint64_t rollbacks; /* the replica's rollbacks count we last saw */
     lazy_ent *missing;  /* announced, lacking: a FIFO in due order from missing_head */
@@ -540,7 +541,8 @@ static void ihave_queue(fm_node *n, conn *c, const fm_batch *b)
 /* The peer pushed a batch we held already: from now on it announces instead. */
 static int send_prune(fm_node *n, conn *c)
 {
-    if (c->pruned || !(c->peer_caps & FM_CAP_LAZY))
+    if (c->pruned || !(c->peer_caps & FM_CAP_LAZY) || n->lazy == FM_LAZY_OFF ||
+        (n->lazy == FM_LAZY_AUTO && strncmp(c->addr, "ble:", 4) != 0))
         return 0;
     /* Keep a few peers pushing: one tree for every author's writes breaks as peers come
      * and go, and each break costs a graft's round trip. */
@@ -1057,6 +1059,20 @@ static int on_ihave(fm_node *n, conn *c, const uint8_t *p, size_t len)
     return 0;
 }
 
+/* A live connection whose peer is known to hold the announced batch, or NULL. */
+static conn *holder_of(fm_node *n, const lazy_ent *m)
+{
+    for (uint32_t i = 0; i < n->max_total; i++) {
+        conn *c = &n->conns[i];
+        if (!c->used || !c->hello_rcvd || c->closing || !(c->peer_caps & FM_CAP_LAZY))
+            continue;
+        csync *s = csync_get(c, m->coll, m->len, false);
+        if (s && fm_vv_covers(&s->known, m->author, m->seq))
+            return c;
+    }
+    return NULL;
+}
+
 /* Announced batches still lacking when due: ask their announcer to push again. Its `known` of
  * us is fresh (our IHAVEs and pushes raise it), so it sends little we hold. */
 static void graft_due(fm_node *n, uint64_t t)
@@ -1070,7 +1086,10 @@ static void graft_due(fm_node *n, uint64_t t)
             continue; /* arrived by another path */
         conn *c = conn_find(n, m.conn);
         if (!c || !c->hello_rcvd || c->closing)
+            c = holder_of(n, &m); /* the announcer left: another peer known to hold it */
+        if (!c)
             continue; /* anti-entropy finds it */
+        fm_conn_id orig = m.conn;
         c->pruned = false;
         n->st.grafts_out++;
         /* One GRAFT per peer and collection: every feed of it lacking now, from where we are. */
@@ -1078,7 +1097,7 @@ static void graft_due(fm_node *n, uint64_t t)
         uint8_t(*authors)[FM_ID_BYTES] = n->graft_authors;
         for (uint32_t i = n->missing_head - 1; i < n->nmissing && n->missing[i].due <= t; i++) {
             lazy_ent *x = &n->missing[i];
-            if (x->due == 0 || x->conn != m.conn || x->len != m.len ||
+            if (x->due == 0 || (x->conn != orig && x->conn != c->id) || x->len != m.len ||
                 memcmp(x->coll, m.coll, m.len) != 0)
                 continue;
             x->due = 0; /* taken */
@@ -1977,6 +1996,7 @@ int fm_node_open(const fm_node_config *cfg, fm_node **out)
     n->ae_ms = cfg->anti_entropy_ms ? cfg->anti_entropy_ms : FM_NODE_DEFAULT_ANTI_ENTROPY_MS;
     n->idle_ms = cfg->idle_timeout_ms ? cfg->idle_timeout_ms : 3 * n->ae_ms;
     n->window = cfg->window_bytes ? cfg->window_bytes : FM_NODE_DEFAULT_WINDOW;
+    n->lazy = cfg->lazy_push;
     n->bmin = cfg->backoff_min_ms ? cfg->backoff_min_ms : FM_NODE_DEFAULT_BACKOFF_MIN_MS;
     n->bmax = cfg->backoff_max_ms ? cfg->backoff_max_ms : FM_NODE_DEFAULT_BACKOFF_MAX_MS;
     n->connect_at = UINT64_MAX;
@@ -1985,7 +2005,7 @@ int fm_node_open(const fm_node_config *cfg, fm_node **out)
     fm_batch_init(&n->b);
     int rc = 0;
     if (n->window < FM_PROTO_MIN_WINDOW || n->window > FM_PROTO_MAX_WINDOW || n->bmin > n->bmax ||
-        n->idle_ms <= n->ae_ms)
+        n->idle_ms <= n->ae_ms || n->lazy < FM_LAZY_AUTO || n->lazy > FM_LAZY_OFF)
         rc = FM_EINVAL;
     if (!rc)
         rc = copy_subs(n, cfg);

@@ -60,7 +60,13 @@ typedef struct fm_node_config {
     uint32_t window_bytes;    /* 0 = FM_NODE_DEFAULT_WINDOW: unacknowledged batch bytes */
     uint32_t backoff_min_ms;  /* 0 = FM_NODE_DEFAULT_BACKOFF_MIN_MS */
     uint32_t backoff_max_ms;  /* 0 = FM_NODE_DEFAULT_BACKOFF_MAX_MS */
+    int lazy_push;            /* FM_LAZY_AUTO (0), FM_LAZY_ON, FM_LAZY_OFF */
 } fm_node_config;
+
+/* Lazy push (docs/PROTOCOL.md §8.8) trades latency for airtime: a node prunes redundant pushers,
+ * which then announce instead, and a broken tree costs a graft's delay. AUTO prunes only on BLE
+ * connections ("ble:" addresses), where bytes are scarce; IP connections flood. */
+enum { FM_LAZY_AUTO = 0, FM_LAZY_ON = 1, FM_LAZY_OFF = 2 };
 #define FM_NODE_CONFIG_VERSION 1
 
 enum {
@@ -85,7 +91,7 @@ enum {
     FM_NODE_IHAVE_MS = 25,
     FM_NODE_GRAFT_MS = 400,
     FM_NODE_MAX_MISSING = 4096,  /* announced batches awaited at once */
-    FM_NODE_EAGER_MIN = 2,       /* peers never pruned: they push to us */
+    FM_NODE_EAGER_MIN = 3,       /* peers never pruned: they push to us */
     FM_NODE_GRAFT_BATCHES = 256, /* batches of one feed a GRAFT sends at once */
     /* Group commit of relayed batches (replica.h): at most this many, this long. */
     FM_NODE_GROUP_COMMIT_BATCHES = 512,

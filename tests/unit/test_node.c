@@ -10,7 +10,7 @@
 #include "node/replica.h"
 
 #define T0 1800000000000ull
-#define MAXN 4
+#define MAXN 6
 #define MAXQ 65536
 
 typedef struct ev {
@@ -255,7 +255,7 @@ static void world_close(void)
 
 static void link_static(int a, int b)
 {
-    char addr[8];
+    char addr[16];
     snprintf(addr, sizeof addr, "n:%d", b);
     CHECK_OK(fm_node_peer_seen(W.n[a].node, addr, NULL, FM_PEER_STATIC));
 }
@@ -355,26 +355,35 @@ static void test_group_commit_deadline(void)
 
 /* Lazy push: in a full mesh of four, redundant pushes get their senders pruned; pruned peers
  * announce instead, and every write still reaches every node at once (no timer fires). */
-static void test_lazy_push(void)
+static void lazy_rounds(void)
 {
-    world_open(4, NULL);
-    for (int a = 0; a < 4; a++)
-        for (int b = a + 1; b < 4; b++)
+    for (int a = 0; a < W.count; a++)
+        for (int b = a + 1; b < W.count; b++)
             link_static(a, b);
     run_until(T0 + 3000);
     for (int round = 0; round < 6; round++) {
         uint64_t before = W.now;
         char prefix[8];
         snprintf(prefix, sizeof prefix, "w%d", round);
-        CHECK_OK(write_n(round % 4, "notes", prefix, 2));
+        CHECK_OK(write_n(round % W.count, "notes", prefix, 2));
         drain();
         CHECK_EQ_INT(W.now, before);
-        for (int i = 1; i < 4; i++)
+        for (int i = 1; i < W.count; i++)
             check_same(0, i);
         run_until(W.now + FM_NODE_IHAVE_MS + FM_NODE_GRAFT_MS + 1); /* announcements settle */
     }
+}
+
+static void test_lazy_push(void)
+{
+    /* five in a full mesh: four connections each, one more than FM_NODE_EAGER_MIN */
+    fm_node_config on[5];
+    for (int i = 0; i < 5; i++)
+        on[i] = (fm_node_config){.lazy_push = FM_LAZY_ON};
+    world_open(5, on);
+    lazy_rounds();
     uint64_t prunes = 0, ihave = 0, dups_late = 0;
-    for (int i = 0; i < 4; i++) {
+    for (int i = 0; i < 5; i++) {
         fm_node_stats st;
         fm_node_stats_get(W.n[i].node, &st);
         prunes += st.prunes_out, ihave += st.ihave_out;
@@ -382,10 +391,21 @@ static void test_lazy_push(void)
         CHECK_EQ_INT(st.batches_refused, 0);
         dups_late += st.batches_dup;
     }
-    CHECK(prunes >= 1 && prunes <= 8);
+    CHECK(prunes >= 1 && prunes <= 5);
     CHECK(ihave >= 1 && ihave <= 1000);
     CHECK(dups_late >= 1 && dups_late <= 1000);
     CHECK_EQ_INT(status_of(3).ops, 6 * 2 * 2);
+    world_close();
+    /* AUTO floods over IP connections ("n:" addresses here): nobody is pruned. */
+    world_open(5, NULL);
+    lazy_rounds();
+    for (int i = 0; i < 5; i++) {
+        fm_node_stats st;
+        fm_node_stats_get(W.n[i].node, &st);
+        CHECK_EQ_INT(st.prunes_out, 0);
+        CHECK_EQ_INT(st.ihave_out, 0);
+        check_same(0, i);
+    }
     world_close();
 }
 
@@ -671,6 +691,9 @@ static void test_config_errors(void)
     cfg.window_bytes = 10;
     CHECK_RC(fm_node_open(&cfg, &n), FM_EINVAL);
     cfg.window_bytes = 0;
+    cfg.lazy_push = 3;
+    CHECK_RC(fm_node_open(&cfg, &n), FM_EINVAL);
+    cfg.lazy_push = FM_LAZY_AUTO;
     cfg.version = 99;
     CHECK_RC(fm_node_open(&cfg, &n), FM_EINVAL);
     fm_node_sub dup[2] = {{"a", 0}, {"a", 1}};
