@@ -190,26 +190,17 @@ static int install_one(fm_replica *r, fm_membership *m, const fm_cert *c, const 
     return rc;
 }
 
-/* Does the record, now installed in r->mesh, refuse batches of its device that an earlier view
- * accepted? A revocation does (from its instant on); so does a certificate without write that
- * governs. */
-static bool bars(const fm_replica *r, const fm_cert *c, const fm_revocation *rv)
+/* After a revocation was new to the store (inside the install transaction; rv NULL: a
+ * certificate, nothing to do): what the replica holds of its device follows the view at once, so
+ * acceptance does not depend on arrival order. *enforced is set if the data may have changed.
+ * A newer certificate without write also refuses a device's batches, all of them; rolling those
+ * back would erase writes made while it could write, so that stays as it was. */
+static int enforce(fm_replica *r, const fm_revocation *rv, bool *enforced)
 {
-    if (rv)
-        return true;
-    const fm_cert *gov = fm_membership_cert(r->mesh, c->device_id);
-    return gov && !(gov->perms & FM_PERM_WRITE);
-}
-
-/* After a record was new to the store (inside the install transaction): what the replica holds of
- * its device follows the view at once, so acceptance does not depend on arrival order. *enforced
- * is set if the data may have changed. */
-static int enforce(fm_replica *r, const fm_cert *c, const fm_revocation *rv, bool *enforced)
-{
-    if (!r->mesh || !bars(r, c, rv))
+    if (!r->mesh || !rv)
         return 0;
     *enforced = true;
-    return fm__revocation_enforce(r, c ? c->device_id : rv->device_id);
+    return fm__revocation_enforce(r, rv->device_id);
 }
 
 /* Ends an install transaction: commits (the epoch moves if anything was new), or rolls back and
@@ -254,7 +245,7 @@ static int install(fm_replica *r, const uint8_t *mesh_id, const fm_cert *c, cons
     uint32_t added = rc == 1 || fresh;
     bool enforced = false;
     if (rc == 1)
-        rc = enforce(r, c, rv, &enforced);
+        rc = enforce(r, rv, &enforced);
     rc = install_finish(r, rc < 0 ? rc : 0, added, enforced);
     if (!rc && fresh)
         r->mesh = fresh, fresh = NULL;
@@ -296,7 +287,7 @@ int fm__replica_import_members(fm_replica *r, const fm_bytes *recs, size_t n)
         if (rc == 1) {
             added++;
             /* Any failure here is the store's or memory's: never a skipped record. */
-            rc = enforce(r, is_cert ? &c : NULL, is_cert ? NULL : &rv, &enforced);
+            rc = enforce(r, is_cert ? NULL : &rv, &enforced);
             rc = rc < 0 ? rc : 1;
         } else if (rc == FM_EDECODE || rc == FM_EMESH || rc == FM_ESIG || rc == FM_ELIMIT) {
             skipped++, rc = 0;

@@ -116,10 +116,9 @@ int fm__mesh_check_batch(fm_replica *r, const fm_batch *b);
 int fm__mesh_check_local(fm_replica *r);
 void fm__mesh_free(fm_replica *r);
 
-/* Refusals that membership changes bring (revocation.c; docs/PROTOCOL.md §4.6). A device is
- * *barred* when a revocation is installed for it or its governing certificate lacks write: its
- * batches may be refused, so a context reference to one of its batches not held here counts as
- * absent rather than awaited. */
+/* Refusals that revocations bring (revocation.c; docs/PROTOCOL.md §4.6). A device is *barred*
+ * when a revocation is installed for it: its batches from an instant on are refused, so a context
+ * reference to one of its batches not held here counts as absent rather than awaited. */
 /* The absent references from the store (at open and after a failed transaction). */
 int fm__revocation_load(fm_replica *r);
 void fm__revocation_free(fm_replica *r);

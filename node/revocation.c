@@ -1,14 +1,14 @@
 /*
- * revocation.c — what a replica holds follows the membership records it holds, whatever the
- * order they and the batches arrived in (docs/PROTOCOL.md §4.6).
+ * revocation.c — what a replica holds follows the revocations it holds, whatever the order they
+ * and the batches arrived in (docs/PROTOCOL.md §4.6).
  *
- * A revocation refuses its device's batches stamped at or after its effective instant; a
- * certificate without write refuses all of them. A node may have applied such batches before it
- * held the record: installing it cuts the device's feeds before the first refused batch and
- * rebuilds each collection concerned from its remaining log. Batches of other authors stay; a
- * context reference of theirs to a batch the log lacks, of a barred author, is *absent*: the
- * batch applies without it. If the named batch turns out to be acceptable and arrives later, the
- * collection is replayed so that it applies first, as it does on a node that got it first.
+ * A revocation refuses its device's batches stamped at or after its effective instant. A node may
+ * have applied such batches before it held the revocation: installing it cuts the device's feeds
+ * before the first refused batch and rebuilds each collection concerned from its remaining log.
+ * Batches of other authors stay; a context reference of theirs to a batch the log lacks, of a
+ * revoked (barred) author, is *absent*: the batch applies without it. If the named batch turns out
+ * to be acceptable and arrives later, the collection is replayed so that it applies first, as it
+ * does on a node that got it first.
  *
  * Invariant: the state of a collection equals the replay of its log in causal order, where a
  * context reference to a batch the log lacks is dropped; so equal logs give equal states. The
@@ -26,15 +26,10 @@
 /* Flush replayed records every this many batches: a long log must not pin every record. */
 #define REPLAY_FLUSH_EVERY 1024
 
-/* May the view refuse some of this author's batches? */
+/* Does the view refuse some of this author's batches, from an instant on? */
 static bool barred(const fm_replica *r, const uint8_t author[FM_ID_BYTES])
 {
-    if (!r->mesh)
-        return false;
-    if (fm_membership_revocation(r->mesh, author))
-        return true;
-    const fm_cert *c = fm_membership_cert(r->mesh, author);
-    return c && !(c->perms & FM_PERM_WRITE);
+    return r->mesh && fm_membership_revocation(r->mesh, author);
 }
 
 /* ---- the absent references ------------------------------------------------------------------
