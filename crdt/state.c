@@ -106,6 +106,20 @@ int fm_state_coll_add(fm_state *s, const uint8_t *name, uint32_t len, fm_coll **
     return 0;
 }
 
+void fm_state_coll_drop(fm_state *s, fm_coll *c)
+{
+    FM_ASSERT(s->ndirty == 0); /* the dirty list would point into c */
+    bool found;
+    uint32_t i = coll_find(s, (const uint8_t *)c->name, c->name_len, &found);
+    FM_ASSERT(found && s->colls[i] == c);
+    uint64_t ops = fm_vv_total(&c->vv);
+    s->ops -= ops < s->ops ? ops : s->ops;
+    memmove(&s->colls[i], &s->colls[i + 1], (s->ncolls - i - 1) * sizeof *s->colls);
+    s->ncolls--;
+    s->gen++;
+    coll_free(c);
+}
+
 static fm_feed *feed_find(const fm_coll *c, uint32_t author, uint32_t *pos)
 {
     uint32_t lo = 0, hi = c->nfeeds;

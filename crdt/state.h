@@ -68,6 +68,9 @@ void fm_state_reset(fm_state *s);
 
 fm_coll *fm_state_coll(fm_state *s, const uint8_t *name, uint32_t len);
 int fm_state_coll_add(fm_state *s, const uint8_t *name, uint32_t len, fm_coll **out);
+/* Forgets collection c entirely (its records, feeds and aggregates; c is freed), so that it can be
+ * rebuilt from a log. Nothing may be dirty (flush first). */
+void fm_state_coll_drop(fm_state *s, fm_coll *c);
 /* Restores a feed position (from the store at open). */
 int fm_state_set_feed(fm_state *s, fm_coll *c, const uint8_t author[FM_ID_BYTES], uint64_t seq,
                       const uint8_t head[FM_HASH_BYTES]);

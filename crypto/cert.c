@@ -800,3 +800,9 @@ const fm_cert *fm_membership_cert(const fm_membership *m, const uint8_t device_i
 {
     return find_cert(m, device_id, NULL);
 }
+
+const fm_revocation *fm_membership_revocation(const fm_membership *m,
+                                              const uint8_t device_id[FM_ID_BYTES])
+{
+    return find_rev(m, device_id, NULL);
+}

@@ -146,5 +146,9 @@ int fm_membership_perms(const fm_membership *m, const uint8_t device_id[FM_ID_BY
                         uint64_t now_ms, uint32_t *perms);
 /* The installed certificate of a device, or NULL; valid until the next add on this view. */
 const fm_cert *fm_membership_cert(const fm_membership *m, const uint8_t device_id[FM_ID_BYTES]);
+/* The governing (earliest effective) revocation of a device, or NULL; valid until the next add on
+ * this view. */
+const fm_revocation *fm_membership_revocation(const fm_membership *m,
+                                              const uint8_t device_id[FM_ID_BYTES]);
 
 #endif

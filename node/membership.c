@@ -190,11 +190,27 @@ static int install_one(fm_replica *r, fm_membership *m, const fm_cert *c, const 
     return rc;
 }
 
-/* Ends an install transaction: commits (the epoch moves if anything was new), or rolls back and
- * rebuilds the view and the hashes from the store, which may hold less than they do now. */
-static int install_finish(fm_replica *r, int rc, uint32_t added)
+/* After a revocation was new to the store (inside the install transaction; rv NULL: a
+ * certificate, nothing to do): what the replica holds of its device follows the view at once, so
+ * acceptance does not depend on arrival order. *enforced is set if the data may have changed.
+ * A newer certificate without write also refuses a device's batches, all of them; rolling those
+ * back would erase writes made while it could write, so that stays as it was. */
+static int enforce(fm_replica *r, const fm_revocation *rv, bool *enforced)
 {
-    if (!rc)
+    if (!r->mesh || !rv)
+        return 0;
+    *enforced = true;
+    return fm__revocation_enforce(r, rv->device_id);
+}
+
+/* Ends an install transaction: commits (the epoch moves if anything was new), or rolls back and
+ * rebuilds the view and the hashes from the store, which may hold less than they do now. When an
+ * install was enforced on the data, the state is flushed with the commit (or reloaded). */
+static int install_finish(fm_replica *r, int rc, uint32_t added, bool enforced)
+{
+    if (enforced)
+        rc = fm__replica_finish_members(r, rc);
+    else if (!rc)
         rc = fm_store_commit(r->store);
     if (!rc) {
         r->member_epoch += added > 0;
@@ -227,7 +243,10 @@ static int install(fm_replica *r, const uint8_t *mesh_id, const fm_cert *c, cons
     if (!rc)
         rc = install_one(r, r->mesh ? r->mesh : fresh, c, rv);
     uint32_t added = rc == 1 || fresh;
-    rc = install_finish(r, rc < 0 ? rc : 0, added);
+    bool enforced = false;
+    if (rc == 1)
+        rc = enforce(r, rv, &enforced);
+    rc = install_finish(r, rc < 0 ? rc : 0, added, enforced);
     if (!rc && fresh)
         r->mesh = fresh, fresh = NULL;
     if (r->mesh)
@@ -257,6 +276,7 @@ int fm__replica_import_members(fm_replica *r, const fm_bytes *recs, size_t n)
     if (rc)
         return rc;
     uint32_t added = 0, skipped = 0;
+    bool enforced = false;
     for (size_t i = 0; i < n && rc >= 0; i++) {
         fm_cert c;
         fm_revocation rv;
@@ -264,12 +284,16 @@ int fm__replica_import_members(fm_replica *r, const fm_bytes *recs, size_t n)
         rc = decode_member(&recs[i], &c, &rv, &is_cert);
         if (!rc)
             rc = install_one(r, r->mesh, is_cert ? &c : NULL, is_cert ? NULL : &rv);
-        if (rc == 1)
+        if (rc == 1) {
             added++;
-        else if (rc == FM_EDECODE || rc == FM_EMESH || rc == FM_ESIG || rc == FM_ELIMIT)
+            /* Any failure here is the store's or memory's: never a skipped record. */
+            rc = enforce(r, is_cert ? NULL : &rv, &enforced);
+            rc = rc < 0 ? rc : 1;
+        } else if (rc == FM_EDECODE || rc == FM_EMESH || rc == FM_ESIG || rc == FM_ELIMIT) {
             skipped++, rc = 0;
+        }
     }
-    if ((rc = install_finish(r, rc < 0 ? rc : 0, added)))
+    if ((rc = install_finish(r, rc < 0 ? rc : 0, added, enforced)))
         return rc;
     r->members_skipped += skipped;
     return (int)added;

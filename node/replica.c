@@ -44,7 +44,8 @@ static int replica_reload(fm_replica *r)
     free(r->recent);
     r->recent = NULL;
     fm_state_reset(&r->st);
-    return fm_store_load_state(r->store, &r->st);
+    int rc = fm_store_load_state(r->store, &r->st);
+    return rc ? rc : fm__revocation_load(r);
 }
 
 /* The clock is kept with the data it stamped, so a reopened replica never stamps a write below
@@ -124,6 +125,7 @@ void fm_replica_close(fm_replica *r)
     free(r->applied_end);
     fm_state_free(&r->st);
     free(r->recent);
+    fm__revocation_free(r);
     fm__mesh_free(r);
     fm_store_close(r->store);
     fm_identity_free(r->identity);
@@ -605,6 +607,9 @@ static int ingest_one(fm_replica *r, const uint8_t *data, size_t len, bool verif
         rc = fm__mesh_check_batch(r, b);
     if (!rc)
         rc = fm_state_check(&r->st, b);
+    bool absent = false;
+    if (rc == FM_EPENDING)
+        rc = fm__revocation_ready(r, b, &absent); /* a barred author's batch may never come */
     if (!rc)
         rc = vv_room(r, b);
     if (rc == FM_EDUP || rc == FM_ECHAIN)
@@ -618,6 +623,8 @@ static int ingest_one(fm_replica *r, const uint8_t *data, size_t len, bool verif
         rc = pending_add(r, data, len);
     else if (rc == 0 && (rc = apply_checked(r, b, data, len)))
         partial = true; /* state changed part-way: only the rollback and reload undo it */
+    else if (rc == 0 && (rc = fm__revocation_applied(r, b, absent)))
+        partial = true;
     else if (rc == 0)
         r->skew |= fm_hlc_observe(&r->hlc, b->hlc, r->env->now_ms(r->env->ctx), r->max_skew_ms);
     *fatal = partial || rc == FM_ESTORE || rc == FM_ENOMEM;
@@ -632,6 +639,9 @@ static int pending_drain(fm_replica *r, int *applied)
         for (uint32_t i = 0; i < r->npending; i++) {
             fm_pending p = r->pending[i];
             int ck = fm_state_check(&r->st, &p.hdr);
+            bool absent;
+            if (ck == FM_EPENDING)
+                ck = fm__revocation_ready(r, &p.hdr, &absent);
             if (ck == FM_EPENDING || ck == FM_EGAP)
                 continue;
             /* Ready, or no longer applicable: leave the pending area either way. */
@@ -674,6 +684,8 @@ int fm_replica_ingest(fm_replica *r, const fm_bytes *batches, size_t n, int *res
             rc = pending_drain(r, &applied);
         }
     }
+    if (!rc)
+        rc = fm__revocation_replay_marked(r); /* a late batch others named: back into order */
     r->txn_batches += (uint32_t)n;
     if (rc || r->group_max <= 1 || r->txn_batches >= r->group_max)
         rc = finish_txn(r, rc);
@@ -686,6 +698,21 @@ int fm_replica_ingest(fm_replica *r, const fm_bytes *batches, size_t n, int *res
         return rc;
     applied_fire(r);
     return applied;
+}
+
+int fm__replica_finish_members(fm_replica *r, int rc)
+{
+    int applied = 0;
+    if (!rc) {
+        applied_reset(r);
+        rc = pending_drain(r, &applied);
+    }
+    if (!rc)
+        rc = fm__revocation_replay_marked(r);
+    if ((rc = finish_txn(r, rc)))
+        return rc;
+    applied_fire(r);
+    return 0;
 }
 
 /* ---- export, vectors, status ----------------------------------------------------------------- */

@@ -79,6 +79,16 @@ typedef struct fm_pending {
     fm_batch hdr;
 } fm_pending;
 
+/* A context reference counted as absent (revocation.c): a batch applied here named (author, seq)
+ * of this collection in its context while the author's feed here was below seq. */
+typedef struct fm_absent_ref {
+    uint8_t coll[FM_MAX_COLLECTION_LEN];
+    uint32_t coll_len;
+    uint8_t author[FM_ID_BYTES];
+    uint64_t seq; /* the greatest such seq */
+    bool stale;   /* a batch of the author at or below seq was applied since: replay the log */
+} fm_absent_ref;
+
 struct fm_replica {
     const fm_env *env;
     fm_identity *identity;
@@ -121,6 +131,10 @@ struct fm_replica {
     bool txn_open;
     uint32_t txn_batches, group_max;
     uint64_t rollbacks;
+    /* Absent context references (revocation.c), sorted by (collection, author); the store keeps
+     * them (meta "absent_refs") in step. At most one per collection and author. */
+    fm_absent_ref *absent;
+    uint32_t nabsent, cabsent;
 };
 
 /* Slots of fm_replica.recent (256 KiB, given back by fm__replica_release_memory). */
@@ -133,6 +147,33 @@ int fm__mesh_load(fm_replica *r);
 int fm__mesh_check_batch(fm_replica *r, const fm_batch *b);
 int fm__mesh_check_local(fm_replica *r);
 void fm__mesh_free(fm_replica *r);
+
+/* Refusals that revocations bring (revocation.c; docs/PROTOCOL.md §4.6). A device is *barred*
+ * when a revocation is installed for it: its batches from an instant on are refused, so a context
+ * reference to one of its batches not held here counts as absent rather than awaited. */
+/* The absent references from the store (at open and after a failed transaction). */
+int fm__revocation_load(fm_replica *r);
+void fm__revocation_free(fm_replica *r);
+/* For a batch fm_state_check held back only for its context (FM_EPENDING): 0 if every entry not
+ * covered here names a barred author (*absent then tells whether any did), else FM_EPENDING. */
+int fm__revocation_ready(fm_replica *r, const fm_batch *b, bool *absent);
+/* After the remote batch b was applied (inside the ingest transaction): notes its absent
+ * references, and marks for replay every collection where an earlier absent reference named b.
+ * FM_ENOMEM, FM_ESTORE. */
+int fm__revocation_applied(fm_replica *r, const fm_batch *b, bool absent);
+/* Replays the log of every collection marked by fm__revocation_applied (inside the caller's
+ * transaction), so that the batches naming the late one apply after it as they do everywhere. */
+int fm__revocation_replay_marked(fm_replica *r);
+/* Makes the installed view govern what this replica already holds of one device (inside the
+ * caller's transaction, after the record was added to r->mesh): per collection the device's feed
+ * is cut before its first batch the view refuses and the collection's log replayed; held batches
+ * the view refuses leave the pending area. FM_ESTATE from the applied hook; FM_ENOMEM, FM_ESTORE:
+ * the caller rolls back and reloads. */
+int fm__revocation_enforce(fm_replica *r, const uint8_t device[FM_ID_BYTES]);
+/* Ends a transaction in which fm__revocation_enforce ran: applies the held batches now ready,
+ * then commits as an ingest does (or rolls back and reloads the state); after the commit the
+ * applied hook sees what was released (replica.c). */
+int fm__replica_finish_members(fm_replica *r, int rc);
 
 /* Record views (record_view.c). */
 int fm__record_view(fm_replica *r, const fm_coll *c, const fm_rec *rec, fm_record **out);

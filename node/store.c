@@ -600,3 +600,91 @@ void fm_store_release_memory(fm_store *st)
 {
     sqlite3_db_release_memory(st->db);
 }
+
+/* ---- rebuilding a collection --------------------------------------------------------------- */
+
+/* Prepares sql and binds the collection (and the author, if any) as ?1 and ?2. */
+static int prepare_feed(fm_store *st, const char *sql, const fm_coll *c, const uint8_t *author,
+                        sqlite3_stmt **q)
+{
+    FM_ASSERT(c->store_id);
+    if (sqlite3_prepare_v2(st->db, sql, -1, q, NULL) != SQLITE_OK)
+        return FM_ESTORE;
+    sqlite3_bind_int64(*q, 1, c->store_id);
+    if (author)
+        sqlite3_bind_blob(*q, 2, author, FM_ID_BYTES, SQLITE_TRANSIENT);
+    return 0;
+}
+
+int fm_store_each_feed_batch(fm_store *st, const fm_coll *c, const uint8_t author[FM_ID_BYTES],
+                             fm_store_batch_fn fn, void *arg)
+{
+    sqlite3_stmt *q;
+    int rc = prepare_feed(st,
+                          "SELECT last_seq, data FROM batches WHERE coll = ?1 AND author = ?2 "
+                          "ORDER BY last_seq",
+                          c, author, &q);
+    if (rc)
+        return rc;
+    int step;
+    while (!rc && (step = sqlite3_step(q)) == SQLITE_ROW)
+        rc = fn(arg, author, (uint64_t)sqlite3_column_int64(q, 0), sqlite3_column_blob(q, 1),
+                (size_t)sqlite3_column_bytes(q, 1));
+    if (!rc && step != SQLITE_DONE)
+        rc = FM_ESTORE;
+    sqlite3_finalize(q);
+    return rc;
+}
+
+int fm_store_drop_feed_from(fm_store *st, const fm_coll *c, const uint8_t author[FM_ID_BYTES],
+                            uint64_t seq)
+{
+    sqlite3_stmt *q;
+    int rc = prepare_feed(st,
+                          "DELETE FROM batches WHERE coll = ?1 AND author = ?2 AND "
+                          "first_seq >= ?3",
+                          c, author, &q);
+    if (rc)
+        return rc;
+    sqlite3_bind_int64(q, 3, (int64_t)seq);
+    rc = sqlite3_step(q) == SQLITE_DONE ? sqlite3_changes(st->db) : FM_ESTORE;
+    sqlite3_finalize(q);
+    return rc;
+}
+
+/* Runs one statement about collection c to completion. */
+static int run_coll(fm_store *st, const char *sql, const fm_coll *c)
+{
+    sqlite3_stmt *q;
+    int rc = prepare_feed(st, sql, c, NULL, &q);
+    if (rc)
+        return rc;
+    rc = sqlite3_step(q) == SQLITE_DONE ? 0 : FM_ESTORE;
+    sqlite3_finalize(q);
+    return rc;
+}
+
+int fm_store_coll_reset(fm_store *st, const fm_coll *c)
+{
+    int rc = run_coll(st, "DELETE FROM records WHERE coll = ?1", c);
+    if (!rc)
+        rc = run_coll(st, "DELETE FROM feeds WHERE coll = ?1", c);
+    if (!rc)
+        rc = run_coll(st,
+                      "UPDATE collections SET state_xor = zeroblob(32), live = 0, "
+                      "conflicts = 0 WHERE id = ?1",
+                      c);
+    if (rc)
+        return rc;
+    sqlite3_stmt *q;
+    if ((rc = prepare_feed(st, "SELECT 1 FROM batches WHERE coll = ?1 LIMIT 1", c, NULL, &q)))
+        return rc;
+    int step = sqlite3_step(q);
+    sqlite3_finalize(q);
+    if (step == SQLITE_ROW)
+        return 0;
+    if (step != SQLITE_DONE)
+        return FM_ESTORE;
+    rc = run_coll(st, "DELETE FROM collections WHERE id = ?1", c);
+    return rc ? rc : 1;
+}

@@ -77,6 +77,19 @@ int64_t fm_store_batch_count(fm_store *st);
 /* Hands sqlite's unused cache pages back (an idle node keeps a small footprint). */
 void fm_store_release_memory(fm_store *st);
 
+/* ---- rebuilding a collection (node/revocation.c): rare, so statements are prepared per call ----
+ */
+
+/* Every stored batch of one feed, in seq order; fn returning non-zero stops. */
+int fm_store_each_feed_batch(fm_store *st, const fm_coll *c, const uint8_t author[FM_ID_BYTES],
+                             fm_store_batch_fn fn, void *arg);
+/* Deletes the feed's batches from first seq `seq` on; returns how many (>= 0). */
+int fm_store_drop_feed_from(fm_store *st, const fm_coll *c, const uint8_t author[FM_ID_BYTES],
+                            uint64_t seq);
+/* Deletes the collection's materialized state (records, feed heads) and zeroes its aggregates,
+ * keeping its log. A collection whose log is empty goes altogether: then 1, else 0. */
+int fm_store_coll_reset(fm_store *st, const fm_coll *c);
+
 /* Membership records (certificates and revocations), kept as installed; installing the same
  * record twice is a no-op. fm_store_put_member returns 1 if the record is new, 0 if held. */
 typedef enum fm_member_kind { FM_MEMBER_CERT = 0, FM_MEMBER_REVOCATION = 1 } fm_member_kind;

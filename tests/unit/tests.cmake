@@ -11,6 +11,7 @@ target_compile_definitions(test_batch PRIVATE FM_VECTORS_DIR="${CMAKE_SOURCE_DIR
 fm_unit_test(mesh)
 fm_unit_test(convergence)
 fm_unit_test(replica)
+fm_unit_test(revocation)
 fm_unit_test(sigcache)
 fm_unit_test(node)
 fm_unit_test(proto)
