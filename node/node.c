@@ -131,6 +131,7 @@ struct fm_node {
     fm_buf applied;
     fm_buf scratch;
     fm_batch b;
+    fm_batch fb;    /* scratch of send_feed (b may be the batch being pushed) */
     fm_bytes *barr; /* a received BATCHES frame */
     int *bres;
     uint32_t *bops;  /* ops of each batch in barr */
@@ -383,6 +384,7 @@ static int rec_list_flush(rec_list *l, size_t *sent)
 typedef struct pump_ctx {
     rec_list l;
     int err;
+    bool gap; /* a batch went out whose context the peer may lack */
 } pump_ctx;
 
 static int pump_flush(pump_ctx *x)
@@ -489,6 +491,39 @@ static void pump(fm_node *n, conn *c)
     }
 }
 
+/* Sends author's stored batches from the one holding seq through the one holding upto, at
+ * most FM_NODE_GRAFT_BATCHES, while the window allows; false if it stopped short. A batch whose
+ * context the peer may lack sets x->gap. */
+static bool send_feed(fm_node *n, pump_ctx *x, const fm_coll *coll, const uint8_t *author,
+                      uint64_t seq, uint64_t upto)
+{
+    fm_buf data;
+    fm_buf_init(&data);
+    uint64_t head = FM_MIN(upto, fm_vv_get(&coll->vv, author));
+    bool done = true;
+    for (uint32_t k = 0; seq <= head && !x->err; k++) {
+        if (k == FM_NODE_GRAFT_BATCHES || !window_open(x->l.c, x->l.body.len)) {
+            done = false;
+            break;
+        }
+        fm_batch *fb = &n->fb;
+        int rc = fm__replica_batch_at(n->r, (const uint8_t *)coll->name, coll->name_len, author,
+                                      seq, &data);
+        if (!rc)
+            rc = fm_batch_decode(data.data, data.len, fb) ? FM_ESTORE : 0;
+        if (!rc && fm_batch_last_seq(fb) > fm_vv_get(&x->l.s->known, author)) {
+            x->gap |= !fm_vv_leq(&fb->ctx, &x->l.s->known);
+            rc = pump_add(x, fb, data.data, data.len);
+        }
+        if (rc)
+            x->err = rc;
+        else
+            seq = fm_batch_last_seq(fb) + 1;
+    }
+    fm_buf_free(&data);
+    return done;
+}
+
 /* ---- lazy push ------------------------------------------------------------------------------ */
 
 static int ihave_flush(fm_node *n, conn *c)
@@ -579,14 +614,29 @@ static void push_one(fm_node *n, conn *c, const fm_batch *b, const uint8_t *data
         ihave_queue(n, c, b);
         return;
     }
-    bool next = have + 1 == b->first_seq && fm_vv_leq(&b->ctx, &s->known);
-    if (!s->known_valid || s->dirty || !next || !window_open(c, len)) {
+    if (!s->known_valid || s->dirty || !window_open(c, len)) {
         s->dirty = true;
         return;
     }
+    /* What the peer may lack first, feed by feed: the batch's own feed up to it and the feeds
+     * its context names. A pump would scan the store from the oldest batch `known` misses,
+     * which for a busy relay is far back: `known` is only a lower bound. */
     pump_ctx x = {.l = {.n = n, .c = c, .s = s}};
     fm_buf_init(&x.l.body);
-    int rc = pump_add(&x, b, data, len);
+    bool ok =
+        have + 1 == b->first_seq || send_feed(n, &x, coll, b->author, have + 1, b->first_seq - 1);
+    for (uint32_t i = 0; ok && !x.err && i < b->ctx.n; i++) {
+        const fm_vv_entry *e = &b->ctx.e[i];
+        uint64_t k = fm_vv_get(&s->known, e->author);
+        if (k < e->seq)
+            ok = send_feed(n, &x, coll, e->author, k + 1, e->seq);
+    }
+    int rc = x.err;
+    if (!rc && ok && window_open(c, x.l.body.len + len))
+        rc = pump_add(&x, b, data, len);
+    else if (!rc)
+        s->dirty = true; /* the rest from the store, in order */
+    s->dirty |= x.gap;
     if (!rc)
         rc = pump_flush(&x);
     fm_buf_free(&x.l.body);
@@ -940,35 +990,6 @@ out:
     return rc;
 }
 
-/* Sends author's batches from the one holding seq on, up to FM_NODE_GRAFT_BATCHES, while the
- * window allows; false if it stopped before the feed's head. */
-static bool graft_feed(fm_node *n, pump_ctx *x, const fm_coll *coll, const uint8_t *author,
-                       uint64_t seq)
-{
-    fm_buf data;
-    fm_buf_init(&data);
-    uint64_t head = fm_vv_get(&coll->vv, author);
-    bool done = true;
-    for (uint32_t k = 0; seq <= head && !x->err; k++) {
-        if (k == FM_NODE_GRAFT_BATCHES || !window_open(x->l.c, x->l.body.len)) {
-            done = false;
-            break;
-        }
-        int rc = fm__replica_batch_at(n->r, (const uint8_t *)coll->name, coll->name_len, author,
-                                      seq, &data);
-        if (!rc)
-            rc = fm_batch_decode(data.data, data.len, &n->b) ? FM_ESTORE : 0;
-        if (!rc && fm_batch_last_seq(&n->b) > fm_vv_get(&x->l.s->known, author))
-            rc = pump_add(x, &n->b, data.data, data.len);
-        if (rc)
-            x->err = rc;
-        else
-            seq = fm_batch_last_seq(&n->b) + 1;
-    }
-    fm_buf_free(&data);
-    return done;
-}
-
 static int on_graft(fm_node *n, conn *c, const uint8_t *p, size_t len)
 {
     fm_proto_name name;
@@ -993,7 +1014,7 @@ static int on_graft(fm_node *n, conn *c, const uint8_t *p, size_t len)
         if (fm_vv_get(&s->known, e[i].author) < e[i].seq - 1 &&
             (rc = fm_vv_set(&s->known, e[i].author, e[i].seq - 1)))
             x.err = rc;
-        else if (!graft_feed(n, &x, coll, e[i].author, e[i].seq))
+        else if (!send_feed(n, &x, coll, e[i].author, e[i].seq, UINT64_MAX))
             s->dirty = true; /* the rest from the store when the window reopens */
     }
     rc = x.err ? x.err : pump_flush(&x);
@@ -2003,6 +2024,7 @@ int fm_node_open(const fm_node_config *cfg, fm_node **out)
     fm_buf_init(&n->applied);
     fm_buf_init(&n->scratch);
     fm_batch_init(&n->b);
+    fm_batch_init(&n->fb);
     int rc = 0;
     if (n->window < FM_PROTO_MIN_WINDOW || n->window > FM_PROTO_MAX_WINDOW || n->bmin > n->bmax ||
         n->idle_ms <= n->ae_ms || n->lazy < FM_LAZY_AUTO || n->lazy > FM_LAZY_OFF)
@@ -2057,6 +2079,7 @@ void fm_node_close(fm_node *n)
     fm_buf_free(&n->applied);
     fm_buf_free(&n->scratch);
     fm_batch_free(&n->b);
+    fm_batch_free(&n->fb);
     free(n->missing);
     free(n->graft_authors);
     free(n);

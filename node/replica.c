@@ -770,6 +770,74 @@ int fm__replica_batch_at(fm_replica *r, const uint8_t *coll, uint32_t coll_len,
     return rc == FM_ENOTFOUND ? FM_ESTORE : rc; /* the vector says we hold it */
 }
 
+/* One lacking feed in a merge export: its next batch to send, and where it sits in the log. */
+typedef struct feed_cursor {
+    int64_t id;
+    uint64_t last;
+    const uint8_t *author;
+    fm_buf data;
+} feed_cursor;
+
+static void cursors_free(feed_cursor *cur, uint32_t n)
+{
+    for (uint32_t i = 0; i < n; i++)
+        fm_buf_free(&cur[i].data);
+    free(cur);
+}
+
+/* Yields what theirs lacks by walking the lacking feeds together in log order: one index
+ * lookup per batch sent, none for the batches between. *scan: not worth it (much of the log
+ * from the first lacking batch on is lacking: a scan reads it faster), nothing yielded. */
+static int export_merge(fm_replica *r, const fm_coll *c, const fm_vv *theirs, fm_batch_fn fn,
+                        void *arg, bool *scan)
+{
+    *scan = false;
+    feed_cursor *cur = NULL;
+    uint32_t n = 0, cap = 0;
+    uint64_t lacking = 0;
+    int64_t from = INT64_MAX;
+    int rc = 0;
+    for (uint32_t i = 0; i < c->vv.n && !rc; i++) {
+        const fm_vv_entry *e = &c->vv.e[i];
+        uint64_t have = fm_vv_get(theirs, e->author);
+        if (e->seq <= have)
+            continue;
+        if (fm_grow((void **)&cur, n, &cap, sizeof *cur)) {
+            rc = FM_ENOMEM;
+            break;
+        }
+        feed_cursor *f = &cur[n];
+        fm_buf_init(&f->data);
+        f->author = e->author;
+        n++;
+        rc = fm_store_feed_next(r->store, c, e->author, have, &f->id, &f->last, &f->data);
+        if (rc == FM_ENOTFOUND)
+            rc = FM_ESTORE; /* the vector says we hold it */
+        lacking += e->seq - have;
+        from = f->id < from ? f->id : from;
+    }
+    int64_t max = rc ? 0 : fm_store_max_batch_id(r->store);
+    if (!rc && max < 0)
+        rc = (int)max;
+    *scan = !rc && n && lacking * 4 >= (uint64_t)(max - from + 1);
+    while (!rc && !*scan && n) {
+        uint32_t k = 0; /* the cursor first in the log: lacking feeds are few on this path */
+        for (uint32_t i = 1; i < n; i++)
+            k = cur[i].id < cur[k].id ? i : k;
+        feed_cursor *f = &cur[k];
+        if ((rc = fn(arg, f->data.data, f->data.len)))
+            break;
+        rc = fm_store_feed_next(r->store, c, f->author, f->last, &f->id, &f->last, &f->data);
+        if (rc == FM_ENOTFOUND) {
+            fm_buf_free(&f->data);
+            cur[k] = cur[--n];
+            rc = 0;
+        }
+    }
+    cursors_free(cur, n);
+    return rc;
+}
+
 int fm__replica_export_vv(fm_replica *r, const uint8_t *coll, uint32_t coll_len,
                           const fm_vv *theirs, fm_batch_fn fn, void *arg)
 {
@@ -778,8 +846,12 @@ int fm__replica_export_vv(fm_replica *r, const uint8_t *coll, uint32_t coll_len,
     fm_coll *c = fm_state_coll(&r->st, coll, coll_len);
     if (!c || !c->store_id)
         return 0;
+    bool scan;
+    int rc = export_merge(r, c, theirs, fn, arg, &scan);
+    if (rc || !scan)
+        return rc;
     int64_t from;
-    int rc = export_start(r, c, theirs, &from);
+    rc = export_start(r, c, theirs, &from);
     if (rc || from == 0)
         return rc;
     export_ctx x = {.theirs = theirs, .fn = fn, .arg = arg};

@@ -25,6 +25,8 @@ enum {
     S_MEMBER_PUT,
     S_FEED_FIRST_AFTER,
     S_BATCHES_FROM,
+    S_FEED_NEXT,
+    S_MAX_BATCH_ID,
     S__COUNT
 };
 
@@ -56,6 +58,9 @@ static const char *const SQL[S__COUNT] = {
      * whole log and sort it; this way every row read is counted (fm_store_batch_rows_read). */
     [S_BATCHES_FROM] = "SELECT coll, author, last_seq, data FROM batches WHERE id >= ?1 "
                        "ORDER BY id",
+    [S_FEED_NEXT] = "SELECT id, last_seq, data FROM batches WHERE coll = ?1 AND author = ?2 "
+                    "AND last_seq > ?3 ORDER BY last_seq LIMIT 1",
+    [S_MAX_BATCH_ID] = "SELECT max(id) FROM batches",
 };
 
 /* Migrations: MIGRATIONS[v] moves a store from schema v to v+1. Never edit a shipped step. */
@@ -527,6 +532,34 @@ int fm_store_first_batch_after(fm_store *st, const fm_coll *c, const uint8_t aut
     *id = sqlite3_column_int64(s, 0);
     done(s);
     return 0;
+}
+
+int fm_store_feed_next(fm_store *st, const fm_coll *c, const uint8_t author[FM_ID_BYTES],
+                       uint64_t seq, int64_t *id, uint64_t *last_seq, fm_buf *data)
+{
+    sqlite3_stmt *s = st->stmt[S_FEED_NEXT];
+    bind_feed_pos(s, c, author, seq);
+    int rc = lookup(s);
+    if (rc)
+        return rc;
+    st->batch_rows++;
+    *id = sqlite3_column_int64(s, 0);
+    *last_seq = (uint64_t)sqlite3_column_int64(s, 1);
+    fm_buf_reset(data);
+    rc = fm_buf_append(data, sqlite3_column_blob(s, 2), (size_t)sqlite3_column_bytes(s, 2));
+    done(s);
+    return rc;
+}
+
+int64_t fm_store_max_batch_id(fm_store *st)
+{
+    sqlite3_stmt *s = st->stmt[S_MAX_BATCH_ID];
+    int rc = lookup(s);
+    if (rc)
+        return rc == FM_ENOTFOUND ? 0 : rc;
+    int64_t id = sqlite3_column_int64(s, 0); /* NULL (no batches) reads as 0 */
+    done(s);
+    return id;
 }
 
 uint64_t fm_store_batch_rows_read(const fm_store *st)

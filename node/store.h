@@ -62,6 +62,12 @@ int fm_store_each_batch(fm_store *st, const fm_coll *c, fm_store_batch_fn fn, vo
 int fm_store_each_batch_from(fm_store *st, const fm_coll *c, int64_t from_id, fm_store_batch_fn fn,
                              void *arg);
 /* The log position of the feed's first batch whose last seq is beyond seq; FM_ENOTFOUND. */
+/* A feed's first batch whose last seq is beyond seq: its log position, last seq and encoding
+ * (into data). FM_ENOTFOUND if none. Counts as one row read. */
+int fm_store_feed_next(fm_store *st, const fm_coll *c, const uint8_t author[FM_ID_BYTES],
+                       uint64_t seq, int64_t *id, uint64_t *last_seq, fm_buf *data);
+/* The largest log position (0: no batch), or a negative code. */
+int64_t fm_store_max_batch_id(fm_store *st);
 int fm_store_first_batch_after(fm_store *st, const fm_coll *c, const uint8_t author[FM_ID_BYTES],
                                uint64_t seq, int64_t *id);
 /* Log rows (of any collection) fm_store_each_batch(_from) has read on this handle: what scans
