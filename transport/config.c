@@ -158,6 +158,13 @@ static int node_key(fm_daemon_opts *o, const char *k, const char *v)
         return parse_u32(v, 1, FM_NODE_MAX_CONNS / 2, &o->max_conns);
     if (!strcmp(k, "anti_entropy_ms"))
         return parse_u32(v, 100, 3600 * 1000, &o->anti_entropy_ms);
+    if (!strcmp(k, "lazy_push")) {
+        static const char *const names[] = {"auto", "on", "off"}; /* FM_LAZY_* order */
+        for (int i = 0; i < 3; i++)
+            if (!strcmp(v, names[i]))
+                return o->lazy_push = i, 0;
+        return FM_EINVAL;
+    }
     return FM_ENOTFOUND;
 }
 

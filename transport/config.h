@@ -7,7 +7,7 @@
  *   [node]               listen = ADDR:PORT (repeatable), peer = HOST:PORT (repeatable),
  *                        mdns = yes|no, ble = yes|no, ble_adapter = hciN,
  *                        log_level = error|warn|info|debug, max_connections = N,
- *                        anti_entropy_ms = N
+ *                        anti_entropy_ms = N, lazy_push = auto|on|off
  *   [subscriptions]      COLLECTION = critical|normal|bulk   (no section: every collection;
  *                        the single line `* = none`: nothing but this node's own writes)
  */
@@ -35,6 +35,7 @@ typedef struct fm_daemon_opts {
     char ble_adapter[16];
     int log_level; /* FM_LOG_* */
     uint32_t max_conns, anti_entropy_ms;
+    int lazy_push; /* FM_LAZY_* */
     char sub_names[FM_NODE_MAX_SUBS][FM_MAX_COLLECTION_LEN + 1];
     fm_node_sub subs[FM_NODE_MAX_SUBS];
     size_t nsubs;
