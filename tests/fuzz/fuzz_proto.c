@@ -167,12 +167,14 @@ static int members(const uint8_t *data, size_t size)
     return 0;
 }
 
-static int ihave(const uint8_t *data, size_t size)
+/* IHAVE and GRAFT share a layout: decode as type, re-encode, compare. */
+static int entries(const uint8_t *data, size_t size, bool graft)
 {
     static fm_ihave_entry e[FM_PROTO_MAX_IHAVE];
     fm_proto_name name;
     uint32_t n = 0;
-    int rc = fm_proto_ihave_decode(data, size, &name, e, &n);
+    int rc = graft ? fm_proto_graft_decode(data, size, &name, e, &n)
+                   : fm_proto_ihave_decode(data, size, &name, e, &n);
     if (rc)
         return rc;
     if (n == 0 || n > FM_PROTO_MAX_IHAVE)
@@ -181,7 +183,7 @@ static int ihave(const uint8_t *data, size_t size)
     fm_buf_init(&out);
     fm_wr w;
     fm_wr_init(&w, &out);
-    fm_proto_ihave_begin(&w, name.p, name.len, n);
+    (graft ? fm_proto_graft_begin : fm_proto_ihave_begin)(&w, name.p, name.len, n);
     for (uint32_t i = 0; i < n; i++) {
         if (e[i].seq == 0)
             abort();
@@ -190,6 +192,16 @@ static int ihave(const uint8_t *data, size_t size)
     same_bytes(&out, data, size);
     fm_buf_free(&out);
     return 0;
+}
+
+static int ihave(const uint8_t *data, size_t size)
+{
+    return entries(data, size, false);
+}
+
+static int graft(const uint8_t *data, size_t size)
+{
+    return entries(data, size, true);
 }
 
 static int prune(const uint8_t *data, size_t size)
@@ -201,31 +213,6 @@ static int prune(const uint8_t *data, size_t size)
     fm_buf_init(&out);
     if (fm_proto_prune_encode(&out) != 0)
         abort();
-    same_bytes(&out, data, size);
-    fm_buf_free(&out);
-    return 0;
-}
-
-static int graft(const uint8_t *data, size_t size)
-{
-    static fm_ihave_entry e[FM_PROTO_MAX_IHAVE];
-    fm_proto_name name;
-    uint32_t n = 0;
-    int rc = fm_proto_graft_decode(data, size, &name, e, &n);
-    if (rc)
-        return rc;
-    if (n == 0 || n > FM_PROTO_MAX_IHAVE)
-        abort();
-    fm_buf out;
-    fm_buf_init(&out);
-    fm_wr w;
-    fm_wr_init(&w, &out);
-    fm_proto_graft_begin(&w, name.p, name.len, n);
-    for (uint32_t i = 0; i < n; i++) {
-        if (e[i].seq == 0)
-            abort();
-        fm_proto_ihave_entry(&w, e[i].author, e[i].seq);
-    }
     same_bytes(&out, data, size);
     fm_buf_free(&out);
     return 0;
