@@ -346,8 +346,10 @@ static void dev_report(fm_ble *b, ble_dev *d)
         memcpy(dg, b->digest, FM_HASH_BYTES);
     else
         memcpy(dg, theirs, FM_BLE_DIGEST_PREFIX);
-    if (!d->reported[0])
+    if (!d->reported[0]) {
         blog(b, FM_LOG_DEBUG, "ble: found %s", addr);
+        adv_refresh(b); /* it may have missed ours: see adv_refresh */
+    }
     snprintf(d->reported, sizeof d->reported, "%s", addr);
     b->cb.found(b->cb.ctx, addr, dg);
 }
@@ -609,9 +611,11 @@ static void on_adv_timer(evutil_socket_t fd, short what, void *arg)
     bus_pump(b);
 }
 
-/* A link of ours came up, and with it the controller stopped advertising: advertise again soon
- * (the same payload; a swap that is due anyway covers it). Before the first registration there
- * is nothing to swap: that one comes once discovery is on. */
+/* Advertise again soon (the same payload; a swap that is due anyway covers it): a link of ours
+ * came up, and with it the controller stopped advertising; or we found a peer, which may have
+ * missed our advertisement (one switched on while the peer's discovery was still starting is
+ * never reported to it by btvirt, nor by a duplicate-filtering scan). Before the first
+ * registration there is nothing to swap: that one comes once discovery is on. */
 static void adv_refresh(fm_ble *b)
 {
     if (b->adv_dirty || b->bluez_gone || b->dead || (!b->adv_registered && !b->adv_busy))
@@ -642,8 +646,17 @@ static int on_discovery(sd_bus_message *m, void *arg, sd_bus_error *err)
              b->adapter_path);
     b->discovering = !e;
     b->restart_tries = 0;
-    if (!b->adv_registered || b->adv_dirty)
-        adv_register(b); /* after scanning is on: see the file comment */
+    if (!b->adv_registered && !b->adv_busy) {
+        /* The first advertisement after scanning is on (see the file comment), and a moment
+         * after: peers (re)starting with us, as after a bluetoothd restart, are scanning by then
+         * and see it (see adv_refresh). */
+        b->adv_dirty = true;
+        struct timeval tv = {FM_BLE_ADV_AFTER_SCAN_MS / 1000,
+                             (FM_BLE_ADV_AFTER_SCAN_MS % 1000) * 1000};
+        evtimer_add(b->adv_timer, &tv);
+    } else if (b->adv_dirty && !b->adv_busy) {
+        adv_register(b);
+    }
     return 0;
 }
 
@@ -1104,11 +1117,11 @@ void fm_ble_set_digest(fm_ble *b, const uint8_t digest[FM_HASH_BYTES])
         return;
     if (!b->adv_dirty) {
         b->adv_dirty = true;
-        /* Swapping advertisements costs the peers a scan: coalesce. */
-        struct timeval tv = {0, 0};
-        if (b->adv_registered)
-            tv.tv_sec = FM_BLE_ADV_INTERVAL_MS / 1000;
-        evtimer_add(b->adv_timer, &tv);
+        /* Swapping advertisements costs the peers a scan: coalesce. Before discovery is on,
+         * the first registration reads the new digest; one under way is swapped once done. */
+        struct timeval tv = {b->adv_registered ? FM_BLE_ADV_INTERVAL_MS / 1000 : 0, 0};
+        if (b->adv_registered || (!b->adv_busy && b->discovering))
+            evtimer_add(b->adv_timer, &tv);
     }
 }
 

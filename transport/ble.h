@@ -40,14 +40,15 @@ enum {
     FM_BLE_PSM_MAX = 0xff,
     FM_BLE_MAX_DEVICES = 128, /* devices tracked per adapter */
     FM_BLE_ADV_INTERVAL_MS = 2000,
-    FM_BLE_ADV_REFRESH_MS = 200,   /* a new link stopped our advertising: advertise again after */
-    FM_BLE_CALL_TIMEOUT_MS = 5000, /* D-Bus calls at start */
-    FM_BLE_RCVMTU = 65535,         /* our incoming SDU size (fewer, larger SDUs) */
-    FM_BLE_DIAL_WAIT_MS = 8000,    /* the lower address waits this long for the higher's link */
-    FM_BLE_DIAL_SETTLE_MS = 1000,  /* and for a channel on a link that has just come up */
-    FM_BLE_MAX_SOCKS = 16,         /* channel sockets remembered (fm_ble_connect, accepted) */
-    FM_BLE_RESTART_MS = 1000,      /* after a bluetoothd restart: retry discovery this often */
-    FM_BLE_RESTART_TRIES = 30,     /* ... this many times */
+    FM_BLE_ADV_REFRESH_MS = 200,     /* a new link or a new peer: advertise again after this */
+    FM_BLE_ADV_AFTER_SCAN_MS = 1500, /* the first advertisement, after discovery is on */
+    FM_BLE_CALL_TIMEOUT_MS = 5000,   /* D-Bus calls at start */
+    FM_BLE_RCVMTU = 65535,           /* our incoming SDU size (fewer, larger SDUs) */
+    FM_BLE_DIAL_WAIT_MS = 8000,      /* the lower address waits this long for the higher's link */
+    FM_BLE_DIAL_SETTLE_MS = 1000,    /* and for a channel on a link that has just come up */
+    FM_BLE_MAX_SOCKS = 16,           /* channel sockets remembered (fm_ble_connect, accepted) */
+    FM_BLE_RESTART_MS = 1000,        /* after a bluetoothd restart: retry discovery this often */
+    FM_BLE_RESTART_TRIES = 30,       /* ... this many times */
 };
 _Static_assert(2 + FM_BLE_MESH_PREFIX + FM_BLE_DIGEST_PREFIX == FM_BLE_PAYLOAD, "payload layout");
 _Static_assert(3 + 2 + 16 + FM_BLE_PAYLOAD <= 31,
