@@ -36,6 +36,15 @@ say() { echo "FMBLE: [$(($(now_ms) - T0)) ms] $*"; }
 fail() {
     FAILS="$FAILS $1"
     say "FAIL $1: ${2:-}"
+    # What bluetoothd (one for every controller here) was doing when the first thing failed.
+    [ -e "$SHARE/stacks.txt" ] && return
+    for p in $(pidof bluetoothd); do
+        {
+            echo "== bluetoothd $p at $(($(now_ms) - T0)) ms: $(grep State /proc/$p/status)"
+            echo "wchan: $(cat /proc/$p/wchan)"
+            cat "/proc/$p/stack"
+        } >>"$SHARE/stacks.txt" 2>&1
+    done
 }
 result() { echo "$1 $2" >>"$RES"; say "result $1 = $2"; }
 field() { # field NODE NAME: a field of `status --json`
