@@ -176,7 +176,10 @@ static int flag(fm_sim_config *c, const char *f, const char *v, char *err, size_
         NEED(parse_u32(v, &c->skew_nodes), "a node count");
     else if (!strcmp(f, "--writes"))
         NEED(parse_u32(v, &c->writes), "a write count");
-    else if (!strcmp(f, "--conflict-rate"))
+    else if (!strcmp(f, "--writer")) {
+        NEED(parse_u32(v, &c->writer), "a node index");
+        c->one_writer = true;
+    } else if (!strcmp(f, "--conflict-rate"))
         NEED(parse_double(v, 0, 1, &c->conflict_rate), "a probability 0..1");
     else if (!strcmp(f, "--hot-records"))
         NEED(parse_u32(v, &c->hot_records) && c->hot_records >= 1, "a record count >= 1");
@@ -250,6 +253,11 @@ int fm_sim_config_parse(fm_sim_config *c, int argc, char **argv, char *err, size
             i++;
         }
     }
+    /* Checked once every flag is read: --nodes may come after it. */
+    if (c->one_writer && c->writer >= c->nodes)
+        return bad(err, cap,
+                   "--writer %" PRIu32 ": no such node (--nodes %" PRIu32 ": 0..%" PRIu32 ")",
+                   c->writer, c->nodes, c->nodes - 1);
     return 0;
 }
 

@@ -18,7 +18,8 @@ static void usage(FILE *f)
             "  --link lan|wifi|ble --loss P --max-conns N --anti-entropy-ms MS\n"
             "  --churn P --churn-period S --partition START:END[:GROUPS] --crash P\n"
             "  --skew-max MS --skew-nodes K --offline NODE:START:END\n"
-            "  --writes N --write-phase S --conflict-rate P --hot-records N --private-colls N\n"
+            "  --writes N --write-phase S --writer NODE --conflict-rate P --hot-records N\n"
+            "  --private-colls N\n"
             "  --subscribe-none NODE --fork NODE:OTHER --revoke NODE:SECONDS\n"
             "  --duration S --seed S --json --csv FILE --svg FILE --quiet --verbose --progress\n");
 }

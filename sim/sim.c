@@ -372,9 +372,11 @@ static uint64_t write_time(fm_sim *s, uint32_t k)
 
 static void ev_write(fm_sim *s, uint32_t k)
 {
-    /* A uniformly random running node; if the pick is down, the next running one. */
-    uint32_t start = (uint32_t)fm_sim_rng_below(&s->rng_work, s->n);
-    for (uint32_t x = 0; x < s->n; x++) {
+    /* --writer: that node only; a write due while it is down is not made. Otherwise a uniformly
+     * random running node; if the pick is down, the next running one. */
+    uint32_t start =
+        s->cfg.one_writer ? s->cfg.writer : (uint32_t)fm_sim_rng_below(&s->rng_work, s->n);
+    for (uint32_t x = 0; x < (s->cfg.one_writer ? 1 : s->n); x++) {
         uint32_t i = (start + x) % s->n;
         if (sim_running(&s->nodes[i])) {
             fm_sim_write(s, i);
@@ -800,7 +802,8 @@ static int check_config(const fm_sim_config *c)
 {
     if (c->nodes < 1 || c->nodes > FM_SIM_MAX_NODES || c->write_phase_s <= 0 ||
         c->duration_s <= 0 || c->link.mtu == 0 || c->link.bits_per_s == 0 ||
-        c->skew_max_ms > 50 * SIM_YEAR_MS || c->hot_records == 0)
+        c->skew_max_ms > 50 * SIM_YEAR_MS || c->hot_records == 0 ||
+        (c->one_writer && c->writer >= c->nodes))
         return FM_EINVAL;
     for (uint32_t x = 0; x < c->nsubscribe_none; x++)
         if (c->subscribe_none[x] >= c->nodes)

@@ -81,6 +81,8 @@ typedef struct fm_sim_config {
     uint64_t skew_max_ms;
     uint32_t skew_nodes; /* 0: every node */
     uint32_t writes;
+    bool one_writer; /* --writer: every workload write is made on node `writer` */
+    uint32_t writer;
     double conflict_rate;
     uint32_t hot_records;
     uint32_t private_colls; /* node-private records go to collection "p<i mod this>" */

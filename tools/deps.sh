@@ -26,8 +26,9 @@ PACKAGES=(
     # link impairment in integration.mdns_mesh: iptables (loss, NFQUEUE) and the library of the
     # userspace delayer tools/nfq_delay.c (the kernel has no netem)
     iptables libnetfilter-queue-dev
-    # make check-ble: a qemu VM (TCG) with BlueZ, built with debootstrap from Debian's packages
-    qemu-system-x86 debootstrap cpio
+    # make check-ble: a qemu VM (TCG) with BlueZ, built with debootstrap from Debian's packages,
+    # and its btvirt built from Debian's bluez source (fetched, checked, patched: tests/ble/vm.sh)
+    qemu-system-x86 debootstrap cpio curl xz-utils patch
 )
 
 missing_packages() {

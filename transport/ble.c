@@ -9,6 +9,19 @@
  * the order in which nobody misses anybody).
  * Devices are tracked by their object path under our adapter only (one bluetoothd serves every
  * adapter on the host, and other adapters' devices are not reachable from ours).
+ * Two things keep a peer able to reach us, and us it, while links come and go: the controller
+ * stops advertising when a link is made (Linux turns it on again only when a peripheral link
+ * ends), so the advertisement is swapped after each new link (adv_refresh); and an LE connect
+ * goes ahead on the peer's next advertising report, which a duplicate-filtering scan never
+ * delivers for a device it has reported already (btvirt reports an advertiser only when scanning
+ * or advertising is switched on), so discovery is switched off and on after each dial (rescan).
+ * And one link carries channels opened from one side only: Linux 6.1 finds the channel an LE
+ * connection response is for by its signalling identifier alone, which each side draws from a
+ * counter of its own per link (from 1), and a channel accepted from the peer still holds the
+ * identifier of the peer's request. So a channel we open on a link where the peer opened one can
+ * take the answer meant for ours: our connect never completes, the accepted channel's data goes
+ * to the wrong place, and closing the stuck socket when the link later drops can BUG in
+ * hci_chan_del. The channel sockets are remembered per peer (socks) to keep to that.
  */
 #define _GNU_SOURCE /* accept4 */
 #include "transport/ble.h"
@@ -24,6 +37,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <systemd/sd-bus.h>
 #include <time.h>
 #include <unistd.h>
@@ -33,11 +47,21 @@
 typedef struct ble_dev {
     bool used, random, has_payload;
     bool connected; /* Device1.Connected: an LE link to it is up (either role) */
+    uint64_t up_ms; /* when it last became connected (mono_ms) */
     char path[96];
     uint8_t mac[6];
     uint8_t payload[FM_BLE_PAYLOAD];
     char reported[FM_NODE_MAX_ADDR + 1]; /* "" while not reported as found */
 } ble_dev;
+
+/* A channel socket this module made (fm_ble_connect) or accepted, now the caller's: the fd and
+ * its inode tell whether it is still that socket (the caller closes it without telling us). */
+typedef struct ble_sock {
+    bool used, outbound;
+    uint8_t mac[6];
+    int fd;
+    ino_t ino;
+} ble_sock;
 
 struct fm_ble {
     struct event_base *base;
@@ -55,16 +79,21 @@ struct fm_ble {
     uint8_t digest[FM_HASH_BYTES];
     uint8_t adv_payload[FM_BLE_PAYLOAD]; /* what the registered advertisement says */
     bool adv_registered, adv_busy, adv_dirty, dead;
-    bool quiet;        /* during fm_ble_open: devices are recorded, reported after it */
-    bool bluez_gone;   /* org.bluez has no owner: bluetoothd stopped or restarting */
+    bool quiet;       /* during fm_ble_open: devices are recorded, reported after it */
+    bool bluez_gone;  /* org.bluez has no owner: bluetoothd stopped or restarting */
+    bool discovering; /* our StartDiscovery succeeded (and bluetoothd has not gone since) */
+    bool rescan_busy; /* a StopDiscovery of rescan is under way */
+    struct event *rescan_timer;
     int restart_tries; /* > 0: discovery is being restarted for a new bluetoothd */
     struct event *restart_timer;
     struct event *start_ev; /* reports the devices bluetoothd already knew */
     char local[64];
     ble_dev devs[FM_BLE_MAX_DEVICES];
+    ble_sock socks[FM_BLE_MAX_SOCKS];
 };
 
 static void blog(fm_ble *b, int level, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+static void adv_refresh(fm_ble *b);
 
 static void blog(fm_ble *b, int level, const char *fmt, ...)
 {
@@ -76,6 +105,74 @@ static void blog(fm_ble *b, int level, const char *fmt, ...)
     vsnprintf(line, sizeof line, fmt, ap);
     va_end(ap);
     b->cb.log(b->cb.ctx, level, line);
+}
+
+static uint64_t mono_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
+}
+
+/* ---- channel sockets ------------------------------------------------------------------------ */
+
+/* Still the socket we handed out: not closed, and its number not reused for another file. */
+static bool sock_same(const ble_sock *k)
+{
+    struct stat st;
+    return k->used && fstat(k->fd, &st) == 0 && S_ISSOCK(st.st_mode) && st.st_ino == k->ino;
+}
+
+/* 1: the channel is up (the kernel knows its send MTU only once it is), 0: not (yet, or any
+ * more), -1: cannot tell (a kernel before BT_SNDMTU). */
+static int sock_up(int fd)
+{
+    uint16_t mtu = 0;
+    socklen_t len = sizeof mtu;
+    if (getsockopt(fd, SOL_BLUETOOTH, BT_SNDMTU, &mtu, &len) == 0)
+        return 1;
+    return errno == ENOPROTOOPT ? -1 : 0;
+}
+
+/* Remembers a channel socket; with every slot in use, slot 0 is given up (best effort). */
+static void sock_note(fm_ble *b, bool outbound, const uint8_t mac[6], int fd)
+{
+    struct stat st;
+    if (fstat(fd, &st) != 0)
+        return;
+    ble_sock *k = &b->socks[0];
+    for (size_t i = 0; i < FM_BLE_MAX_SOCKS; i++)
+        if (!sock_same(&b->socks[i])) {
+            k = &b->socks[i];
+            break;
+        }
+    *k = (ble_sock){.used = true, .outbound = outbound, .fd = fd, .ino = st.st_ino};
+    memcpy(k->mac, mac, 6);
+}
+
+/* A channel the peer opened to us is up: we open none to it (see the file comment). */
+static bool inbound_up(const fm_ble *b, const uint8_t mac[6])
+{
+    for (size_t i = 0; i < FM_BLE_MAX_SOCKS; i++) {
+        const ble_sock *k = &b->socks[i];
+        if (!k->outbound && !memcmp(k->mac, mac, 6) && sock_same(k) && sock_up(k->fd) != 0)
+            return true;
+    }
+    return false;
+}
+
+/* The peer's channel came first: our connects to it still under way are given up (the caller
+ * sees them fail), while the link is sound, rather than left to hang on it. */
+static void drop_connects(fm_ble *b, const uint8_t mac[6], const char *addr)
+{
+    for (size_t i = 0; i < FM_BLE_MAX_SOCKS; i++) {
+        ble_sock *k = &b->socks[i];
+        if (k->outbound && !memcmp(k->mac, mac, 6) && sock_same(k) && sock_up(k->fd) == 0) {
+            blog(b, FM_LOG_DEBUG, "ble: %s opened a channel first; our connect to it ends", addr);
+            shutdown(k->fd, SHUT_RDWR);
+            k->used = false;
+        }
+    }
 }
 
 /* ---- addresses ------------------------------------------------------------------------------ */
@@ -249,8 +346,10 @@ static void dev_report(fm_ble *b, ble_dev *d)
         memcpy(dg, b->digest, FM_HASH_BYTES);
     else
         memcpy(dg, theirs, FM_BLE_DIGEST_PREFIX);
-    if (!d->reported[0])
+    if (!d->reported[0]) {
         blog(b, FM_LOG_DEBUG, "ble: found %s", addr);
+        adv_refresh(b); /* it may have missed ours: see adv_refresh */
+    }
     snprintf(d->reported, sizeof d->reported, "%s", addr);
     b->cb.found(b->cb.ctx, addr, dg);
 }
@@ -305,7 +404,7 @@ static int read_device(fm_ble *b, const char *path, sd_bus_message *m)
     int r = sd_bus_message_enter_container(m, 'a', "{sv}");
     if (r <= 0)
         return r;
-    bool sd_seen = false;
+    bool sd_seen = false, was_connected = d->connected;
     while ((r = sd_bus_message_enter_container(m, 'e', "sv")) > 0) {
         const char *key, *s;
         if ((r = sd_bus_message_read(m, "s", &key)) < 0)
@@ -320,6 +419,8 @@ static int read_device(fm_ble *b, const char *path, sd_bus_message *m)
             if ((r = sd_bus_message_read(m, "b", &v)) < 0)
                 return r;
             d->connected = v;
+            if (v && !was_connected)
+                d->up_ms = mono_ms();
             sd_bus_message_exit_container(m);
         } else if (!strcmp(key, "ServiceData") &&
                    sd_bus_message_enter_container(m, 'v', "a{sv}") > 0) {
@@ -333,6 +434,8 @@ static int read_device(fm_ble *b, const char *path, sd_bus_message *m)
         sd_bus_message_exit_container(m);
     }
     sd_bus_message_exit_container(m);
+    if (d->connected && !was_connected)
+        adv_refresh(b);
     if (sd_seen || d->reported[0])
         dev_report(b, d);
     return r;
@@ -508,6 +611,22 @@ static void on_adv_timer(evutil_socket_t fd, short what, void *arg)
     bus_pump(b);
 }
 
+/* Advertise again soon (the same payload; a swap that is due anyway covers it): a link of ours
+ * came up, and with it the controller stopped advertising; or we found a peer, which may have
+ * missed our advertisement (one switched on while the peer's discovery was still starting is
+ * never reported to it by btvirt, nor by a duplicate-filtering scan). Before the first
+ * registration there is nothing to swap: that one comes once discovery is on. */
+static void adv_refresh(fm_ble *b)
+{
+    if (b->adv_dirty || b->bluez_gone || b->dead || (!b->adv_registered && !b->adv_busy))
+        return;
+    b->adv_dirty = true;
+    if (!b->adv_busy) { /* else on_adv_registered sees adv_dirty and arms the timer */
+        struct timeval tv = {0, FM_BLE_ADV_REFRESH_MS * 1000};
+        evtimer_add(b->adv_timer, &tv);
+    }
+}
+
 /* ---- discovery ------------------------------------------------------------------------------ */
 
 static void restart_later(fm_ble *b);
@@ -522,11 +641,22 @@ static int on_discovery(sd_bus_message *m, void *arg, sd_bus_error *err)
     }
     if (e)
         blog(b, FM_LOG_WARN, "ble: StartDiscovery: %s: %s", e->name, e->message);
-    else
+    else if (!b->discovering)
         blog(b, b->restart_tries ? FM_LOG_INFO : FM_LOG_DEBUG, "ble: discovering on %s",
              b->adapter_path);
+    b->discovering = !e;
     b->restart_tries = 0;
-    adv_register(b); /* after scanning is on: see the file comment */
+    if (!b->adv_registered && !b->adv_busy) {
+        /* The first advertisement after scanning is on (see the file comment), and a moment
+         * after: peers (re)starting with us, as after a bluetoothd restart, are scanning by then
+         * and see it (see adv_refresh). */
+        b->adv_dirty = true;
+        struct timeval tv = {FM_BLE_ADV_AFTER_SCAN_MS / 1000,
+                             (FM_BLE_ADV_AFTER_SCAN_MS % 1000) * 1000};
+        evtimer_add(b->adv_timer, &tv);
+    } else if (b->adv_dirty && !b->adv_busy) {
+        adv_register(b);
+    }
     return 0;
 }
 
@@ -548,6 +678,39 @@ static int start_discovery(fm_ble *b)
     return sd_bus_call_method_async(b->bus, NULL, "org.bluez", b->adapter_path,
                                     "org.bluez.Adapter1", "SetDiscoveryFilter", on_filter, b,
                                     "a{sv}", 2, "Transport", "s", "le", "DuplicateData", "b", 0);
+}
+
+static int on_rescan_stopped(sd_bus_message *m, void *arg, sd_bus_error *err)
+{
+    (void)m, (void)err;
+    fm_ble *b = arg;
+    b->rescan_busy = false;
+    if (b->bluez_gone || b->dead)
+        return 0;
+    int r = start_discovery(b); /* whether or not the stop worked */
+    if (r < 0)
+        blog(b, FM_LOG_WARN, "ble: SetDiscoveryFilter: %s", strerror(-r));
+    return 0;
+}
+
+/* After a dial (from the loop, never inside a bus callback): discovery off and on again, so that
+ * the peer is reported anew and the kernel's pending connect goes ahead. While discovery is not
+ * on yet, or being restarted, its own start does that. */
+static void on_rescan_timer(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd, (void)what;
+    fm_ble *b = arg;
+    if (b->bluez_gone || b->dead || b->rescan_busy || !b->discovering || b->restart_tries)
+        return;
+    int r =
+        sd_bus_call_method_async(b->bus, NULL, "org.bluez", b->adapter_path, "org.bluez.Adapter1",
+                                 "StopDiscovery", on_rescan_stopped, b, "");
+    if (r < 0) {
+        blog(b, FM_LOG_WARN, "ble: StopDiscovery: %s", strerror(-r));
+        return;
+    }
+    b->rescan_busy = true;
+    bus_pump(b);
 }
 
 /* ---- bluetoothd restarts -------------------------------------------------------------------- */
@@ -585,7 +748,7 @@ static int on_owner(sd_bus_message *m, void *arg, sd_bus_error *err)
         if (!b->bluez_gone)
             blog(b, FM_LOG_WARN, "ble: bluetoothd went away; discovery resumes when it is back");
         b->bluez_gone = true;
-        b->adv_registered = b->adv_busy = false;
+        b->adv_registered = b->adv_busy = b->discovering = b->rescan_busy = false;
         b->restart_tries = 0;
         evtimer_del(b->restart_timer);
         for (size_t i = 0; i < FM_BLE_MAX_DEVICES; i++)
@@ -600,7 +763,7 @@ static int on_owner(sd_bus_message *m, void *arg, sd_bus_error *err)
     else
         blog(b, FM_LOG_INFO, "ble: bluetoothd restarted; restarting discovery and advertising");
     b->bluez_gone = false;
-    b->adv_registered = b->adv_busy = false;
+    b->adv_registered = b->adv_busy = b->discovering = b->rescan_busy = false;
     b->restart_tries = 1;
     restart_later(b);
     return 0;
@@ -751,6 +914,8 @@ static void on_listen(evutil_socket_t fd, short what, void *arg)
         }
         if (!addr[0])
             addr_format(addr, sizeof addr, mac, random, 0);
+        drop_connects(b, mac, addr);
+        sock_note(b, false, mac, c);
         b->cb.accepted(b->cb.ctx, c, addr);
     }
 }
@@ -788,6 +953,10 @@ int fm_ble_connect(fm_ble *b, const char *addr, int *out)
     uint16_t psm;
     if (fm_ble_parse_addr(addr, mac, &random, &psm) || psm < FM_BLE_PSM_MIN || psm > FM_BLE_PSM_MAX)
         return FM_EINVAL;
+    if (inbound_up(b, mac)) {
+        blog(b, FM_LOG_DEBUG, "ble: connect %s: it has a channel open to us", addr);
+        return FM_EEXISTS;
+    }
     int fd = le_socket(b, 0);
     if (fd < 0)
         return FM_EIO;
@@ -801,6 +970,14 @@ int fm_ble_connect(fm_ble *b, const char *addr, int *out)
         close(fd);
         return FM_EIO;
     }
+    sock_note(b, true, mac, fd);
+    bool linked = false;
+    for (size_t i = 0; i < FM_BLE_MAX_DEVICES; i++)
+        linked |= b->devs[i].used && b->devs[i].connected && !memcmp(b->devs[i].mac, mac, 6);
+    if (!linked) { /* a channel on a link that is up needs no advertising report */
+        struct timeval now = {0, 0};
+        evtimer_add(b->rescan_timer, &now);
+    }
     *out = fd;
     return 0;
 }
@@ -810,14 +987,19 @@ bool fm_ble_dial_later(const fm_ble *b, const char *addr)
     uint8_t mac[6];
     bool random;
     uint16_t psm;
-    if (!b || fm_ble_parse_addr(addr, mac, &random, &psm) || memcmp(b->mac, mac, 6) >= 0)
-        return false; /* not ours to wait for: the higher address dials at once */
+    if (!b || fm_ble_parse_addr(addr, mac, &random, &psm) || inbound_up(b, mac))
+        return false; /* nothing to wait for (fm_ble_connect refuses the second case) */
+    bool lower = memcmp(b->mac, mac, 6) < 0;
     for (size_t i = 0; i < FM_BLE_MAX_DEVICES; i++) {
         const ble_dev *d = &b->devs[i];
-        if (d->used && !memcmp(d->mac, mac, 6))
-            return !d->connected;
+        if (d->used && !memcmp(d->mac, mac, 6)) {
+            if (!d->connected)
+                return lower; /* the higher address dials at once */
+            /* A link just up may be the peer's, its channel on the way. */
+            return mono_ms() < d->up_ms + FM_BLE_DIAL_SETTLE_MS;
+        }
     }
-    return true;
+    return lower;
 }
 
 int fm_ble_connect_result(int fd, int *why)
@@ -826,6 +1008,9 @@ int fm_ble_connect_result(int fd, int *why)
     socklen_t l = sizeof e;
     if (getsockopt(fd, SOL_SOCKET, SO_ERROR, &e, &l) != 0)
         e = errno;
+    struct pollfd p = {.fd = fd, .events = POLLOUT};
+    if (!e && poll(&p, 1, 0) == 1 && (p.revents & (POLLHUP | POLLERR)))
+        e = ECONNABORTED; /* shut down before it was up (drop_connects) */
     if (why)
         *why = e;
     return e ? FM_EIO : 0;
@@ -844,7 +1029,8 @@ static int ble_setup(fm_ble *b, const char *adapter)
     b->bus_timer = evtimer_new(b->base, on_bus, b);
     b->adv_timer = evtimer_new(b->base, on_adv_timer, b);
     b->restart_timer = evtimer_new(b->base, on_restart_timer, b);
-    if (!b->bus_timer || !b->adv_timer || !b->restart_timer)
+    b->rescan_timer = evtimer_new(b->base, on_rescan_timer, b);
+    if (!b->bus_timer || !b->adv_timer || !b->restart_timer || !b->rescan_timer)
         return FM_ENOMEM;
     /* Matches before the snapshot, so no device slips between the two. */
     if (sd_bus_match_signal(b->bus, &b->match_added, "org.bluez", NULL,
@@ -931,11 +1117,11 @@ void fm_ble_set_digest(fm_ble *b, const uint8_t digest[FM_HASH_BYTES])
         return;
     if (!b->adv_dirty) {
         b->adv_dirty = true;
-        /* Swapping advertisements costs the peers a scan: coalesce. */
-        struct timeval tv = {0, 0};
-        if (b->adv_registered)
-            tv.tv_sec = FM_BLE_ADV_INTERVAL_MS / 1000;
-        evtimer_add(b->adv_timer, &tv);
+        /* Swapping advertisements costs the peers a scan: coalesce. Before discovery is on,
+         * the first registration reads the new digest; one under way is swapped once done. */
+        struct timeval tv = {b->adv_registered ? FM_BLE_ADV_INTERVAL_MS / 1000 : 0, 0};
+        if (b->adv_registered || (!b->adv_busy && b->discovering))
+            evtimer_add(b->adv_timer, &tv);
     }
 }
 
@@ -961,8 +1147,8 @@ void fm_ble_close(fm_ble *b)
                             b->match_removed, b->match_changed, b->match_owner};
     for (size_t i = 0; i < FM_ARRAY_LEN(slots); i++)
         sd_bus_slot_unref(slots[i]);
-    struct event *evs[] = {b->bus_ev,    b->bus_timer, b->listen_ev,
-                           b->adv_timer, b->start_ev,  b->restart_timer};
+    struct event *evs[] = {b->bus_ev,   b->bus_timer,     b->listen_ev,   b->adv_timer,
+                           b->start_ev, b->restart_timer, b->rescan_timer};
     for (size_t i = 0; i < FM_ARRAY_LEN(evs); i++)
         if (evs[i])
             event_free(evs[i]);

@@ -40,11 +40,15 @@ enum {
     FM_BLE_PSM_MAX = 0xff,
     FM_BLE_MAX_DEVICES = 128, /* devices tracked per adapter */
     FM_BLE_ADV_INTERVAL_MS = 2000,
-    FM_BLE_CALL_TIMEOUT_MS = 5000, /* D-Bus calls at start */
-    FM_BLE_RCVMTU = 65535,         /* our incoming SDU size (fewer, larger SDUs) */
-    FM_BLE_DIAL_WAIT_MS = 8000,    /* the lower address waits this long for the higher's link */
-    FM_BLE_RESTART_MS = 1000,      /* after a bluetoothd restart: retry discovery this often */
-    FM_BLE_RESTART_TRIES = 30,     /* ... this many times */
+    FM_BLE_ADV_REFRESH_MS = 200,     /* a new link or a new peer: advertise again after this */
+    FM_BLE_ADV_AFTER_SCAN_MS = 1500, /* the first advertisement, after discovery is on */
+    FM_BLE_CALL_TIMEOUT_MS = 5000,   /* D-Bus calls at start */
+    FM_BLE_RCVMTU = 65535,           /* our incoming SDU size (fewer, larger SDUs) */
+    FM_BLE_DIAL_WAIT_MS = 8000,      /* the lower address waits this long for the higher's link */
+    FM_BLE_DIAL_SETTLE_MS = 1000,    /* and for a channel on a link that has just come up */
+    FM_BLE_MAX_SOCKS = 16,           /* channel sockets remembered (fm_ble_connect, accepted) */
+    FM_BLE_RESTART_MS = 1000,        /* after a bluetoothd restart: retry discovery this often */
+    FM_BLE_RESTART_TRIES = 30,       /* ... this many times */
 };
 _Static_assert(2 + FM_BLE_MESH_PREFIX + FM_BLE_DIGEST_PREFIX == FM_BLE_PAYLOAD, "payload layout");
 _Static_assert(3 + 2 + 16 + FM_BLE_PAYLOAD <= 31,
@@ -76,18 +80,20 @@ const char *fm_ble_local_addr(const fm_ble *b);
 
 /* Starts a nonblocking LE connect to a "ble:" address from this adapter. On 0, *fd is the
  * socket: writable once connected, then fm_ble_connect_result says how it went. FM_EINVAL: not a
- * ble address; FM_EIO: socket error. */
+ * ble address; FM_EIO: socket error; FM_EEXISTS: the peer has a channel open to us, and one link
+ * carries channels opened from one side only (see fm_ble_dial_later). A connect still under way
+ * when the peer's own channel arrives is shut down (the caller sees it fail). */
 int fm_ble_connect(fm_ble *b, const char *addr, int *fd);
-/* Whether a dial to addr should wait (up to FM_BLE_DIAL_WAIT_MS, asking again meanwhile): two
+/* Whether a dial to addr should wait (up to FM_BLE_DIAL_WAIT_MS, asking again meanwhile). Two
  * controllers creating LE links to each other at the same moment end up with two links for one
  * peer pair, which the kernel (Linux 6.1: "Ignoring HCI_Connection_Complete for existing
- * connection", then list corruption in hci_chan_del) and btvirt do not survive. So of two peers
- * the one with the higher adapter address dials at once; the lower one waits until an LE link
- * between them is up (Device1.Connected; its channel then rides that link) or the wait is over
- * (the higher one had no reason to dial). The daemon also sets up one LE link at a time. (btvirt
- * 5.66, the tests' emulated air, has a bug of its own beyond this: its LE Connection Complete gives
- * the peripheral the central's connection handle, so a controller with two links can see their
- * traffic cross; these rules make that rarer, not impossible.) */
+ * connection") does not survive; and a link must carry channels opened from one side only (see
+ * fm_ble_connect). So of two peers the one with the higher adapter address dials at once; the
+ * lower one waits until an LE link between them has been up FM_BLE_DIAL_SETTLE_MS (the higher
+ * one's channel, if it is coming, is open by then and the dial is refused) or the wait is over
+ * (the higher one had no reason to dial). Either waits out the settle time of a link that has
+ * just come up, and neither waits when the peer has a channel open to us. The daemon also sets
+ * up one LE link at a time. */
 bool fm_ble_dial_later(const fm_ble *b, const char *addr);
 /* 0 when the connect on fd succeeded, else FM_EIO (errno-style reason in *why if non-NULL). */
 int fm_ble_connect_result(int fd, int *why);

@@ -7,8 +7,9 @@
 # Prepares a scratch directory (never the repository: the guest writes there as root) with the
 # binaries and three node stores in one mesh, boots the VM, prints the results and the tail of
 # each node's log on failure. Exit 0 pass, 1 fail, 77 skipped (not root, or no qemu).
-# Env: FM_BLE_KEEP=1 keeps the scratch directory; FM_BLE_THIRD=1 adds the third daemon (step 5)
-# and FM_BLE_RESTART=1 the bluetoothd restart (step 6); see vm.sh for the VM's knobs.
+# Env: FM_BLE_KEEP=1 keeps the scratch directory; FM_BLE_SKIP_THIRD=1 leaves out the third daemon
+# (step 5) and FM_BLE_SKIP_RESTART=1 the bluetoothd restart (step 6); FM_BLE_BTMON=1 records the
+# HCI traffic (btmon.txt, with FM_BLE_KEEP=1); see vm.sh for the VM's knobs.
 set -euo pipefail
 
 HERE=$(cd "$(dirname "$0")" && pwd)
@@ -29,8 +30,9 @@ trap cleanup EXIT
 mkdir -p "$S/bin" "$S/nodes"
 cp "$BUILD/fieldmesh" "$BUILD/tests/bulk_writer" "$S/bin/"
 cp "$HERE/guest-test.sh" "$S/"
-[ -z "${FM_BLE_THIRD:-}" ] || touch "$S/third"
-[ -z "${FM_BLE_RESTART:-}" ] || touch "$S/restart"
+[ -z "${FM_BLE_SKIP_THIRD:-}" ] || touch "$S/skip-third"
+[ -z "${FM_BLE_SKIP_RESTART:-}" ] || touch "$S/skip-restart"
+[ -z "${FM_BLE_BTMON:-}" ] || touch "$S/btmon"
 FM=$BUILD/fieldmesh
 export HOME=$S/home
 mkdir -p "$HOME"

@@ -7,12 +7,15 @@
 #   3. ble_sync_bytes_per_s: A comes back with a 20000-op backlog; B pulls it over BLE;
 #   4. a dropped connection: B SIGKILLed in the middle of another backlog, restarted, converges
 #      with every op (nothing lost, nothing twice: equal op counts and state hashes);
-#   5. (FM_BLE_THIRD=1 only) C joins last and converges with both;
-#   6. (FM_BLE_RESTART=1 only) bluetoothd restarts under the three daemons: A and B find each
-#      other again (discovery and advertising come back without a daemon restart), and B,
-#      restarted with an offline write, converges with A.
+#   5. C joins last and converges with both (two LE links on one controller);
+#   6. bluetoothd restarts under the three daemons: A and B find each other again (discovery and
+#      advertising come back without a daemon restart), and B, restarted with an offline write,
+#      converges with A and C.
+# After every step each daemon started must still run, and at the end the kernel log must hold
+# no oops or warning trace (a daemon killed by a kernel BUG is a failure, not a restart).
 # Runs from the 9p share (cwd): bin/ (fieldmesh, bulk_writer), nodes/A..C (stores prepared on the
-# host, one mesh). Writes logs/ and results.txt there; prints "FMBLE: PASS" or "FMBLE: FAIL ...".
+# host, one mesh); a file skip-third or skip-restart there leaves out step 5 or 6. Writes logs/
+# and results.txt there (step_N_ms: each step's wall time); prints "FMBLE: PASS" or "FMBLE: FAIL".
 [ -n "${BASH_VERSION:-}" ] || exec bash "$0" "$@" # vm.sh runs it with sh
 set -u
 SHARE=$(pwd)
@@ -33,6 +36,15 @@ say() { echo "FMBLE: [$(($(now_ms) - T0)) ms] $*"; }
 fail() {
     FAILS="$FAILS $1"
     say "FAIL $1: ${2:-}"
+    # What bluetoothd (one for every controller here) was doing when the first thing failed.
+    [ -e "$SHARE/stacks.txt" ] && return
+    for p in $(pidof bluetoothd); do
+        {
+            echo "== bluetoothd $p at $(($(now_ms) - T0)) ms: $(grep State /proc/$p/status)"
+            echo "wchan: $(cat /proc/$p/wchan)"
+            cat "/proc/$p/stack"
+        } >>"$SHARE/stacks.txt" 2>&1
+    done
 }
 result() { echo "$1 $2" >>"$RES"; say "result $1 = $2"; }
 field() { # field NODE NAME: a field of `status --json`
@@ -49,6 +61,26 @@ start() { # start NODE
         sleep 0.2
     done
     fail "start-$n" "node $n does not answer"
+}
+# alive NODE: its daemon runs (a zombie, not yet reaped, counts as dead).
+alive() {
+    local p=${PID[$1]:-}
+    [ -n "$p" ] && [ -r "/proc/$p/status" ] && ! grep -q '^State:[[:space:]]*Z' "/proc/$p/status"
+}
+# step N TITLE: ends the previous step (its wall time; every daemon still up) and starts N.
+STEP="" STEP_T=0
+step() {
+    local n
+    if [ -n "$STEP" ]; then
+        result "step_${STEP}_ms" $(($(now_ms) - STEP_T))
+        for n in "${!PID[@]}"; do
+            alive "$n" && continue
+            fail "died-$n" "node $n exited during step $STEP"
+            unset "PID[$n]"
+        done
+    fi
+    STEP=$1 STEP_T=$(now_ms)
+    [ -z "$1" ] || say "$1. $2"
 }
 stop() { # stop NODE [SIGNAL]
     local n=$1 p=${PID[$1]:-}
@@ -92,11 +124,18 @@ ble_bytes_in() { # bytes NODE received from its BLE peers (peers --json)
         sed -n 's/.*"bytes_in":\([0-9]*\).*/\1/p' | awk '{s += $1} END {print s + 0}'
 }
 
+# FM_BLE_BTMON=1 (a file btmon in the share): every controller's HCI traffic, decoded into
+# btmon.txt at the end, for finding out what the stack did.
+if [ -f "$SHARE/btmon" ]; then
+    btmon -w /tmp/hci.btsnoop >/dev/null 2>&1 &
+    BTMON=$!
+    sleep 0.5
+fi
 set -- $FM_HCI_ADDRS
 say "controllers: $*"
 [ $# -ge 3 ] || fail controllers "need 3 controllers, have: $*"
 
-say "1. discovery and session: A (hci0) and B (hci1), offline writes on both"
+step 1 "discovery and session: A (hci0) and B (hci1), offline writes on both"
 put A patients p1 'name="M. Okafor"' visits+=1
 put B patients p2 'name="J. Ruiz"' visits+=2
 start A
@@ -104,12 +143,12 @@ start B
 converge 120 A B && result ble_discover_sync_ms "$CONV_MS"
 grep -h "BLE channel up" "$SHARE"/logs/{A,B}.log | head -2
 
-say "2. live writes both ways"
+step 2 "live writes both ways"
 put A patients p1 visits+=1
 put B patients p3 'name="K. Osei"'
 converge 60 A B && result ble_live_write_ms "$CONV_MS"
 
-say "3. throughput: A returns with a ${BACKLOG}-op backlog"
+step 3 "throughput: A returns with a ${BACKLOG}-op backlog"
 stop A
 "$W/bulk_writer" "$W/nodes/A" bulk a "$BACKLOG" 50 >/dev/null || fail bulk "bulk_writer A"
 t=$(now_ms)
@@ -134,7 +173,7 @@ if converge 300 A B; then
     fi
 fi
 
-say "4. dropped connection: B SIGKILLed mid-sync, restarted"
+step 4 "dropped connection: B SIGKILLed mid-sync, restarted"
 stop A
 "$W/bulk_writer" "$W/nodes/A" bulk b "$BACKLOG" 50 >/dev/null || fail bulk "bulk_writer A (2)"
 base=$(field B ops)
@@ -159,27 +198,22 @@ else
 fi
 start B
 converge 300 A B && result ble_resume_ms "$CONV_MS"
+NODES="A B"
 
-# A third daemon means a controller with two LE links, where this btvirt (bluez 5.66) puts the
-# peripheral's traffic on the wrong connection handle, and the guest kernel can then crash in
-# hci_chan_del: it passed 5 of 5 runs with the dial tie-break, but stays opt-in (FM_BLE_THIRD=1)
-# until the VM image carries a patched btvirt.
-if [ -f "$SHARE/third" ]; then
-    say "5. C (hci2) joins last"
+# A third daemon: a controller with two LE links (which btvirt 5.66 as Debian ships it mixes up:
+# the VM's btvirt carries btvirt-peripheral-handle.patch).
+if [ ! -f "$SHARE/skip-third" ]; then
+    step 5 "C (hci2) joins last"
     put C patients p4 'name="C. Ndiaye"'
     start C
-    converge 300 A B C && result ble_third_node_ms "$CONV_MS"
+    NODES="A B C"
+    converge 300 $NODES && result ble_third_node_ms "$CONV_MS"
 else
-    say "5. (a third daemon: FM_BLE_THIRD=1 runs it)"
+    step 5 "(a third daemon: skipped, FM_BLE_SKIP_THIRD)"
 fi
 
-# A bluetoothd restart under three daemons is not reliable on this stack yet: closing the
-# channels it leaves behind can hit a Linux 6.1 list corruption in hci_chan_del (kernel BUG,
-# the process killed) that btvirt 5.66 sets up: its LE Connection Complete gives the peripheral
-# the central's connection handle, so once a controller holds two links their traffic crosses.
-# This step runs only when asked for (FM_BLE_RESTART=1).
-if [ -f "$SHARE/restart" ]; then
-    say "6. bluetoothd restarts under the three daemons"
+if [ ! -f "$SHARE/skip-restart" ]; then
+    step 6 "bluetoothd restarts under the daemons ($NODES)"
     # log_has NODE FROM_LINE PATTERN: PATTERN in NODE's log after line FROM_LINE.
     log_has() { tail -n +"$(($2 + 1))" "$SHARE/logs/$1.log" | grep -q "$3"; }
     bt_pid=$(pidof bluetoothd 2>/dev/null | awk '{print $1}')
@@ -209,16 +243,30 @@ if [ -f "$SHARE/restart" ]; then
         stop B
         put B patients p5 'name="A. Mensah"'
         start B
-        converge 60 A B && result ble_bluetoothd_restart_sync_ms "$CONV_MS"
+        converge 120 $NODES && result ble_bluetoothd_restart_sync_ms "$CONV_MS"
     fi
 else
-    say "6. (bluetoothd restart: skipped; FM_BLE_RESTART=1 runs it)"
+    step 6 "(bluetoothd restart: skipped, FM_BLE_SKIP_RESTART)"
 fi
+step ""
 
 cleanup
 for n in A B C; do
     grep -E "ERROR|assert" "$SHARE/logs/$n.log" | head -5
 done
+if [ -n "${BTMON:-}" ]; then
+    kill "$BTMON" 2>/dev/null
+    wait "$BTMON" 2>/dev/null
+    btmon -t -r /tmp/hci.btsnoop >"$SHARE/btmon.txt" 2>&1
+fi
+# A kernel BUG kills the process it hits (seen: list corruption in hci_chan_del on a close); a
+# trace of any kind means the stack went wrong even when the sync still converged.
+dmesg >"$SHARE/dmesg.txt" 2>&1
+if grep -qE "kernel BUG|Oops|list_(add|del) corruption|Call Trace" "$SHARE/dmesg.txt"; then
+    grep -m3 -E "kernel BUG|Oops|corruption|WARNING|already present" "$SHARE/dmesg.txt" |
+        sed 's/^/FMBLE: kernel: /'
+    fail kernel "a kernel oops or warning trace (dmesg.txt)"
+fi
 if [ -z "$FAILS" ]; then
     say "PASS"
     echo "FMBLE: PASS"

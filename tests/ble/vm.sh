@@ -1,10 +1,13 @@
 #!/usr/bin/env bash
 # vm.sh — a throw-away qemu VM with a real BlueZ stack (kernel bluetooth, hci_vhci, btvirt virtual
 # LE controllers joined by emulated air, dbus, bluetoothd) for the BLE tests (make check-ble).
-# The host kernel here has no Bluetooth; the guest runs Debian's own kernel in TCG mode.
+# The host kernel here has no Bluetooth; the guest runs Debian's own kernel in TCG mode, and a
+# btvirt built from Debian's bluez source with btvirt-peripheral-handle.patch (see its header).
 #
-#   vm.sh image             build the image once (debootstrap + Debian's kernel .deb, as root),
-#                           cached under $FM_BLE_CACHE/<hash of this script>; prints its dir
+#   vm.sh image             build the image once (debootstrap + Debian's kernel .deb + btvirt, as
+#                           root), cached under $FM_BLE_CACHE/<hash of this script and the
+#                           patch>; prints its dir
+#   vm.sh btvirt DIR        only build the patched btvirt, into DIR/btvirt
 #   vm.sh run DIR SCRIPT    boot once with host DIR shared read-write at /mnt/fm (virtio-9p), the
 #                           controllers powered and bluetoothd up, run "sh /mnt/fm/SCRIPT" in the
 #                           guest, power off; exit with SCRIPT's status (DIR/rc). Console:
@@ -19,10 +22,19 @@ set -euo pipefail
 
 HERE=$(cd "$(dirname "$0")" && pwd)
 CACHE=${FM_BLE_CACHE:-/var/tmp/fieldmesh-ble}
-KEY=$(sha256sum "$HERE/vm.sh" | cut -c1-16)
+BTVIRT_PATCH=$HERE/btvirt-peripheral-handle.patch
+# The image is rebuilt when this script (the recipe) or the btvirt patch changes.
+KEY=$(cat "$HERE/vm.sh" "$BTVIRT_PATCH" | sha256sum | cut -c1-16)
 IMG=$CACHE/$KEY
-# Runtime libraries of the project's binaries, the BlueZ stack and btvirt (bluez-test-tools).
-GUEST_PACKAGES=bluez,bluez-test-tools,kmod,dbus,procps,libevent-2.1-7,libbluetooth3,libsodium23,libmsgpackc2,libsqlite3-0,libavahi-client3,libsystemd0
+# Runtime libraries of the project's binaries and the BlueZ stack (btmgmt, bluetoothctl and
+# bluetoothd are in bluez; btvirt is built here, so not Debian's bluez-test-tools).
+GUEST_PACKAGES=bluez,kmod,dbus,procps,libevent-2.1-7,libbluetooth3,libsodium23,libmsgpackc2,libsqlite3-0,libavahi-client3,libsystemd0
+# The bluez source btvirt is built from: the guest's own bluez version (bookworm), pinned by the
+# sha256 its .dsc lists, so a changed or truncated download stops the build.
+BLUEZ_VERSION=5.66
+BLUEZ_DEBIAN_VERSION=5.66-1+deb12u2
+BLUEZ_ORIG_SHA256=a231fb9d151780edf6d2536c81914e2dbd3daa36b68f486badaf98a7f34021e4
+BLUEZ_DEBIAN_SHA256=75dbf1e325782512ecee5e1609662b05a8a49c9998efbd03e349220482102f1c
 
 die() {
     echo "vm.sh: $*" >&2
@@ -35,6 +47,52 @@ debian_mirror() { # the host's own apt mirror (deb822 or one-line sources)
     [ -n "$m" ] || m=$(awk '$1 == "deb" {print $2; exit}' /etc/apt/sources.list 2>/dev/null || true)
     [ -n "$m" ] || die "no Debian mirror in /etc/apt"
     echo "$m"
+}
+
+# fetch_verified URL FILE SHA256: URL into FILE, which must have the pinned hash.
+fetch_verified() {
+    local got
+    curl -fsS --retry 3 -o "$2" "$1" || die "cannot download $1"
+    got=$(sha256sum "$2" | cut -d' ' -f1)
+    [ "$got" = "$3" ] || die "$1: sha256 $got, expected $3 (pinned in vm.sh; if the mirror has" \
+        "moved past bluez $BLUEZ_DEBIAN_VERSION, take the new version and hashes from its .dsc" \
+        "and check that btvirt-peripheral-handle.patch still applies and is still needed)"
+}
+
+# build_btvirt DIR: DIR/btvirt from Debian's bluez source (the orig tarball and Debian's patch
+# series, which touches emulator/ only in a comment) plus our patch. The 20 files btvirt is made
+# of are compiled straight with gcc, not through configure and its dozen -dev build dependencies;
+# the defines are what configure finds on Debian 12. Built on the host (Debian 12, the guest's
+# release), it links only libc.
+build_btvirt() {
+    local out=$1 src=$1/bluez-src pool p h
+    pool="$(debian_mirror)"
+    pool="${pool%/}/pool/main/b/bluez"
+    rm -rf "$src"
+    mkdir -p "$src"
+    fetch_verified "$pool/bluez_$BLUEZ_VERSION.orig.tar.xz" "$out/orig.tar.xz" "$BLUEZ_ORIG_SHA256"
+    fetch_verified "$pool/bluez_$BLUEZ_DEBIAN_VERSION.debian.tar.xz" "$out/debian.tar.xz" \
+        "$BLUEZ_DEBIAN_SHA256"
+    tar -xJf "$out/orig.tar.xz" -C "$src" --strip-components=1
+    tar -xJf "$out/debian.tar.xz" -C "$src"
+    while read -r p; do
+        case $p in '' | '#'*) continue ;; esac
+        patch -d "$src" -p1 -s <"$src/debian/patches/$p" || die "Debian's $p does not apply"
+    done <"$src/debian/patches/series"
+    patch -d "$src" -p1 -s <"$BTVIRT_PATCH" ||
+        die "$BTVIRT_PATCH does not apply to bluez $BLUEZ_DEBIAN_VERSION"
+    # <bluetooth/x.h> is lib/x.h, as bluez's own build links it.
+    mkdir -p "$src/lib/bluetooth"
+    for h in "$src"/lib/*.h; do ln -sf "../${h##*/}" "$src/lib/bluetooth/"; done
+    (cd "$src" && gcc -O2 -g -Wall -Wno-unused-parameter -I. -Ilib \
+        -DVERSION="\"$BLUEZ_DEBIAN_VERSION+peripheral-handle\"" -DHAVE_GETRANDOM \
+        -DHAVE_SYS_RANDOM_H -DHAVE_LINUX_IF_ALG_H -DHAVE_LINUX_TYPES_H -o "$out/btvirt" \
+        emulator/main.c emulator/serial.c emulator/server.c emulator/vhci.c emulator/btdev.c \
+        emulator/bthost.c emulator/smp.c emulator/phy.c emulator/amp.c emulator/le.c \
+        src/shared/queue.c src/shared/util.c src/shared/crypto.c src/shared/ecc.c \
+        src/shared/io-mainloop.c src/shared/timeout-mainloop.c src/shared/mainloop.c \
+        src/shared/mainloop-notify.c lib/bluetooth.c lib/hci.c) >"$out/build.log" 2>&1 ||
+        die "btvirt does not compile: see $out/build.log"
 }
 
 # PID 1 of the guest: mounts, modules, btvirt, power the controllers, dbus + bluetoothd, 9p, the
@@ -50,6 +108,7 @@ arg() { tr ' ' '\n' </proc/cmdline | sed -n "s/^$1=//p"; }
 echo "FMVM: userspace at ${0} uptime $(up) s"
 N=$(arg fm.ctrl); N=${N:-3}
 modprobe hci_vhci
+echo "FMVM: btvirt $(btvirt --version)"
 btvirt -L -l"$N" >/tmp/btvirt.log 2>&1 &
 last=$((N - 1)); i=0
 while [ ! -e /sys/class/bluetooth/hci$last ] && [ $i -lt 200 ]; do sleep 0.1; i=$((i + 1)); done
@@ -92,6 +151,9 @@ cmd_image() {
     mkdir -p "$tmp"
     local root=$tmp/root
     echo "vm.sh: building the BLE test image in $IMG (debootstrap, a few minutes)" >&2
+    # btvirt first: a download or a patch that no longer applies fails in seconds.
+    mkdir -p "$tmp/btvirt"
+    build_btvirt "$tmp/btvirt"
     debootstrap --variant=minbase --include="$GUEST_PACKAGES" bookworm "$root" \
         "$(debian_mirror)" >"$tmp/debootstrap.log" 2>&1 ||
         die "debootstrap failed: see $tmp/debootstrap.log"
@@ -110,6 +172,7 @@ cmd_image() {
         kernel/fs/netfs kernel/fs/fscache modules.order modules.builtin \
         modules.builtin.modinfo "$dst/")
     chroot "$root" depmod "$kver"
+    install -m 0755 "$tmp/btvirt/btvirt" "$root/usr/bin/btvirt"
     rm -rf "$root"/usr/share/{doc,man,info,locale} "$root"/var/cache/apt/archives/*.deb \
         "$root"/var/lib/apt/lists/*
     write_init "$root"
@@ -143,13 +206,18 @@ cmd_run() {
 
 case ${1:-} in
 image) cmd_image ;;
+btvirt)
+    mkdir -p "${2:?usage: vm.sh btvirt DIR}"
+    build_btvirt "$(cd "$2" && pwd)"
+    echo "$2/btvirt"
+    ;;
 run)
     shift
     cmd_run "$@"
     ;;
 clean) rm -rf "$CACHE" ;;
 *)
-    sed -n '2,19p' "$0"
+    sed -n '2,20p' "$0"
     exit 2
     ;;
 esac

@@ -155,6 +155,17 @@ static void test_flags(void)
     CHECK_RC(fm_sim_config_parse_line(&c, "--topology star", err, sizeof err), FM_EINVAL);
     CHECK_RC(fm_sim_config_parse_line(&c, "--partition 5:1", err, sizeof err), FM_EINVAL);
     CHECK_RC(fm_sim_config_parse_line(&c, "--bogus", err, sizeof err), FM_EINVAL);
+    /* --writer is checked against --nodes, which may come after it. */
+    fm_sim_config_default(&c);
+    CHECK_OK(fm_sim_config_parse_line(&c, "--writer 1 --nodes 2", err, sizeof err));
+    CHECK(c.one_writer);
+    CHECK_EQ_INT(c.writer, 1);
+    fm_sim_config_default(&c);
+    CHECK_RC(fm_sim_config_parse_line(&c, "--writer 2 --nodes 2", err, sizeof err), FM_EINVAL);
+    CHECK_STR(err, "--writer 2: no such node (--nodes 2: 0..1)");
+    fm_sim_config_default(&c);
+    CHECK_RC(fm_sim_config_parse_line(&c, "--writer -1", err, sizeof err), FM_EINVAL);
+    CHECK_STR(err, "--writer: expected a node index");
 }
 
 /* ---- scenarios ----------------------------------------------------------------------------------
@@ -295,6 +306,26 @@ static void test_long_offline(void)
 static void test_ble(void)
 {
     scenario("--nodes 6 --topology line --link ble --writes 30 --seed 9", true);
+
+    /* One hop, every write on node 0 (--writer): node 1 ends up with all of them and authored
+     * none, in its own collection or the shared one. */
+    int before = fm_test_failures;
+    run x;
+    CHECK_OK(
+        run_open(&x, "--nodes 2 --link ble --writer 0 --writes 200 --write-phase 0.1 --seed 9"));
+    if (!x.s)
+        return;
+    CHECK_OK(run_finish(&x));
+    check_healthy(&x);
+    CHECK_EQ_INT(x.r.writes_acked, 200);
+    CHECK_EQ_INT(x.r.min_ops, x.r.ops);
+    uint8_t d0[FM_ID_BYTES], d1[FM_ID_BYTES];
+    fm_sim_device(x.s, 0, d0);
+    fm_sim_device(x.s, 1, d1);
+    CHECK(fm_sim_held_seq(x.s, 1, "p0", d0) > 0);
+    CHECK_EQ_INT(fm_sim_held_seq(x.s, 0, "p1", d1), 0);
+    CHECK_EQ_INT(fm_sim_held_seq(x.s, 0, "hot", d1), 0);
+    run_close(&x, before);
 }
 
 static void test_subscribe_none(void)
