@@ -1699,13 +1699,14 @@ static bool want_connect(fm_node *n, const peer *p, uint64_t t)
         return false;
     if (p->is_static || !p->has_digest)
         return true;
-    /* Hashing every vector is not free, and a busy node's vectors change at every batch: a
-     * digest up to FM_NODE_DIGEST_STALE_MS old decides (at worst one dial too many or late). */
+    /* Hashing every vector is not free, and a busy node's vectors change at every batch: within
+     * FM_NODE_DIGEST_STALE_MS of the last hash, a state changed since counts as differing (at
+     * worst one dial too many, never one too late). */
     uint8_t digest[FM_HASH_BYTES];
-    if (n->digest_valid && elapsed(t, n->digest_ms) < FM_NODE_DIGEST_STALE_MS)
-        memcpy(digest, n->digest, FM_HASH_BYTES);
-    else
-        fm_node_digest(n, digest);
+    if (n->digest_valid && n->digest_gen != n->r->st.gen &&
+        elapsed(t, n->digest_ms) < FM_NODE_DIGEST_STALE_MS)
+        return true;
+    fm_node_digest(n, digest); /* the cached one if nothing changed */
     return sodium_memcmp(p->digest, digest, FM_HASH_BYTES) != 0;
 }
 
