@@ -732,32 +732,6 @@ static int export_one(void *arg, const uint8_t author[FM_ID_BYTES], uint64_t las
     return x->fn(x->arg, data, len);
 }
 
-/* Where the scan for what theirs lacks starts: the smallest log position, over every author
- * theirs is behind on, of that author's first batch beyond theirs (one index lookup each; the
- * vectors are walked together, both being sorted by author). *from = 0: nothing lacking. */
-static int export_start(fm_replica *r, const fm_coll *c, const fm_vv *theirs, int64_t *from)
-{
-    *from = 0;
-    uint32_t k = 0;
-    for (uint32_t i = 0; i < c->vv.n; i++) {
-        const fm_vv_entry *e = &c->vv.e[i];
-        while (k < theirs->n && memcmp(theirs->e[k].author, e->author, FM_ID_BYTES) < 0)
-            k++;
-        uint64_t have = k < theirs->n && memcmp(theirs->e[k].author, e->author, FM_ID_BYTES) == 0
-                            ? theirs->e[k].seq
-                            : 0;
-        if (e->seq <= have)
-            continue;
-        int64_t id;
-        int rc = fm_store_first_batch_after(r->store, c, e->author, have, &id);
-        if (rc)
-            return rc == FM_ENOTFOUND ? FM_ESTORE : rc; /* the vector says we hold it */
-        if (*from == 0 || id < *from)
-            *from = id;
-    }
-    return 0;
-}
-
 int fm__replica_batch_at(fm_replica *r, const uint8_t *coll, uint32_t coll_len,
                          const uint8_t author[FM_ID_BYTES], uint64_t seq, fm_buf *out)
 {
@@ -786,12 +760,13 @@ static void cursors_free(feed_cursor *cur, uint32_t n)
 }
 
 /* Yields what theirs lacks by walking the lacking feeds together in log order: one index
- * lookup per batch sent, none for the batches between. *scan: not worth it (much of the log
- * from the first lacking batch on is lacking: a scan reads it faster), nothing yielded. */
+ * lookup per batch sent, none for the batches between. *scan > 0: not worth it (much of the
+ * log from the first lacking batch on is lacking: a scan from log position *scan reads it
+ * faster), nothing yielded. */
 static int export_merge(fm_replica *r, const fm_coll *c, const fm_vv *theirs, fm_batch_fn fn,
-                        void *arg, bool *scan)
+                        void *arg, int64_t *scan)
 {
-    *scan = false;
+    *scan = 0;
     feed_cursor *cur = NULL;
     uint32_t n = 0, cap = 0;
     uint64_t lacking = 0;
@@ -819,7 +794,8 @@ static int export_merge(fm_replica *r, const fm_coll *c, const fm_vv *theirs, fm
     int64_t max = rc ? 0 : fm_store_max_batch_id(r->store);
     if (!rc && max < 0)
         rc = (int)max;
-    *scan = !rc && n && lacking * 4 >= (uint64_t)(max - from + 1);
+    if (!rc && n && lacking * 4 >= (uint64_t)(max - from + 1))
+        *scan = from;
     while (!rc && !*scan && n) {
         uint32_t k = 0; /* the cursor first in the log: lacking feeds are few on this path */
         for (uint32_t i = 1; i < n; i++)
@@ -846,13 +822,9 @@ int fm__replica_export_vv(fm_replica *r, const uint8_t *coll, uint32_t coll_len,
     fm_coll *c = fm_state_coll(&r->st, coll, coll_len);
     if (!c || !c->store_id)
         return 0;
-    bool scan;
-    int rc = export_merge(r, c, theirs, fn, arg, &scan);
-    if (rc || !scan)
-        return rc;
     int64_t from;
-    rc = export_start(r, c, theirs, &from);
-    if (rc || from == 0)
+    int rc = export_merge(r, c, theirs, fn, arg, &from);
+    if (rc || !from)
         return rc;
     export_ctx x = {.theirs = theirs, .fn = fn, .arg = arg};
     return fm_store_each_batch_from(r->store, c, from, export_one, &x);

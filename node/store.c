@@ -23,7 +23,6 @@ enum {
     S_REC_PUT,
     S_FORK_PUT,
     S_MEMBER_PUT,
-    S_FEED_FIRST_AFTER,
     S_BATCHES_FROM,
     S_FEED_NEXT,
     S_MAX_BATCH_ID,
@@ -50,14 +49,12 @@ static const char *const SQL[S__COUNT] = {
         "INSERT OR REPLACE INTO records(coll, id, state, conflicts) VALUES (?1, ?2, ?3, ?4)",
     [S_FORK_PUT] = "INSERT INTO forks(author, first, second) VALUES (?1, ?2, ?3)",
     [S_MEMBER_PUT] = "INSERT OR IGNORE INTO members(device, kind, data) VALUES (?1, ?2, ?3)",
-    /* A feed's batches are inserted in seq order, so the first one beyond seq (an index lookup
-     * on batches_feed) also has the feed's smallest log position beyond seq. */
-    [S_FEED_FIRST_AFTER] = "SELECT id FROM batches WHERE coll = ?1 AND author = ?2 "
-                           "AND last_seq > ?3 ORDER BY last_seq LIMIT 1",
     /* A rowid range, the collection filtered in C: an index on coll would read the collection's
      * whole log and sort it; this way every row read is counted (fm_store_batch_rows_read). */
     [S_BATCHES_FROM] = "SELECT coll, author, last_seq, data FROM batches WHERE id >= ?1 "
                        "ORDER BY id",
+    /* A feed's batches are inserted in seq order, so the first one beyond seq (an index lookup
+     * on batches_feed) also has the feed's smallest log position beyond seq. */
     [S_FEED_NEXT] = "SELECT id, last_seq, data FROM batches WHERE coll = ?1 AND author = ?2 "
                     "AND last_seq > ?3 ORDER BY last_seq LIMIT 1",
     [S_MAX_BATCH_ID] = "SELECT max(id) FROM batches",
@@ -519,19 +516,6 @@ int fm_store_each_batch_from(fm_store *st, const fm_coll *c, int64_t from_id, fm
     else
         done(q);
     return rc;
-}
-
-int fm_store_first_batch_after(fm_store *st, const fm_coll *c, const uint8_t author[FM_ID_BYTES],
-                               uint64_t seq, int64_t *id)
-{
-    sqlite3_stmt *s = st->stmt[S_FEED_FIRST_AFTER];
-    bind_feed_pos(s, c, author, seq);
-    int rc = lookup(s);
-    if (rc)
-        return rc;
-    *id = sqlite3_column_int64(s, 0);
-    done(s);
-    return 0;
 }
 
 int fm_store_feed_next(fm_store *st, const fm_coll *c, const uint8_t author[FM_ID_BYTES],

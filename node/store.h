@@ -68,8 +68,6 @@ int fm_store_feed_next(fm_store *st, const fm_coll *c, const uint8_t author[FM_I
                        uint64_t seq, int64_t *id, uint64_t *last_seq, fm_buf *data);
 /* The largest log position (0: no batch), or a negative code. */
 int64_t fm_store_max_batch_id(fm_store *st);
-int fm_store_first_batch_after(fm_store *st, const fm_coll *c, const uint8_t author[FM_ID_BYTES],
-                               uint64_t seq, int64_t *id);
 /* Log rows (of any collection) fm_store_each_batch(_from) has read on this handle: what scans
  * cost (tests). */
 uint64_t fm_store_batch_rows_read(const fm_store *st);

@@ -726,18 +726,24 @@ static void test_batches_from(void)
         CHECK_OK(fm_store_put_batch(st, i == 1 || i == 4 ? &o : &c, &bt[i], e[i].data, e[i].len));
     CHECK_OK(fm_store_commit(st));
     int64_t id = -1;
-    CHECK_OK(fm_store_first_batch_after(st, &c, apk, 0, &id));
+    uint64_t last = 0;
+    fm_buf fd;
+    fm_buf_init(&fd);
+    CHECK_OK(fm_store_feed_next(st, &c, apk, 0, &id, &last, &fd));
     CHECK_EQ_INT(id, 1);
-    CHECK_OK(fm_store_first_batch_after(st, &c, apk, 1, &id));
+    CHECK(fd.len == e[0].len && memcmp(fd.data, e[0].data, fd.len) == 0);
+    CHECK_OK(fm_store_feed_next(st, &c, apk, 1, &id, &last, &fd));
     CHECK_EQ_INT(id, 4);
-    CHECK_RC(fm_store_first_batch_after(st, &c, apk, 2, &id), FM_ENOTFOUND);
+    CHECK_RC(fm_store_feed_next(st, &c, apk, 2, &id, &last, &fd), FM_ENOTFOUND);
     /* b's first batch holds seqs 1-2: beyond 1 is still that batch. */
-    CHECK_OK(fm_store_first_batch_after(st, &c, bpk, 1, &id));
+    CHECK_OK(fm_store_feed_next(st, &c, bpk, 1, &id, &last, &fd));
     CHECK_EQ_INT(id, 3);
-    CHECK_OK(fm_store_first_batch_after(st, &c, bpk, 2, &id));
+    CHECK_EQ_INT(last, 2);
+    CHECK_OK(fm_store_feed_next(st, &c, bpk, 2, &id, &last, &fd));
     CHECK_EQ_INT(id, 6);
-    CHECK_OK(fm_store_first_batch_after(st, &o, bpk, 1, &id));
+    CHECK_OK(fm_store_feed_next(st, &o, bpk, 1, &id, &last, &fd));
     CHECK_EQ_INT(id, 5);
+    fm_buf_free(&fd);
 
     uint64_t r0 = fm_store_batch_rows_read(st);
     seen s = {0};
