@@ -17,44 +17,7 @@ export HOME="$T/home" # the default store location must never be the real one
 unset FIELDMESH_DIR
 mkdir -p "$HOME"
 
-CHECKS=0
-FAILS=0
-fail() {
-    FAILS=$((FAILS + 1))
-    printf 'FAIL (line %s): %s\n' "${BASH_LINENO[1]:-?}" "$*" >&2
-}
-
-# run CMD...: stdout in $OUT, stderr in $ERR, exit status in $RC.
-run() {
-    "$@" >"$T/.out" 2>"$T/.err"
-    RC=$?
-    OUT=$(cat "$T/.out")
-    ERR=$(cat "$T/.err")
-    LAST="$*"
-}
-
-# eq WHAT GOT WANT
-eq() {
-    CHECKS=$((CHECKS + 1))
-    if [ "$2" != "$3" ]; then
-        fail "$1"$'\n'"  command: $LAST"$'\n'"  got:  $2"$'\n'"  want: $3"$'\n'"  stderr: $ERR"
-    fi
-}
-
-# contains WHAT HAYSTACK NEEDLE
-contains() {
-    CHECKS=$((CHECKS + 1))
-    case "$2" in
-    *"$3"*) ;;
-    *) fail "$1"$'\n'"  command: $LAST"$'\n'"  output: $2"$'\n'"  should contain: $3" ;;
-    esac
-}
-
-# ok CMD...: must exit 0.
-ok() {
-    run "$@"
-    eq "exit status" "$RC" 0
-}
+. "$(dirname "$0")/checks.sh"
 
 # A field of `status --json` for dir $1 (numbers and strings; a flat object).
 status_field() {

@@ -232,6 +232,20 @@ def wait_closed(s, limit_s):
             return "reset", time.monotonic() - t0
 
 
+def still_up(s):
+    """Whether the node keeps non-blocking socket s open: reads what is there; closes s if not."""
+    try:
+        if s.recv(4096) == b"":
+            s.close()
+            return False
+    except BlockingIOError:
+        pass
+    except OSError:
+        s.close()
+        return False
+    return True
+
+
 def node_healthy(what):
     """The node runs, answers, and keeps its good peer."""
     p = procs["N"]
@@ -365,22 +379,7 @@ def attack_flood():
     check("status --json of N during the flood: running", st.get("running"), True)
 
     def still_open():
-        alive = 0
-        for s in socks:
-            if s.fileno() < 0:
-                continue
-            try:
-                d = s.recv(4096)
-                if d == b"":
-                    s.close()
-                    continue
-            except BlockingIOError:
-                pass
-            except OSError:
-                s.close()
-                continue
-            alive += 1
-        return alive
+        return sum(1 for s in socks if s.fileno() >= 0 and still_up(s))
 
     # Beyond the node's slots every connection is closed at once; wait (bounded) for that.
     alive = poll(lambda: (lambda a: a if a <= NODE_MAX_TOTAL else 0)(still_open()), 30, 0.5)
@@ -475,19 +474,7 @@ def attack_sustained():
 
     def refill():
         while not stop.is_set():
-            live = []
-            for s in socks:
-                try:
-                    if s.recv(4096) == b"":
-                        s.close()
-                        continue
-                except BlockingIOError:
-                    pass
-                except OSError:
-                    s.close()
-                    continue
-                live.append(s)
-            socks[:] = live
+            socks[:] = [s for s in socks if still_up(s)]
             # Exactly the node's slot count: it never refuses one of them, it only times them
             # out, and each is reopened at once (about 1.6 connections a second in all).
             while len(socks) < NODE_MAX_TOTAL and not stop.is_set():

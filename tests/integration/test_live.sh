@@ -59,42 +59,11 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 143' TERM INT
 
-CHECKS=0
-FAILS=0
-fail() {
-    FAILS=$((FAILS + 1))
-    printf 'FAIL (line %s): %s\n' "${BASH_LINENO[1]:-?}" "$*" >&2
-}
+. "$(dirname "$0")/checks.sh"
 note() { printf 'test_live: %s\n' "$*" >&2; }
-
-# run CMD...: stdout in $OUT, stderr in $ERR, exit status in $RC.
-run() {
-    "$@" >"$T/.out" 2>"$T/.err"
-    RC=$?
-    OUT=$(cat "$T/.out")
-    ERR=$(cat "$T/.err")
-    LAST="$*"
-}
-eq() {
-    CHECKS=$((CHECKS + 1))
-    if [ "$2" != "$3" ]; then
-        fail "$1"$'\n'"  command: ${LAST:-}"$'\n'"  got:  $2"$'\n'"  want: $3"$'\n'"  stderr: ${ERR:-}"
-    fi
-}
-contains() {
-    CHECKS=$((CHECKS + 1))
-    case "$2" in
-    *"$3"*) ;;
-    *) fail "$1"$'\n'"  command: ${LAST:-}"$'\n'"  output: $2"$'\n'"  should contain: $3" ;;
-    esac
-}
 check() { # check WHAT CONDITION-STATUS (0 = holds)
     CHECKS=$((CHECKS + 1))
     [ "$2" -eq 0 ] || fail "$1"
-}
-ok() {
-    run "$@"
-    eq "exit status" "$RC" 0
 }
 
 # A field of a flat JSON object on stdin ("" if absent or not JSON).
@@ -245,23 +214,19 @@ converge() {
     return 1
 }
 
-# connected_peers NODE: fingerprints of the peers in state syncing/synced, sorted, one line.
-connected_peers() {
-    "$FM" --dir "$T/$1" peers --json 2>/dev/null | python3 -c 'import json,sys
+# peers_in NODE STATE...: fingerprints of NODE's peers in one of the states, sorted, one line.
+peers_in() {
+    local node=$1
+    shift
+    "$FM" --dir "$T/$node" peers --json 2>/dev/null | python3 -c 'import json,sys
 try:
     ps = json.load(sys.stdin)
 except Exception:
     print("(not JSON)"); sys.exit(0)
-print(" ".join(sorted(p["id"] for p in ps if p.get("id") and p.get("state") in ("syncing", "synced"))))'
+print(" ".join(sorted(p["id"] for p in ps if p.get("id") and p.get("state") in sys.argv[1:])))' "$@"
 }
-synced_peers() {
-    "$FM" --dir "$T/$1" peers --json 2>/dev/null | python3 -c 'import json,sys
-try:
-    ps = json.load(sys.stdin)
-except Exception:
-    print("(not JSON)"); sys.exit(0)
-print(" ".join(sorted(p["id"] for p in ps if p.get("id") and p.get("state") == "synced")))'
-}
+connected_peers() { peers_in "$1" syncing synced; }
+synced_peers() { peers_in "$1" synced; }
 sorted_words() { printf '%s\n' "$@" | sort | tr '\n' ' ' | sed 's/ $//'; }
 
 # ---- set up the mesh: A is the authority; B and C are admitted ---------------------------------------
