@@ -121,7 +121,7 @@ struct fm_node {
     uint8_t digest[FM_HASH_BYTES];
     uint64_t digest_gen, digest_ms;
     bool digest_valid;
-    int lazy;           /* fm_node_config.lazy_push */
+    int lazy_push; /* fm_node_config.lazy_push: whether we prune (conn.lazy: the peer pruned us) */
     uint64_t commit_at; /* when batches a group commit holds are committed (0: none wait) */
     uint64_t rollbacks; /* the replica's rollbacks count we last saw */
     lazy_ent *missing;  /* announced, lacking: a FIFO in due order from missing_head */
@@ -576,8 +576,8 @@ static void ihave_queue(fm_node *n, conn *c, const fm_batch *b)
 /* The peer pushed a batch we held already: from now on it announces instead. */
 static int send_prune(fm_node *n, conn *c)
 {
-    if (c->pruned || !(c->peer_caps & FM_CAP_LAZY) || n->lazy == FM_LAZY_OFF ||
-        (n->lazy == FM_LAZY_AUTO && strncmp(c->addr, "ble:", 4) != 0))
+    if (c->pruned || !(c->peer_caps & FM_CAP_LAZY) || n->lazy_push == FM_LAZY_OFF ||
+        (n->lazy_push == FM_LAZY_AUTO && strncmp(c->addr, "ble:", 4) != 0))
         return 0;
     /* Keep a few peers pushing: one tree for every author's writes breaks as peers come
      * and go, and each break costs a graft's round trip. */
@@ -2018,7 +2018,7 @@ int fm_node_open(const fm_node_config *cfg, fm_node **out)
     n->ae_ms = cfg->anti_entropy_ms ? cfg->anti_entropy_ms : FM_NODE_DEFAULT_ANTI_ENTROPY_MS;
     n->idle_ms = cfg->idle_timeout_ms ? cfg->idle_timeout_ms : 3 * n->ae_ms;
     n->window = cfg->window_bytes ? cfg->window_bytes : FM_NODE_DEFAULT_WINDOW;
-    n->lazy = cfg->lazy_push;
+    n->lazy_push = cfg->lazy_push;
     n->bmin = cfg->backoff_min_ms ? cfg->backoff_min_ms : FM_NODE_DEFAULT_BACKOFF_MIN_MS;
     n->bmax = cfg->backoff_max_ms ? cfg->backoff_max_ms : FM_NODE_DEFAULT_BACKOFF_MAX_MS;
     n->connect_at = UINT64_MAX;
@@ -2028,7 +2028,7 @@ int fm_node_open(const fm_node_config *cfg, fm_node **out)
     fm_batch_init(&n->fb);
     int rc = 0;
     if (n->window < FM_PROTO_MIN_WINDOW || n->window > FM_PROTO_MAX_WINDOW || n->bmin > n->bmax ||
-        n->idle_ms <= n->ae_ms || n->lazy < FM_LAZY_AUTO || n->lazy > FM_LAZY_OFF)
+        n->idle_ms <= n->ae_ms || n->lazy_push < FM_LAZY_AUTO || n->lazy_push > FM_LAZY_OFF)
         rc = FM_EINVAL;
     if (!rc)
         rc = copy_subs(n, cfg);
