@@ -98,6 +98,8 @@ typedef struct peer {
     int conn; /* index into conns, or -1 */
 } peer;
 
+typedef struct pump_ctx pump_ctx;
+
 struct fm_node {
     fm_replica *r;
     const fm_env *env;
@@ -127,8 +129,11 @@ struct fm_node {
     lazy_ent *missing;  /* announced, lacking: a FIFO in due order from missing_head */
     uint32_t nmissing, cmissing, missing_head;
     uint8_t (*graft_authors)[FM_ID_BYTES]; /* scratch of graft_due: FM_PROTO_MAX_IHAVE */
-    /* batches the replica applied during a node call, processed when the call ends */
+    /* batches the replica applied, pushed at push_at (0: none wait) */
     fm_buf applied;
+    uint64_t push_at;
+    uint32_t push_delay_ms;
+    pump_ctx *px; /* per connection: its frame of pushed batches */
     fm_buf scratch;
     fm_batch b;
     fm_batch fb;    /* scratch of send_feed (b may be the batch being pushed) */
@@ -381,11 +386,11 @@ static int rec_list_flush(rec_list *l, size_t *sent)
     return rc;
 }
 
-typedef struct pump_ctx {
+struct pump_ctx {
     rec_list l;
     int err;
     bool gap; /* a batch went out whose context the peer may lack */
-} pump_ctx;
+};
 
 static int pump_flush(pump_ctx *x)
 {
@@ -594,10 +599,27 @@ static int send_prune(fm_node *n, conn *c)
     return rc ? rc : conn_send(n, c, msg);
 }
 
-/* The eager-push rule for one applied batch and one connection. */
-static void push_one(fm_node *n, conn *c, const fm_batch *b, const uint8_t *data, size_t len)
+/* Ends what push_one put in x for its collection: the frame goes out, and a batch whose context
+ * the peer may lack leaves the collection dirty. */
+static void push_end(conn *c, pump_ctx *x)
 {
-    if (!c->hello_rcvd || c->closing || peer_prio(c, b->coll, b->coll_len) < 0)
+    if (!x->l.s)
+        return;
+    int rc = x->err ? x->err : pump_flush(x);
+    x->l.s->dirty |= x->gap;
+    x->gap = false;
+    x->err = 0;
+    x->l.s = NULL;
+    if (rc)
+        c->err = c->err ? c->err : rc;
+}
+
+/* The eager-push rule for one applied batch and one connection; x gathers the connection's
+ * batches of one collection into one frame. */
+static void push_one(fm_node *n, conn *c, pump_ctx *x, const fm_batch *b, const uint8_t *data,
+                     size_t len)
+{
+    if (!c->hello_rcvd || c->closing || c->err || peer_prio(c, b->coll, b->coll_len) < 0)
         return;
     fm_coll *coll = coll_of(n, b->coll, b->coll_len);
     if (!coll || !offers(n, coll))
@@ -607,6 +629,7 @@ static void push_one(fm_node *n, conn *c, const fm_batch *b, const uint8_t *data
         c->err = FM_ENOMEM;
         return;
     }
+    /* A batch the peer sent us while it waited here is not sent back. */
     uint64_t have = fm_vv_get(&s->known, b->author);
     if (have >= fm_batch_last_seq(b))
         return;
@@ -614,39 +637,37 @@ static void push_one(fm_node *n, conn *c, const fm_batch *b, const uint8_t *data
         ihave_queue(n, c, b);
         return;
     }
-    if (!s->known_valid || s->dirty || !window_open(c, len)) {
+    if (x->l.s != s)
+        push_end(c, x);
+    if (!s->known_valid || s->dirty || !window_open(c, x->l.body.len + len)) {
         s->dirty = true;
         return;
     }
+    x->l.s = s;
     /* What the peer may lack first, feed by feed: the batch's own feed up to it and the feeds
      * its context names. A pump would scan the store from the oldest batch `known` misses,
      * which for a busy relay is far back: `known` is only a lower bound. */
-    pump_ctx x = {.l = {.n = n, .c = c, .s = s}};
-    fm_buf_init(&x.l.body);
     bool ok =
-        have + 1 == b->first_seq || send_feed(n, &x, coll, b->author, have + 1, b->first_seq - 1);
-    for (uint32_t i = 0; ok && !x.err && i < b->ctx.n; i++) {
+        have + 1 == b->first_seq || send_feed(n, x, coll, b->author, have + 1, b->first_seq - 1);
+    for (uint32_t i = 0; ok && !x->err && i < b->ctx.n; i++) {
         const fm_vv_entry *e = &b->ctx.e[i];
         uint64_t k = fm_vv_get(&s->known, e->author);
         if (k < e->seq)
-            ok = send_feed(n, &x, coll, e->author, k + 1, e->seq);
+            ok = send_feed(n, x, coll, e->author, k + 1, e->seq);
     }
-    int rc = x.err;
-    if (!rc && ok && window_open(c, x.l.body.len + len))
-        rc = pump_add(&x, b, data, len);
-    else if (!rc)
+    if (!x->err && ok && window_open(c, x->l.body.len + len))
+        x->err = pump_add(x, b, data, len);
+    else if (!x->err)
         s->dirty = true; /* the rest from the store, in order */
-    s->dirty |= x.gap;
-    if (!rc)
-        rc = pump_flush(&x);
-    fm_buf_free(&x.l.body);
-    if (rc)
-        c->err = c->err ? c->err : rc;
 }
 
-/* Batches the replica applied (local commits and ingests) go to every connected peer. */
+/* Batches the replica applied (local commits and ingests) go to every connected peer: all that
+ * waited in one frame per connection and collection. */
 static void process_applied(fm_node *n)
 {
+    n->push_at = 0;
+    for (uint32_t i = 0; i < n->max_total; i++)
+        n->px[i] = (pump_ctx){.l = {.n = n, .c = &n->conns[i]}};
     size_t off = 0;
     while (off < n->applied.len) {
         uint32_t len;
@@ -657,9 +678,16 @@ static void process_applied(fm_node *n)
             continue; /* cannot happen: the replica applied it */
         for (uint32_t i = 0; i < n->max_total; i++)
             if (n->conns[i].used)
-                push_one(n, &n->conns[i], &n->b, data, len);
+                push_one(n, &n->conns[i], &n->px[i], &n->b, data, len);
+    }
+    for (uint32_t i = 0; i < n->max_total; i++) {
+        if (n->conns[i].used)
+            push_end(&n->conns[i], &n->px[i]);
+        fm_buf_free(&n->px[i].l.body);
     }
     fm_buf_reset(&n->applied);
+    if (n->applied.cap > FM_NODE_PUSH_HOLD_BYTES * 2)
+        fm_buf_free(&n->applied); /* a burst's buffer is not kept for an idle node */
     /* Our digest changed: peers not worth a connection before may be now. */
     uint64_t t = now_ms(n);
     for (uint32_t i = 0; i < n->npeers && n->connect_at > t; i++)
@@ -678,6 +706,18 @@ static void process_applied(fm_node *n)
     }
 }
 
+/* Applied batches wait up to push_delay_ms, so that a busy relay sends the batches of many
+ * frames in one and skips what a peer sends us in the meantime; a full hold goes at once. */
+static void push_due(fm_node *n)
+{
+    if (!n->applied.len)
+        return;
+    if (!n->push_delay_ms || n->applied.len >= FM_NODE_PUSH_HOLD_BYTES)
+        process_applied(n);
+    else if (!n->push_at)
+        n->push_at = now_ms(n) + n->push_delay_ms;
+}
+
 static void on_applied(void *arg, const uint8_t *batch, size_t len)
 {
     fm_node *n = arg;
@@ -689,7 +729,7 @@ static void on_applied(void *arg, const uint8_t *batch, size_t len)
     }
     if (n->depth == 0) {
         n->depth++;
-        process_applied(n);
+        push_due(n);
         n->depth--;
     }
 }
@@ -702,17 +742,20 @@ static void enter(fm_node *n)
 
 static void leave(fm_node *n)
 {
-    if (n->depth == 1 && n->applied.len)
-        process_applied(n);
     if (n->depth == 1 && n->r->rollbacks != n->rollbacks) {
         /* Batches peers sent us may be gone while they think we hold them: every session
-         * starts over from vectors read from the store. */
+         * starts over from vectors read from the store. What waited to be pushed may be gone
+         * too. */
         n->rollbacks = n->r->rollbacks;
+        fm_buf_reset(&n->applied);
+        n->push_at = 0;
         node_log(n, FM_LOG_WARN, "store transaction rolled back: resyncing every connection");
         for (uint32_t i = 0; i < n->max_total; i++)
             if (n->conns[i].used)
                 conn_close(n, &n->conns[i], FM_ESTORE);
     }
+    if (n->depth == 1)
+        push_due(n);
     if (n->depth == 1)
         n->commit_at = !n->r->txn_open ? 0
                        : n->commit_at  ? n->commit_at
@@ -1769,6 +1812,8 @@ void fm_node_tick(fm_node *n)
             node_log(n, FM_LOG_ERROR, "group commit failed: %s (%s)", fm_strerror(rc),
                      fm_store_errmsg(n->r->store));
     }
+    if (n->push_at && t >= n->push_at)
+        process_applied(n);
     if (n->mesh != n->r->mesh || fm__replica_member_epoch(n->r) != n->member_epoch)
         recheck_sessions(n);
     for (uint32_t i = 0; i < n->max_total; i++) {
@@ -1821,6 +1866,8 @@ uint64_t fm_node_next_deadline(const fm_node *n)
     uint64_t d = n->connect_at;
     if (n->commit_at)
         d = FM_MIN(d, n->commit_at);
+    if (n->push_at)
+        d = FM_MIN(d, n->push_at);
     for (uint32_t i = 0; i < n->max_total; i++) {
         const conn *c = &n->conns[i];
         if (!c->used)
@@ -2019,6 +2066,9 @@ int fm_node_open(const fm_node_config *cfg, fm_node **out)
     n->idle_ms = cfg->idle_timeout_ms ? cfg->idle_timeout_ms : 3 * n->ae_ms;
     n->window = cfg->window_bytes ? cfg->window_bytes : FM_NODE_DEFAULT_WINDOW;
     n->lazy_push = cfg->lazy_push;
+    n->push_delay_ms = cfg->push_delay_ms == FM_NODE_PUSH_AT_ONCE ? 0
+                       : cfg->push_delay_ms                       ? cfg->push_delay_ms
+                                                                  : FM_NODE_DEFAULT_PUSH_DELAY_MS;
     n->bmin = cfg->backoff_min_ms ? cfg->backoff_min_ms : FM_NODE_DEFAULT_BACKOFF_MIN_MS;
     n->bmax = cfg->backoff_max_ms ? cfg->backoff_max_ms : FM_NODE_DEFAULT_BACKOFF_MAX_MS;
     n->connect_at = UINT64_MAX;
@@ -2028,13 +2078,15 @@ int fm_node_open(const fm_node_config *cfg, fm_node **out)
     fm_batch_init(&n->fb);
     int rc = 0;
     if (n->window < FM_PROTO_MIN_WINDOW || n->window > FM_PROTO_MAX_WINDOW || n->bmin > n->bmax ||
-        n->idle_ms <= n->ae_ms || n->lazy_push < FM_LAZY_AUTO || n->lazy_push > FM_LAZY_OFF)
+        n->idle_ms <= n->ae_ms || n->lazy_push < FM_LAZY_AUTO || n->lazy_push > FM_LAZY_OFF ||
+        n->push_delay_ms > FM_NODE_MAX_PUSH_DELAY_MS)
         rc = FM_EINVAL;
     if (!rc)
         rc = copy_subs(n, cfg);
     if (!rc)
         rc = own_cert(n);
     if (!rc && (!(n->conns = calloc(n->max_total, sizeof *n->conns)) ||
+                !(n->px = calloc(n->max_total, sizeof *n->px)) ||
                 !(n->barr = calloc(FM_PROTO_MAX_BATCHES_PER_FRAME, sizeof *n->barr)) ||
                 !(n->graft_authors = calloc(FM_PROTO_MAX_IHAVE, sizeof *n->graft_authors)) ||
                 !(n->bres = calloc(FM_PROTO_MAX_BATCHES_PER_FRAME, sizeof *n->bres)) ||
@@ -2071,6 +2123,7 @@ void fm_node_close(fm_node *n)
         fm__replica_set_group_commit(n->r, 0);
     }
     free(n->conns);
+    free(n->px);
     free(n->peers);
     free(n->barr);
     free(n->bres);

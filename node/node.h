@@ -61,6 +61,9 @@ typedef struct fm_node_config {
     uint32_t backoff_min_ms;  /* 0 = FM_NODE_DEFAULT_BACKOFF_MIN_MS */
     uint32_t backoff_max_ms;  /* 0 = FM_NODE_DEFAULT_BACKOFF_MAX_MS */
     int lazy_push;            /* FM_LAZY_AUTO (0), FM_LAZY_ON, FM_LAZY_OFF */
+    /* How long applied batches wait to be pushed, together: 0 = FM_NODE_DEFAULT_PUSH_DELAY_MS,
+     * FM_NODE_PUSH_AT_ONCE = no wait, at most FM_NODE_MAX_PUSH_DELAY_MS. */
+    uint32_t push_delay_ms;
 } fm_node_config;
 
 /* Lazy push (docs/PROTOCOL.md §8.8) trades latency for airtime: a node prunes redundant pushers,
@@ -96,7 +99,13 @@ enum {
     /* Group commit of relayed batches (replica.h): at most this many, this long. */
     FM_NODE_GROUP_COMMIT_BATCHES = 512,
     FM_NODE_COMMIT_MS = 50,
+    /* Eager push waits this long to send what a relay applied in one frame per peer (and to
+     * skip what that peer sent us meanwhile), or until this many bytes wait. */
+    FM_NODE_DEFAULT_PUSH_DELAY_MS = 5,
+    FM_NODE_MAX_PUSH_DELAY_MS = 1000,
+    FM_NODE_PUSH_HOLD_BYTES = 64 * 1024,
 };
+#define FM_NODE_PUSH_AT_ONCE UINT32_MAX
 
 typedef struct fm_node fm_node;
 

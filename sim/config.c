@@ -42,6 +42,7 @@ void fm_sim_config_default(fm_sim_config *c)
     c->seed = 1;
     c->speed = 0.002;
     c->private_colls = 16;
+    c->push_delay_ms = FM_NODE_DEFAULT_PUSH_DELAY_MS;
 }
 
 static int bad(char *err, size_t cap, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
@@ -194,6 +195,9 @@ static int flag(fm_sim_config *c, const char *f, const char *v, char *err, size_
         NEED(parse_u64(v, &c->seed), "an unsigned integer");
     else if (!strcmp(f, "--anti-entropy-ms"))
         NEED(parse_u32(v, &c->anti_entropy_ms), "milliseconds");
+    else if (!strcmp(f, "--push-delay-ms"))
+        NEED(parse_u32(v, &c->push_delay_ms) && c->push_delay_ms <= FM_NODE_MAX_PUSH_DELAY_MS,
+             "0..1000 (0: push at once)");
     else if (!strcmp(f, "--max-conns"))
         NEED(parse_u32(v, &c->max_conns) && c->max_conns <= FM_NODE_MAX_CONNS, "1..256");
     else if (!strcmp(f, "--speed"))

@@ -182,16 +182,17 @@ static int node_start(fm_sim *s, sim_node *sn)
 
 static int node_core_open(fm_sim *s, sim_node *sn)
 {
-    fm_node_config nc = {.version = FM_NODE_CONFIG_VERSION,
-                         .replica = sn->r,
-                         .io = &sn->io,
-                         .subscribe_none = sn->subscribe_none,
-                         .max_conns = s->cfg.max_conns,
-                         .anti_entropy_ms = s->cfg.anti_entropy_ms,
-                         /* sim addresses name no transport: what AUTO would do on these links */
-                         .lazy_push = s->cfg.link.name && strcmp(s->cfg.link.name, "ble") == 0
-                                          ? FM_LAZY_ON
-                                          : FM_LAZY_OFF};
+    fm_node_config nc = {
+        .version = FM_NODE_CONFIG_VERSION,
+        .replica = sn->r,
+        .io = &sn->io,
+        .subscribe_none = sn->subscribe_none,
+        .max_conns = s->cfg.max_conns,
+        .anti_entropy_ms = s->cfg.anti_entropy_ms,
+        .push_delay_ms = s->cfg.push_delay_ms ? s->cfg.push_delay_ms : FM_NODE_PUSH_AT_ONCE,
+        /* sim addresses name no transport: what AUTO would do on these links */
+        .lazy_push =
+            s->cfg.link.name && strcmp(s->cfg.link.name, "ble") == 0 ? FM_LAZY_ON : FM_LAZY_OFF};
     int rc = fm_node_open(&nc, &sn->n);
     if (rc)
         return rc;

@@ -89,7 +89,8 @@ typedef struct fm_sim_config {
     double write_phase_s, duration_s;
     uint64_t seed;
     uint32_t anti_entropy_ms, max_conns;
-    double speed; /* rgg: unit-square widths per second */
+    uint32_t push_delay_ms; /* --push-delay-ms; 0: push at once */
+    double speed;           /* rgg: unit-square widths per second */
     fm_sim_window offline[FM_SIM_MAX_SPECIAL];
     uint32_t noffline;
     uint32_t subscribe_none[FM_SIM_MAX_SPECIAL];

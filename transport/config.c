@@ -158,6 +158,12 @@ static int node_key(fm_daemon_opts *o, const char *k, const char *v)
         return parse_u32(v, 1, FM_NODE_MAX_CONNS / 2, &o->max_conns);
     if (!strcmp(k, "anti_entropy_ms"))
         return parse_u32(v, 100, 3600 * 1000, &o->anti_entropy_ms);
+    if (!strcmp(k, "push_delay_ms")) {
+        int rc = parse_u32(v, 0, FM_NODE_MAX_PUSH_DELAY_MS, &o->push_delay_ms);
+        if (!rc && o->push_delay_ms == 0)
+            o->push_delay_ms = FM_NODE_PUSH_AT_ONCE; /* the file's 0 is "at once" */
+        return rc;
+    }
     if (!strcmp(k, "lazy_push")) {
         static const char *const names[] = {"auto", "on", "off"}; /* FM_LAZY_* order */
         for (int i = 0; i < 3; i++)

@@ -7,7 +7,7 @@
  *   [node]               listen = ADDR:PORT (repeatable), peer = HOST:PORT (repeatable),
  *                        mdns = yes|no, ble = yes|no, ble_adapter = hciN,
  *                        log_level = error|warn|info|debug, max_connections = N,
- *                        anti_entropy_ms = N, lazy_push = auto|on|off
+ *                        anti_entropy_ms = N, lazy_push = auto|on|off, push_delay_ms = N
  *   [subscriptions]      COLLECTION = critical|normal|bulk   (no section: every collection;
  *                        the single line `* = none`: nothing but this node's own writes)
  */
@@ -35,7 +35,8 @@ typedef struct fm_daemon_opts {
     char ble_adapter[16];
     int log_level; /* FM_LOG_* */
     uint32_t max_conns, anti_entropy_ms;
-    int lazy_push; /* FM_LAZY_* */
+    int lazy_push;          /* FM_LAZY_* */
+    uint32_t push_delay_ms; /* fm_node_config.push_delay_ms (0: the default) */
     char sub_names[FM_NODE_MAX_SUBS][FM_MAX_COLLECTION_LEN + 1];
     fm_node_sub subs[FM_NODE_MAX_SUBS];
     size_t nsubs;

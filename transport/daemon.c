@@ -1087,7 +1087,8 @@ static int open_node(fm_daemon *d)
                           .subscribe_none = d->o.subscribe_none,
                           .max_conns = d->o.max_conns,
                           .anti_entropy_ms = d->o.anti_entropy_ms,
-                          .lazy_push = d->o.lazy_push};
+                          .lazy_push = d->o.lazy_push,
+                          .push_delay_ms = d->o.push_delay_ms};
     int rc = fm_node_open(&cfg, &d->node);
     if (rc) {
         dlog(d, FM_LOG_ERROR, "node: %s", fm_strerror(rc));

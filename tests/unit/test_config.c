@@ -92,16 +92,18 @@ static void test_file(void)
 {
     fm_daemon_opts o;
     char err[512];
-    CHECK_OK(load("# a node\n[node]\nlisten = 0.0.0.0:7400\n  peer = [::1]:7401 \n"
-                  "mdns = no\n; comment\nmax_connections = 4\nanti_entropy_ms = 2500\n"
-                  "lazy_push = on\n"
-                  "[subscriptions]\ndoses = critical\nnotes = bulk\ndoses = normal\n",
-                  &o, err, sizeof err));
+    CHECK_OK(load(
+        "# a node\n[node]\nlisten = 0.0.0.0:7400\n  peer = [::1]:7401 \n"
+        "mdns = no\n; comment\nmax_connections = 4\nanti_entropy_ms = 2500\npush_delay_ms = 0\n"
+        "lazy_push = on\n"
+        "[subscriptions]\ndoses = critical\nnotes = bulk\ndoses = normal\n",
+        &o, err, sizeof err));
     CHECK_EQ_INT(o.nlisten, 1);
     CHECK_EQ_INT(o.npeers, 1);
     CHECK(!o.mdns);
     CHECK_EQ_INT(o.max_conns, 4);
     CHECK_EQ_INT(o.anti_entropy_ms, 2500);
+    CHECK_EQ_INT(o.push_delay_ms, FM_NODE_PUSH_AT_ONCE);
     CHECK_EQ_INT(o.lazy_push, FM_LAZY_ON);
     CHECK_EQ_INT(o.nsubs, 2);
     CHECK_STR(o.subs[0].collection, "doses");
@@ -113,6 +115,9 @@ static void test_file(void)
     CHECK_RC(load("[node]\nlisten = 1.2.3.4:7400\nbogus = 1\n", &o, err, sizeof err), FM_ENOTFOUND);
     CHECK(strstr(err, ":3: unknown key") != NULL);
     CHECK_RC(load("[node]\nmax_connections = 0\n", &o, err, sizeof err), FM_EINVAL);
+    CHECK_RC(load("[node]\npush_delay_ms = 1001\n", &o, err, sizeof err), FM_EINVAL);
+    CHECK_OK(load("[node]\npush_delay_ms = 20\n", &o, err, sizeof err));
+    CHECK_EQ_INT(o.push_delay_ms, 20);
     CHECK_RC(load("[node]\nlazy_push = sometimes\n", &o, err, sizeof err), FM_EINVAL);
     CHECK(strstr(err, ":2: bad value") != NULL);
     CHECK_RC(load("listen = 1.2.3.4\n", &o, err, sizeof err), FM_EINVAL);

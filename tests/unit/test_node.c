@@ -230,6 +230,9 @@ static void world_open(int count, const fm_node_config *tmpl)
         cfg.io = &t->io;
         if (!cfg.anti_entropy_ms)
             cfg.anti_entropy_ms = 1000;
+        /* Most tests check what goes out at once; test_push_delay checks the wait. */
+        if (!cfg.push_delay_ms)
+            cfg.push_delay_ms = FM_NODE_PUSH_AT_ONCE;
         CHECK_OK(fm_node_open(&cfg, &t->node));
     }
 }
@@ -324,6 +327,51 @@ static void test_eager_push(void)
     CHECK_EQ_INT(W.now, before);
     check_same(0, 2); /* two hops, relayed by node 1 */
     CHECK_EQ_INT(status_of(2).ops, 6);
+    world_close();
+}
+
+/* With a push delay, what a node applies waits that long and then goes out in one frame per
+ * peer; a relay's wait adds to the writer's. */
+static void test_push_delay(void)
+{
+    fm_node_config cfg[3];
+    for (int i = 0; i < 3; i++)
+        cfg[i] = (fm_node_config){.push_delay_ms = 20};
+    world_open(3, cfg);
+    link_static(0, 1);
+    link_static(1, 2);
+    run_until(T0 + 3000);
+    fm_node_stats a0, a1;
+    fm_node_stats_get(W.n[0].node, &a0);
+    uint64_t before = W.now;
+    CHECK_OK(write_n(0, "notes", "x", 3));
+    CHECK_EQ_INT(fm_node_next_deadline(W.n[0].node), before + 20);
+    drain();
+    CHECK_EQ_INT(status_of(1).ops, 0); /* nothing left before the delay */
+    run_until(before + 20);
+    CHECK_EQ_INT(status_of(1).ops, 6);
+    CHECK_EQ_INT(status_of(2).ops, 0); /* node 1 holds them for its own delay */
+    fm_node_stats_get(W.n[0].node, &a1);
+    CHECK_EQ_INT(a1.batches_out - a0.batches_out, 3);
+    CHECK_EQ_INT(a1.frames_out - a0.frames_out, 1); /* the three batches in one frame */
+    run_until(before + 40);
+    check_same(0, 2);
+    /* A full hold goes out at once. */
+    before = W.now;
+    CHECK_OK(write_n(0, "bulk", "y", 1));
+    fm_txn *t;
+    CHECK_OK(fm_txn_begin(W.n[0].r, "bulk", &t));
+    static uint8_t big[15000];
+    memset(big, 'z', sizeof big);
+    for (int i = 0; i * sizeof big <= FM_NODE_PUSH_HOLD_BYTES; i++) {
+        char id[16];
+        snprintf(id, sizeof id, "big-%d", i);
+        CHECK_OK(fm_txn_set(t, id, "v", FM_KIND_LWW, fm_value_bin(big, sizeof big)));
+    }
+    CHECK_OK(fm_txn_commit(t));
+    drain();
+    CHECK_EQ_INT(W.now, before);
+    CHECK_EQ_INT(status_of(1).ops, status_of(0).ops);
     world_close();
 }
 
@@ -723,6 +771,7 @@ int main(void)
 {
     RUN(test_two_nodes_sync);
     RUN(test_eager_push);
+    RUN(test_push_delay);
     RUN(test_group_commit_deadline);
     RUN(test_lazy_push);
     RUN(test_symmetric_dial);
