@@ -624,6 +624,9 @@ static void push_one(fm_node *n, conn *c, pump_ctx *x, const fm_batch *b, const 
     fm_coll *coll = coll_of(n, b->coll, b->coll_len);
     if (!coll || !offers(n, coll))
         return;
+    /* Another collection's frame goes first: csync_get may move the connection's csyncs. */
+    if (x->l.s && (x->l.s->len != b->coll_len || memcmp(x->l.s->name, b->coll, b->coll_len) != 0))
+        push_end(c, x);
     csync *s = csync_get(c, b->coll, b->coll_len, true);
     if (!s) {
         c->err = FM_ENOMEM;
@@ -637,8 +640,7 @@ static void push_one(fm_node *n, conn *c, pump_ctx *x, const fm_batch *b, const 
         ihave_queue(n, c, b);
         return;
     }
-    if (x->l.s != s)
-        push_end(c, x);
+    FM_ASSERT(!x->l.s || x->l.s == s);
     if (!s->known_valid || s->dirty || !window_open(c, x->l.body.len + len)) {
         s->dirty = true;
         return;
