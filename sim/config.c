@@ -195,6 +195,8 @@ static int flag(fm_sim_config *c, const char *f, const char *v, char *err, size_
         NEED(parse_u64(v, &c->seed), "an unsigned integer");
     else if (!strcmp(f, "--anti-entropy-ms"))
         NEED(parse_u32(v, &c->anti_entropy_ms), "milliseconds");
+    else if (!strcmp(f, "--threads"))
+        NEED(parse_u32(v, &c->threads) && c->threads >= 1 && c->threads <= 16, "1..16");
     else if (!strcmp(f, "--push-delay-ms"))
         NEED(parse_u32(v, &c->push_delay_ms) && c->push_delay_ms <= FM_NODE_MAX_PUSH_DELAY_MS,
              "0..1000 (0: push at once)");

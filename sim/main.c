@@ -21,7 +21,8 @@ static void usage(FILE *f)
             "  --writes N --write-phase S --writer NODE --conflict-rate P --hot-records N\n"
             "  --private-colls N\n"
             "  --subscribe-none NODE --fork NODE:OTHER --revoke NODE:SECONDS\n"
-            "  --duration S --seed S --json --csv FILE --svg FILE --quiet --verbose --progress\n");
+            "  --duration S --seed S --threads N --json --csv FILE --svg FILE --quiet --verbose\n"
+            "  --progress\n");
 }
 
 static int plot_main(int argc, char **argv)

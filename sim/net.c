@@ -18,15 +18,21 @@ static fm_conn_id conn_id(uint32_t slot, uint32_t gen, int side)
     return (uint64_t)gen << 32 | (uint64_t)slot << 1 | (uint64_t)side;
 }
 
+sim_conn *sim_conn_at(const fm_sim *s, uint32_t slot)
+{
+    uint32_t node = slot / SIM_NODE_SLOTS, k = slot % SIM_NODE_SLOTS;
+    if (node >= s->n || k >= s->nodes[node].nslots)
+        return NULL;
+    return &s->nodes[node].chunk[k / SIM_SLOT_CHUNK][k % SIM_SLOT_CHUNK];
+}
+
 /* The live connection an id names, checking the node owns that side; NULL if stale. */
 static sim_conn *conn_of(fm_sim *s, const sim_node *sn, fm_conn_id id, int *side)
 {
     uint32_t slot = (uint32_t)(id & 0xffffffffu) >> 1, gen = (uint32_t)(id >> 32);
     int sd = (int)(id & 1);
-    if (slot >= s->nconns)
-        return NULL;
-    sim_conn *c = &s->conns[slot];
-    if (!c->used || c->gen != gen || c->node[sd] != sn->idx)
+    sim_conn *c = sim_conn_at(s, slot);
+    if (!c || !c->used || c->gen != gen || c->node[sd] != sn->idx)
         return NULL;
     *side = sd;
     return c;
@@ -35,30 +41,29 @@ static sim_conn *conn_of(fm_sim *s, const sim_node *sn, fm_conn_id id, int *side
 /* The connection an event names, or NULL if it is gone. */
 static sim_conn *conn_ev(fm_sim *s, uint64_t slot, uint64_t genside, int *side)
 {
-    if (slot >= s->nconns)
-        return NULL;
-    sim_conn *c = &s->conns[slot];
-    if (!c->used || c->gen != (uint32_t)(genside >> 1))
+    sim_conn *c = slot <= UINT32_MAX ? sim_conn_at(s, (uint32_t)slot) : NULL;
+    if (!c || !c->used || c->gen != (uint32_t)(genside >> 1))
         return NULL;
     *side = (int)(genside & 1);
     return c;
 }
 
-int sim_net_init(fm_sim *s)
-{
-    fm_buf_init(&s->rx);
-    return fm_buf_reserve(&s->rx, 65536);
-}
-
 void sim_net_free(fm_sim *s)
 {
-    for (uint32_t i = 0; i < s->nconns; i++)
-        for (int d = 0; d < 2; d++)
-            fm_buf_free(&s->conns[i].dir[d].q);
-    free(s->conns);
-    free(s->freec);
+    for (uint32_t i = 0; s->nodes && i < s->n; i++) {
+        sim_node *sn = &s->nodes[i];
+        for (uint32_t k = 0; k < SIM_SLOT_CHUNKS && sn->chunk[k]; k++) {
+            for (uint32_t j = 0; j < SIM_SLOT_CHUNK; j++)
+                for (int d = 0; d < 2; d++)
+                    fm_buf_free(&sn->chunk[k][j].dir[d].q);
+            free(sn->chunk[k]);
+            sn->chunk[k] = NULL;
+        }
+        free(sn->freec);
+        sn->freec = NULL;
+    }
     free(s->scratch_u32);
-    fm_buf_free(&s->rx);
+    free(s->allops);
 }
 
 static int node_list_add(sim_node *sn, uint32_t slot)
@@ -79,29 +84,40 @@ static void node_list_del(sim_node *sn, uint32_t slot)
     FM_ASSERT(!"connection missing from its node's list");
 }
 
+/* A slot of node a's for a connection to b (UINT32_MAX: unreachable), listed at a only: b
+ * lists it when the connect op is applied. Touches nothing but a's own slots. */
 static int conn_new(fm_sim *s, uint32_t a, uint32_t b, uint32_t *slot_out)
 {
-    uint32_t slot;
-    if (s->nfree) {
-        slot = s->freec[--s->nfree];
+    sim_node *sn = &s->nodes[a];
+    uint32_t k;
+    if (sn->nfree) {
+        k = sn->freec[--sn->nfree];
     } else {
-        if (fm_grow((void **)&s->conns, s->nconns, &s->cconns, sizeof *s->conns))
-            return FM_ENOMEM;
-        slot = s->nconns++;
-        memset(&s->conns[slot], 0, sizeof s->conns[slot]);
-        fm_buf_init(&s->conns[slot].dir[0].q);
-        fm_buf_init(&s->conns[slot].dir[1].q);
-        s->conns[slot].gen = 1;
+        if (sn->nslots == SIM_NODE_SLOTS)
+            return FM_ELIMIT;
+        uint32_t ch = sn->nslots / SIM_SLOT_CHUNK;
+        if (!sn->chunk[ch]) {
+            sim_conn *c = calloc(SIM_SLOT_CHUNK, sizeof *c);
+            if (!c)
+                return FM_ENOMEM;
+            for (uint32_t j = 0; j < SIM_SLOT_CHUNK; j++) {
+                fm_buf_init(&c[j].dir[0].q);
+                fm_buf_init(&c[j].dir[1].q);
+                c[j].gen = 1;
+            }
+            sn->chunk[ch] = c;
+        }
+        k = sn->nslots++;
     }
+    uint32_t slot = a * SIM_NODE_SLOTS + k;
     /* Reserve the free-list room now so freeing never fails. */
-    if (fm_grow((void **)&s->freec, s->nconns, &s->cfree, sizeof *s->freec) ||
-        node_list_add(&s->nodes[a], slot))
-        goto fail;
-    if (b != UINT32_MAX && node_list_add(&s->nodes[b], slot)) {
-        node_list_del(&s->nodes[a], slot);
-        goto fail;
+    if (fm_grow((void **)&sn->freec, sn->nslots, &sn->cfree, sizeof *sn->freec) ||
+        node_list_add(sn, slot)) {
+        sn->freec[sn->nfree++] = k;
+        return FM_ENOMEM;
     }
-    sim_conn *c = &s->conns[slot];
+    sim_conn *c = sim_conn_at(s, slot);
+    uint64_t now = sim_now(s);
     c->used = true;
     c->node[0] = a;
     c->node[1] = b;
@@ -110,23 +126,22 @@ static int conn_new(fm_sim *s, uint32_t a, uint32_t b, uint32_t *slot_out)
     for (int d = 0; d < 2; d++) {
         fm_buf_reset(&c->dir[d].q);
         c->dir[d].head = 0;
-        c->dir[d].busy_until = c->dir[d].last_arrival = s->now;
+        c->dir[d].busy_until = c->dir[d].last_arrival = now;
     }
     *slot_out = slot;
     return 0;
-fail:
-    s->freec[s->nfree++] = slot;
-    return FM_ENOMEM;
 }
 
+/* Only between windows: both nodes' lists change. */
 static void conn_free(fm_sim *s, uint32_t slot)
 {
-    sim_conn *c = &s->conns[slot];
-    FM_ASSERT(c->used);
+    sim_conn *c = sim_conn_at(s, slot);
+    FM_ASSERT(c && c->used);
     node_list_del(&s->nodes[c->node[0]], slot);
-    if (c->node[1] != UINT32_MAX)
+    if (c->listed)
         node_list_del(&s->nodes[c->node[1]], slot);
     c->used = false;
+    c->listed = false;
     c->gen++;
     for (int d = 0; d < 2; d++) {
         /* Keep small buffers for reuse; give back big ones. */
@@ -135,15 +150,43 @@ static void conn_free(fm_sim *s, uint32_t slot)
         fm_buf_reset(&c->dir[d].q);
         c->dir[d].head = 0;
     }
-    FM_ASSERT(s->nfree < s->cfree);
-    s->freec[s->nfree++] = slot;
+    sim_node *owner = &s->nodes[slot / SIM_NODE_SLOTS];
+    FM_ASSERT(owner->nfree < owner->cfree);
+    owner->freec[owner->nfree++] = slot % SIM_NODE_SLOTS;
 }
 
-static void free_if_done(fm_sim *s, uint32_t slot)
+/* Records what a node did to a connection, for sim_net_flush. */
+static void op_add(fm_sim *s, uint32_t kind, uint32_t node, uint32_t slot, uint32_t gen, int side,
+                   const uint8_t *data, size_t len)
 {
-    sim_conn *c = &s->conns[slot];
-    if (c->used && c->end[0] == END_GONE && c->end[1] == END_GONE)
-        conn_free(s, slot);
+    sim_worker *w = sim_cur(s);
+    if (fm_grow((void **)&w->ops, w->nops, &w->cops, sizeof *w->ops)) {
+        sim_fail(s, FM_ENOMEM);
+        return;
+    }
+    sim_op *op = &w->ops[w->nops];
+    *op = (sim_op){.t = sim_now(s),
+                   .seq = s->nodes[node].opseq++,
+                   .node = node,
+                   .kind = kind,
+                   .slot = slot,
+                   .gen = gen,
+                   .side = (uint32_t)side,
+                   .len = (uint32_t)len,
+                   .off = w->opdata.len};
+    if (len && fm_buf_append(&w->opdata, data, len)) {
+        sim_fail(s, FM_ENOMEM);
+        return;
+    }
+    w->nops++;
+}
+
+/* A connection both ends may be done with is freed after the window, if they are: the other
+ * end's state is another worker's until then. */
+static void free_if_done(fm_sim *s, uint32_t node, uint32_t slot)
+{
+    sim_conn *c = sim_conn_at(s, slot);
+    op_add(s, OP_FREE, node, slot, c->gen, 0, NULL, 0);
 }
 
 /* One-way delay of a segment: latency +- jitter, never negative. */
@@ -172,9 +215,11 @@ static uint64_t serialise_us(const fm_sim *s, size_t bytes)
     return ((uint64_t)bytes * 8 * 1000000 + s->link.bits_per_s - 1) / s->link.bits_per_s;
 }
 
-static void net_send(fm_sim *s, uint32_t slot, int side, const uint8_t *data, size_t len)
+/* After the window that recorded it: the bytes go into the link at t. */
+static void net_send(fm_sim *s, uint64_t t, uint32_t slot, int side, const uint8_t *data,
+                     size_t len)
 {
-    sim_conn *c = &s->conns[slot];
+    sim_conn *c = sim_conn_at(s, slot);
     sim_dir *d = &c->dir[side];
     if (d->head == d->q.len) {
         fm_buf_reset(&d->q);
@@ -195,7 +240,7 @@ static void net_send(fm_sim *s, uint32_t slot, int side, const uint8_t *data, si
     s->bytes += len;
     for (size_t off = 0; off < len;) {
         size_t m = FM_MIN((size_t)s->link.mtu, len - off);
-        uint64_t start = FM_MAX(s->now, d->busy_until);
+        uint64_t start = FM_MAX(t, d->busy_until);
         d->busy_until = start + serialise_us(s, m);
         uint64_t arrive = d->busy_until + delay_us(s) + loss_us(s);
         arrive = FM_MAX(arrive, d->last_arrival);
@@ -206,7 +251,120 @@ static void net_send(fm_sim *s, uint32_t slot, int side, const uint8_t *data, si
     }
 }
 
-/* ---- io callbacks (they only queue) --------------------------------------------------------- */
+/* After the window: side's end closed at t; the other end hears a FIN. */
+static void net_close(fm_sim *s, uint64_t t, uint32_t slot, int side)
+{
+    sim_conn *c = sim_conn_at(s, slot);
+    int other = 1 - side;
+    if (c->end[other] != END_GONE && c->node[other] != UINT32_MAX) {
+        /* FIN: after the bytes already sent, and not before the other end is open. */
+        sim_dir *d = &c->dir[side];
+        uint64_t at = FM_MAX(t + delay_us(s), d->last_arrival);
+        if (c->end[other] == END_NONE)
+            at = FM_MAX(at, c->open_at[other]);
+        d->last_arrival = at;
+        sim_push(s, at, EV_FIN, c->node[other], slot, (uint64_t)c->gen << 1 | (uint64_t)other);
+    }
+    if (c->end[0] == END_GONE && c->end[1] == END_GONE)
+        conn_free(s, slot);
+}
+
+/* After the window: the SYN leaves at t. */
+static void net_connect(fm_sim *s, uint64_t t, uint32_t slot)
+{
+    sim_conn *c = sim_conn_at(s, slot);
+    uint32_t i = c->node[0], j = c->node[1];
+    uint64_t gen2 = (uint64_t)c->gen << 1;
+    /* Cut since the connect (between windows), or out of memory: as if unreachable. */
+    if (j != UINT32_MAX && (!sim_link_eff(s, i, j) || !sim_running(&s->nodes[j]) ||
+                            node_list_add(&s->nodes[j], slot))) {
+        c->node[1] = UINT32_MAX;
+        c->end[1] = END_GONE;
+        j = UINT32_MAX;
+    }
+    c->listed = j != UINT32_MAX;
+    if (j != UINT32_MAX) {
+        /* SYN reaches the responder after one delay; SYN-ACK the initiator after another. */
+        c->open_at[1] = t + delay_us(s) + loss_us(s);
+        c->open_at[0] = c->open_at[1] + delay_us(s) + loss_us(s);
+        c->dir[0].last_arrival = FM_MAX(c->dir[0].last_arrival, c->open_at[1]);
+        c->dir[1].last_arrival = FM_MAX(c->dir[1].last_arrival, c->open_at[0]);
+        sim_push(s, c->open_at[1], EV_OPEN, j, slot, gen2 | 1);
+        sim_push(s, c->open_at[0], EV_OPEN, i, slot, gen2);
+    } else {
+        c->open_at[0] = t + s->connect_timeout_us;
+        sim_push(s, c->open_at[0], EV_FAIL, i, slot, gen2);
+    }
+}
+
+static int op_order(const void *a, const void *b)
+{
+    const sim_op *x = a, *y = b;
+    if (x->t != y->t)
+        return x->t < y->t ? -1 : 1;
+    if (x->node != y->node)
+        return x->node < y->node ? -1 : 1;
+    return x->seq < y->seq ? -1 : x->seq > y->seq;
+}
+
+void sim_net_flush(fm_sim *s)
+{
+    uint32_t total = 0;
+    for (uint32_t k = 0; k < s->nworkers; k++)
+        total += s->w[k].nops;
+    if (!total)
+        return;
+    if (total > s->callops) {
+        sim_op *p = fm_reallocarray(s->allops, total, sizeof *p);
+        if (!p) {
+            sim_fail(s, FM_ENOMEM);
+            return;
+        }
+        s->allops = p;
+        s->callops = total;
+    }
+    /* An op's bytes are in its worker's opdata: the worker goes in side's high bits. */
+    uint32_t n = 0;
+    for (uint32_t k = 0; k < s->nworkers; k++)
+        for (uint32_t i = 0; i < s->w[k].nops; i++) {
+            s->allops[n] = s->w[k].ops[i];
+            s->allops[n++].side |= k << 1;
+        }
+    qsort(s->allops, n, sizeof *s->allops, op_order);
+    for (uint32_t i = 0; i < n; i++) {
+        const sim_op *op = &s->allops[i];
+        int side = (int)(op->side & 1);
+        const sim_worker *w = &s->w[op->side >> 1];
+        sim_conn *c = sim_conn_at(s, op->slot);
+        if (!c || !c->used || c->gen != op->gen)
+            continue; /* cut meanwhile */
+        switch (op->kind) {
+        case OP_SEND:
+            net_send(s, op->t, op->slot, side, w->opdata.data + op->off, op->len);
+            break;
+        case OP_CLOSE:
+            net_close(s, op->t, op->slot, side);
+            break;
+        case OP_CONNECT:
+            net_connect(s, op->t, op->slot);
+            break;
+        case OP_FREE:
+            if (c->end[0] == END_GONE && c->end[1] == END_GONE)
+                conn_free(s, op->slot);
+            break;
+        default:
+            FM_ASSERT(!"unknown op");
+        }
+    }
+    for (uint32_t k = 0; k < s->nworkers; k++) {
+        s->w[k].nops = 0;
+        fm_buf_reset(&s->w[k].opdata);
+        if (s->w[k].opdata.cap > (16u << 20))
+            fm_buf_free(&s->w[k].opdata);
+    }
+}
+
+/* ---- io callbacks (they only record ops) ---------------------------------------------------- */
 
 void sim_io_send(void *ctx, fm_conn_id id, const uint8_t *data, size_t len)
 {
@@ -216,7 +374,8 @@ void sim_io_send(void *ctx, fm_conn_id id, const uint8_t *data, size_t len)
     sim_conn *c = conn_of(s, sn, id, &side);
     if (!c || c->end[side] != END_OPEN || !len)
         return; /* the transport is gone: the bytes are lost, as on a dead socket */
-    net_send(s, (uint32_t)(c - s->conns), side, data, len);
+    uint32_t slot = (uint32_t)(id & 0xffffffffu) >> 1;
+    op_add(s, OP_SEND, sn->idx, slot, c->gen, side, data, len);
 }
 
 void sim_io_close(void *ctx, fm_conn_id id)
@@ -227,19 +386,9 @@ void sim_io_close(void *ctx, fm_conn_id id)
     sim_conn *c = conn_of(s, sn, id, &side);
     if (!c || c->end[side] == END_GONE)
         return;
-    uint32_t slot = (uint32_t)(c - s->conns);
-    c->end[side] = END_GONE;
-    int other = 1 - side;
-    if (c->end[other] != END_GONE && c->node[other] != UINT32_MAX) {
-        /* FIN: after the bytes already sent, and not before the other end is open. */
-        sim_dir *d = &c->dir[side];
-        uint64_t t = FM_MAX(s->now + delay_us(s), d->last_arrival);
-        if (c->end[other] == END_NONE)
-            t = FM_MAX(t, c->open_at[other]);
-        d->last_arrival = t;
-        sim_push(s, t, EV_FIN, c->node[other], slot, (uint64_t)c->gen << 1 | (uint64_t)other);
-    }
-    free_if_done(s, slot);
+    c->end[side] = END_GONE; /* this side's own state: nothing more goes out */
+    uint32_t slot = (uint32_t)(id & 0xffffffffu) >> 1;
+    op_add(s, OP_CLOSE, sn->idx, slot, c->gen, side, NULL, 0);
 }
 
 static bool parse_addr(const fm_sim *s, const char *addr, uint32_t *out)
@@ -268,25 +417,14 @@ int sim_io_connect(void *ctx, const char *addr, fm_conn_id *out)
     uint32_t j;
     if (!addr || !parse_addr(s, addr, &j) || j == sn->idx)
         return FM_EINVAL;
+    /* Topology and crashes change only between windows. */
     bool up = sim_link_eff(s, sn->idx, j) && sim_running(&s->nodes[j]);
     uint32_t slot;
     int rc = conn_new(s, sn->idx, up ? j : UINT32_MAX, &slot);
     if (rc)
         return rc;
-    sim_conn *c = &s->conns[slot];
-    uint64_t gen2 = (uint64_t)c->gen << 1;
-    if (up) {
-        /* SYN reaches the responder after one delay; SYN-ACK the initiator after another. */
-        c->open_at[1] = s->now + delay_us(s) + loss_us(s);
-        c->open_at[0] = c->open_at[1] + delay_us(s) + loss_us(s);
-        c->dir[0].last_arrival = c->open_at[1];
-        c->dir[1].last_arrival = c->open_at[0];
-        sim_push(s, c->open_at[1], EV_OPEN, j, slot, gen2 | 1);
-        sim_push(s, c->open_at[0], EV_OPEN, sn->idx, slot, gen2);
-    } else {
-        c->open_at[0] = s->now + s->connect_timeout_us;
-        sim_push(s, c->open_at[0], EV_FAIL, sn->idx, slot, gen2);
-    }
+    sim_conn *c = sim_conn_at(s, slot);
+    op_add(s, OP_CONNECT, sn->idx, slot, c->gen, 0, NULL, 0);
     *out = conn_id(slot, c->gen, 0);
     return 0;
 }
@@ -296,13 +434,9 @@ int sim_io_connect(void *ctx, const char *addr, fm_conn_id *out)
 
 static void ev_open(fm_sim *s, uint32_t slot, sim_conn *c, int side)
 {
+    /* An initiator that gave up before the SYN arrived sends its FIN after it. */
     if (c->end[side] != END_NONE)
         return;
-    if (side == 1 && c->end[0] == END_GONE) {
-        c->end[1] = END_GONE; /* the initiator gave up before the SYN arrived */
-        free_if_done(s, slot);
-        return;
-    }
     sim_node *sn = &s->nodes[c->node[side]];
     c->end[side] = END_OPEN;
     if (!sim_running(sn))
@@ -310,22 +444,23 @@ static void ev_open(fm_sim *s, uint32_t slot, sim_conn *c, int side)
     fm_conn_id id = conn_id(slot, c->gen, side);
     const char *addr = s->nodes[c->node[1 - side]].addr;
     if (side == 0)
-        s->conns_opened++;
+        sim_cur(s)->conns_opened++;
     sim_trace(s, TR_OPEN, sn->idx, id, NULL, 0);
     fm_node_conn_open(sn->n, id, side == 0, addr);
     sim_after_call(s, sn);
 }
 
-static void ev_data(fm_sim *s, sim_conn *c, int side, size_t len)
+static void ev_data(fm_sim *s, uint32_t slot, sim_conn *c, int side, size_t len)
 {
     sim_dir *d = &c->dir[1 - side];
     FM_ASSERT(d->q.len - d->head >= len);
     sim_node *sn = &s->nodes[c->node[side]];
-    fm_conn_id id = conn_id((uint32_t)(c - s->conns), c->gen, side);
+    fm_conn_id id = conn_id(slot, c->gen, side);
     bool deliver = c->end[side] == END_OPEN && sim_running(sn);
+    fm_buf *rx = &sim_cur(s)->rx;
     if (deliver) {
-        fm_buf_reset(&s->rx);
-        if (fm_buf_append(&s->rx, d->q.data + d->head, len)) {
+        fm_buf_reset(rx);
+        if (fm_buf_append(rx, d->q.data + d->head, len)) {
             sim_fail(s, FM_ENOMEM);
             return;
         }
@@ -333,8 +468,8 @@ static void ev_data(fm_sim *s, sim_conn *c, int side, size_t len)
     d->head += len;
     if (!deliver)
         return;
-    sim_trace(s, TR_DATA, sn->idx, id, s->rx.data, len);
-    fm_node_conn_data(sn->n, id, s->rx.data, len);
+    sim_trace(s, TR_DATA, sn->idx, id, rx->data, len);
+    fm_node_conn_data(sn->n, id, rx->data, len);
     sim_after_call(s, sn);
 }
 
@@ -344,7 +479,7 @@ static void ev_fin(fm_sim *s, uint32_t slot, sim_conn *c, int side)
     c->end[side] = END_GONE;
     sim_node *sn = &s->nodes[c->node[side]];
     fm_conn_id id = conn_id(slot, c->gen, side);
-    free_if_done(s, slot);
+    free_if_done(s, sn->idx, slot);
     if (was != END_OPEN || !sim_running(sn))
         return;
     sim_trace(s, TR_CLOSED, sn->idx, id, NULL, 0);
@@ -359,8 +494,8 @@ static void ev_fail(fm_sim *s, uint32_t slot, sim_conn *c)
     c->end[0] = END_GONE;
     sim_node *sn = &s->nodes[c->node[0]];
     fm_conn_id id = conn_id(slot, c->gen, 0);
-    free_if_done(s, slot);
-    s->connects_failed++;
+    free_if_done(s, sn->idx, slot);
+    sim_cur(s)->connects_failed++;
     if (!sim_running(sn))
         return;
     sim_trace(s, TR_FAIL, sn->idx, id, NULL, 0);
@@ -380,7 +515,7 @@ void sim_net_event(fm_sim *s, const fm_sim_event *e)
         ev_open(s, slot, c, side);
         break;
     case EV_DATA:
-        ev_data(s, c, side, (size_t)(e->a >> 32));
+        ev_data(s, slot, c, side, (size_t)(e->a >> 32));
         break;
     case EV_FIN:
         ev_fin(s, slot, c, side);
@@ -403,7 +538,7 @@ static void tell_cut(fm_sim *s, uint32_t node, fm_conn_id id, uint8_t end, int s
         sim_trace(s, TR_CLOSED, node, id, NULL, 0);
         fm_node_conn_closed(sn->n, id);
     } else if (end == END_NONE && side == 0) {
-        s->connects_failed++;
+        sim_cur(s)->connects_failed++;
         sim_trace(s, TR_FAIL, node, id, NULL, 0);
         fm_node_conn_failed(sn->n, id);
     } else {
@@ -427,7 +562,7 @@ void sim_net_cut(fm_sim *s, uint32_t i, uint32_t j)
     }
     uint32_t k = 0;
     for (uint32_t x = 0; x < a->nconns; x++) {
-        const sim_conn *c = &s->conns[a->conns[x]];
+        const sim_conn *c = sim_conn_at(s, a->conns[x]);
         uint32_t other = c->node[0] == i ? c->node[1] : c->node[0];
         if (j == UINT32_MAX || other == j) {
             s->scratch_u32[2 * k] = a->conns[x];
@@ -438,7 +573,7 @@ void sim_net_cut(fm_sim *s, uint32_t i, uint32_t j)
     for (uint32_t x = 0; x < k; x++) {
         /* The io callbacks the nodes call only queue events: the snapshot stays valid. */
         uint32_t slot = s->scratch_u32[2 * x];
-        sim_conn *c = &s->conns[slot];
+        sim_conn *c = sim_conn_at(s, slot);
         if (!c->used || c->gen != s->scratch_u32[2 * x + 1])
             continue;
         uint32_t node[2] = {c->node[0], c->node[1]};

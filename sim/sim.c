@@ -14,21 +14,50 @@
 #include "crypto/cert.h"
 
 #include <inttypes.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <unistd.h>
 
 /* ---- small helpers -------------------------------------------------------------------------- */
 
+/* The worker running on this thread inside a window; NULL outside windows. */
+static __thread sim_worker *cur_worker;
+
 void sim_fail(fm_sim *s, int rc)
 {
-    if (!s->error)
-        s->error = rc;
-    s->stop = true;
+    int none = 0;
+    __atomic_compare_exchange_n(&s->error, &none, rc, false, __ATOMIC_SEQ_CST, __ATOMIC_SEQ_CST);
+    __atomic_store_n(&s->stop, true, __ATOMIC_SEQ_CST);
+}
+
+static int sim_error(const fm_sim *s)
+{
+    return __atomic_load_n(&s->error, __ATOMIC_SEQ_CST);
+}
+
+uint64_t sim_now(const fm_sim *s)
+{
+    return cur_worker ? cur_worker->now : s->now;
+}
+
+sim_worker *sim_cur(fm_sim *s)
+{
+    return cur_worker ? cur_worker : &s->w[0];
+}
+
+bool sim_node_event(uint32_t kind)
+{
+    return kind == EV_TIMER || kind == EV_OPEN || kind == EV_FAIL || kind == EV_DATA ||
+           kind == EV_FIN;
 }
 
 void sim_push(fm_sim *s, uint64_t t, uint32_t kind, uint32_t node, uint64_t a, uint64_t b)
 {
-    int rc = fm_sim_heap_push(&s->heap, t, kind, node, a, b);
+    fm_sim_heap *h = sim_node_event(kind) ? &s->w[s->nodes[node].worker].heap : &s->heap;
+    /* Inside a window a node schedules only its own events (the rest are ops). */
+    FM_ASSERT(!cur_worker || h == &cur_worker->heap);
+    int rc = fm_sim_heap_push(h, t, kind, node, a, b);
     if (rc)
         sim_fail(s, rc);
 }
@@ -44,24 +73,21 @@ static void put64(uint8_t *p, uint64_t v)
         p[i] = (uint8_t)(v >> (8 * i));
 }
 
-/* Folds one delivered event into the trace hash: (time, kind, node, conn, length, first bytes). */
+/* Folds one delivered event into the node's trace hash: (time, kind, node, conn, length, first
+ * bytes). */
 void sim_trace(fm_sim *s, uint32_t kind, uint32_t node, uint64_t conn, const uint8_t *data,
                size_t len)
 {
-    enum { REC = 40 };
-    if (s->tlen + REC > sizeof s->tbuf) {
-        crypto_generichash_update(&s->trace, s->tbuf, s->tlen);
-        s->tlen = 0;
-    }
-    uint8_t *p = s->tbuf + s->tlen;
-    put64(p, s->now);
+    FM_ASSERT(node < s->n);
+    uint8_t p[40];
+    put64(p, sim_now(s));
     put64(p + 8, (uint64_t)kind << 32 | node);
     put64(p + 16, conn);
     put64(p + 24, len);
     memset(p + 32, 0, 8);
     if (data)
         memcpy(p + 32, data, FM_MIN(len, (size_t)8));
-    s->tlen += REC;
+    crypto_generichash_update(s->nodes[node].trace, p, sizeof p);
 }
 
 /* Virtual time at which node clock time t_ms comes (never before now). */
@@ -71,27 +97,28 @@ static uint64_t vt_of(const fm_sim *s, const sim_node *sn, uint64_t t_ms)
     if (t_ms > (uint64_t)INT64_MAX / 2)
         return SIM_NEVER;
     int64_t ms = (int64_t)t_ms - base;
+    uint64_t now = sim_now(s);
     if (ms < 0)
-        return s->now;
+        return now;
     uint64_t us = (uint64_t)ms * 1000;
-    return us < s->now ? s->now : us;
+    return us < now ? now : us;
 }
 
 void sim_after_call(fm_sim *s, sim_node *sn)
 {
-    s->node_calls++;
+    sim_cur(s)->node_calls++;
     sn->ops_stale = sn->digest_stale = true;
     if (!sim_running(sn))
         return;
     uint64_t d = fm_node_next_deadline(sn->n);
     if (d == UINT64_MAX)
         return;
-    uint64_t t = vt_of(s, sn, d);
+    uint64_t t = vt_of(s, sn, d), now = sim_now(s);
     if (t == SIM_NEVER)
         return;
     /* Due now but already ticked now: the node's clock must move for it to make progress. */
-    if (t <= s->now && sn->last_tick_us == s->now && sn->timer_gen)
-        t = s->now + 1000;
+    if (t <= now && sn->last_tick_us == now && sn->timer_gen)
+        t = now + 1000;
     if (sn->timer_at != SIM_NEVER && sn->timer_at <= t)
         return; /* an earlier timer is pending; it reschedules when it fires */
     sn->timer_at = t;
@@ -137,7 +164,7 @@ static void stream_read(sim_stream *st, void *buf, size_t len)
 static uint64_t node_now_ms(void *ctx)
 {
     const sim_node *sn = ctx;
-    return (uint64_t)((int64_t)SIM_BASE_EPOCH_MS + sn->skew_ms) + sn->sim->now / 1000;
+    return (uint64_t)((int64_t)SIM_BASE_EPOCH_MS + sn->skew_ms) + sim_now(sn->sim) / 1000;
 }
 
 static void node_random(void *ctx, void *buf, size_t len)
@@ -163,7 +190,7 @@ static void auth_random(void *ctx, void *buf, size_t len)
 static void node_log(void *ctx, int level, const char *line)
 {
     sim_node *sn = ctx;
-    fprintf(stderr, "[%10.3f] node %u (%d): %s\n", sn->sim->now / 1e6, sn->idx, level, line);
+    fprintf(stderr, "[%10.3f] node %u (%d): %s\n", sim_now(sn->sim) / 1e6, sn->idx, level, line);
 }
 
 /* ---- node lifecycle ---------------------------------------------------------------------------
@@ -176,7 +203,7 @@ static int node_start(fm_sim *s, sim_node *sn)
     int rc = fm_replica_open(&rc_cfg, &sn->r);
     if (rc)
         return rc;
-    fm__replica_set_sigcache(sn->r, s->sigcache);
+    fm__replica_set_sigcache(sn->r, s->w[sn->worker].sigcache);
     return 0;
 }
 
@@ -513,10 +540,10 @@ static void ev_timer(fm_sim *s, sim_node *sn, uint64_t gen)
         return;
     sn->timer_at = SIM_NEVER;
     uint64_t d = fm_node_next_deadline(sn->n);
-    if (d != UINT64_MAX && vt_of(s, sn, d) <= s->now) {
+    if (d != UINT64_MAX && vt_of(s, sn, d) <= sim_now(s)) {
         sim_trace(s, TR_TIMER, sn->idx, 0, NULL, 0);
         fm_node_tick(sn->n);
-        sn->last_tick_us = s->now;
+        sn->last_tick_us = sim_now(s);
     }
     sim_after_call(s, sn);
 }
@@ -538,20 +565,21 @@ static void ev_phase_end(fm_sim *s)
     }
 }
 
+/* A node's own event, inside a window. */
+static void dispatch_node(fm_sim *s, const fm_sim_event *e)
+{
+    if (e->kind == EV_TIMER)
+        ev_timer(s, &s->nodes[e->node], e->a);
+    else
+        sim_net_event(s, e);
+}
+
+/* Everything else, alone between windows. */
 static void dispatch(fm_sim *s, const fm_sim_event *e)
 {
     sim_node *sn = e->node < s->n ? &s->nodes[e->node] : NULL;
     s->events++;
     switch (e->kind) {
-    case EV_TIMER:
-        ev_timer(s, sn, e->a);
-        break;
-    case EV_OPEN:
-    case EV_FAIL:
-    case EV_DATA:
-    case EV_FIN:
-        sim_net_event(s, e);
-        break;
     case EV_WRITE:
         ev_write(s, (uint32_t)e->a);
         break;
@@ -603,27 +631,159 @@ static void dispatch(fm_sim *s, const fm_sim_event *e)
     }
 }
 
+/* ---- windows -------------------------------------------------------------------------------- */
+
+/* Worker threads beyond the calling one, started at the first window that has them work. */
+typedef struct sim_pool {
+    pthread_t th[SIM_MAX_THREADS];
+    uint32_t started;
+    pthread_barrier_t go, done;
+    bool quit;
+    uint32_t next; /* the next worker (shard of nodes) to run in this window */
+} sim_pool;
+
+/* Runs the worker's events before its window's end. */
+static void worker_run(sim_worker *w)
+{
+    fm_sim *s = w->s;
+    cur_worker = w;
+    const fm_sim_event *top;
+    while (!__atomic_load_n(&s->stop, __ATOMIC_RELAXED) && (top = fm_sim_heap_top(&w->heap)) &&
+           top->t < w->until) {
+        fm_sim_event e;
+        fm_sim_heap_pop(&w->heap, &e);
+        FM_ASSERT(e.t >= w->now);
+        w->now = w->last_t = e.t;
+        w->events++;
+        dispatch_node(s, &e);
+    }
+    cur_worker = NULL;
+}
+
+/* Threads take workers in turn until none are left: the outcome does not depend on which. */
+static void run_workers(fm_sim *s)
+{
+    sim_pool *p = s->pool;
+    uint32_t k;
+    while ((k = __atomic_fetch_add(&p->next, 1, __ATOMIC_RELAXED)) < s->nworkers)
+        worker_run(&s->w[k]);
+}
+
+static void *thread_main(void *arg)
+{
+    fm_sim *s = arg;
+    sim_pool *p = s->pool;
+    for (;;) {
+        pthread_barrier_wait(&p->go);
+        if (p->quit)
+            return NULL;
+        run_workers(s);
+        pthread_barrier_wait(&p->done);
+    }
+}
+
+static int pool_start(fm_sim *s)
+{
+    sim_pool *p = calloc(1, sizeof *p);
+    if (!p)
+        return FM_ENOMEM;
+    if (pthread_barrier_init(&p->go, NULL, s->nthreads) ||
+        pthread_barrier_init(&p->done, NULL, s->nthreads)) {
+        free(p);
+        return FM_ENOMEM;
+    }
+    s->pool = p;
+    for (uint32_t k = 1; k < s->nthreads; k++) {
+        if (pthread_create(&p->th[k], NULL, thread_main, s))
+            break; /* fewer threads: the calling one runs every worker itself */
+        p->started = k;
+    }
+    return 0;
+}
+
+static void pool_stop(fm_sim *s)
+{
+    sim_pool *p = s->pool;
+    if (!p)
+        return;
+    if (p->started + 1 == s->nthreads) {
+        p->quit = true;
+        pthread_barrier_wait(&p->go);
+        for (uint32_t k = 1; k < s->nthreads; k++)
+            pthread_join(p->th[k], NULL);
+    } else {
+        /* A thread failed to start: the barriers never had all their parties. */
+        for (uint32_t k = 1; k <= p->started; k++)
+            pthread_cancel(p->th[k]), pthread_join(p->th[k], NULL);
+    }
+    pthread_barrier_destroy(&p->go);
+    pthread_barrier_destroy(&p->done);
+    free(p);
+    s->pool = NULL;
+}
+
+/* Every worker runs its events before until; with threads, at once. The outcome is the same
+ * either way (sim_int.h), so a small window is not worth waking threads for. */
+static void run_window(fm_sim *s, uint64_t until, uint32_t busy)
+{
+    for (uint32_t k = 0; k < s->nworkers; k++)
+        s->w[k].until = until;
+    bool threads = s->nthreads > 1 && busy > 64;
+    if (threads && !s->pool && pool_start(s))
+        sim_fail(s, FM_ENOMEM);
+    sim_pool *p = s->pool;
+    if (threads && p && p->started + 1 == s->nthreads) {
+        p->next = 0;
+        pthread_barrier_wait(&p->go);
+        run_workers(s);
+        pthread_barrier_wait(&p->done);
+    } else {
+        for (uint32_t k = 0; k < s->nworkers; k++)
+            worker_run(&s->w[k]);
+    }
+    for (uint32_t k = 0; k < s->nworkers; k++)
+        s->now = FM_MAX(s->now, s->w[k].last_t);
+}
+
 int fm_sim_run_until(fm_sim *s, uint64_t t_ms)
 {
     uint64_t until = t_ms * 1000;
-    const fm_sim_event *top;
-    while (!s->error && (top = fm_sim_heap_top(&s->heap)) && top->t <= until) {
-        fm_sim_event e;
-        fm_sim_heap_pop(&s->heap, &e);
-        FM_ASSERT(e.t >= s->now);
-        s->now = e.t;
-        dispatch(s, &e);
-        if (s->cfg.progress && (s->events & ((1u << 20) - 1)) == 0)
-            fprintf(stderr,
-                    "fieldmesh-sim: t=%.3f s, %" PRIu64 " events, %" PRIu32 " queued, %" PRIu32
-                    " writes\n",
-                    s->now / 1e6, s->events, s->heap.n, s->nledger);
-        if (s->stop)
+    sim_net_flush(s); /* what nodes did when a test called them directly */
+    while (!sim_error(s) && !s->stop) {
+        const fm_sim_event *g = fm_sim_heap_top(&s->heap);
+        uint64_t tg = g ? g->t : SIM_NEVER, tn = SIM_NEVER;
+        uint32_t busy = 0;
+        for (uint32_t k = 0; k < s->nworkers; k++) {
+            const fm_sim_event *e = fm_sim_heap_top(&s->w[k].heap);
+            tn = e ? FM_MIN(tn, e->t) : tn;
+            busy += s->w[k].heap.n;
+        }
+        if (FM_MIN(tg, tn) > until)
             break;
+        if (tg <= tn) {
+            fm_sim_event e;
+            fm_sim_heap_pop(&s->heap, &e);
+            FM_ASSERT(e.t >= s->now);
+            s->now = e.t;
+            dispatch(s, &e);
+            sim_net_flush(s);
+        } else {
+            uint64_t end = FM_MIN(FM_MIN(tn + s->window_us, tg), until + 1);
+            run_window(s, end, busy);
+            sim_net_flush(s);
+        }
+        uint64_t events = s->events;
+        for (uint32_t k = 0; k < s->nworkers; k++)
+            events += s->w[k].events;
+        if (s->cfg.progress && events >> 20 != s->progress_mark) {
+            s->progress_mark = events >> 20;
+            fprintf(stderr, "fieldmesh-sim: t=%.3f s, %" PRIu64 " events, %" PRIu32 " writes\n",
+                    s->now / 1e6, events, s->nledger);
+        }
     }
     if (!s->stop && until > s->now)
         s->now = until;
-    return s->error;
+    return sim_error(s);
 }
 
 /* ---- building the mesh ---------------------------------------------------------------------- */
@@ -850,19 +1010,47 @@ int fm_sim_open(const fm_sim_config *cfg, fm_sim **out)
     fm_sim_rng_seed(&s->rng_work, cfg->seed, 3);
     fm_sim_rng_seed(&s->rng_churn, cfg->seed, 4);
     fm_sim_rng_seed(&s->rng_move, cfg->seed, 5);
-    crypto_generichash_init(&s->trace, (const uint8_t *)"fieldmesh-sim-trace", 19, FM_HASH_BYTES);
+    /* The run is the same for any number of threads and workers (shards of nodes): a thread per
+     * CPU, and several workers per thread so that one slow shard does not hold the window. */
+    long cpus = sysconf(_SC_NPROCESSORS_ONLN);
+    s->nthreads = cfg->threads ? cfg->threads : cpus > 0 ? (uint32_t)cpus : 1;
+    s->nthreads = FM_MAX(1u, FM_MIN(s->nthreads, (uint32_t)SIM_MAX_THREADS));
+    s->nworkers = FM_MAX(1u, FM_MIN(SIM_WORKERS_PER_THREAD * s->nthreads, s->n));
+    /* Nothing reaches another node sooner than this (net.c). */
+    s->window_us =
+        s->link.latency_us > s->link.jitter_us ? s->link.latency_us - s->link.jitter_us : 1;
     /* memdb names are per process; the handle's address keeps two live runs apart. */
     snprintf(s->tag, sizeof s->tag, "%" PRIx64 "-%" PRIxPTR, cfg->seed, (uintptr_t)s);
     s->nodes = calloc(s->n, sizeof *s->nodes);
     s->uf = calloc(s->n, sizeof *s->uf);
-    if (!s->nodes || !s->uf) {
+    s->w = calloc(s->nworkers, sizeof *s->w);
+    if (!s->nodes || !s->uf || !s->w) {
         rc = FM_ENOMEM;
         goto fail;
     }
+    /* A signature cache per worker: verifying is the same whoever did it first. */
     uint32_t entries =
         FM_MIN((uint32_t)FM_SIGCACHE_MAX_ENTRIES, FM_MAX(1u << 16, 4 * (cfg->writes + 1024)));
-    if ((rc = fm_sigcache_new(entries, &s->sigcache)) || (rc = sim_net_init(s)) ||
-        (rc = nodes_init(s)) || (rc = mesh_init(s)) || (rc = sim_topo_build(s)))
+    for (uint32_t k = 0; k < s->nworkers; k++) {
+        sim_worker *w = &s->w[k];
+        w->s = s;
+        w->idx = k;
+        fm_sim_heap_init(&w->heap);
+        fm_buf_init(&w->rx);
+        fm_buf_init(&w->opdata);
+        if ((rc = fm_sigcache_new(entries, &w->sigcache)))
+            goto fail;
+    }
+    for (uint32_t i = 0; i < s->n; i++) {
+        s->nodes[i].worker = i % s->nworkers;
+        if (!(s->nodes[i].trace = malloc(sizeof *s->nodes[i].trace))) {
+            rc = FM_ENOMEM;
+            goto fail;
+        }
+        crypto_generichash_init(s->nodes[i].trace, (const uint8_t *)"fieldmesh-sim-trace", 19,
+                                FM_HASH_BYTES);
+    }
+    if ((rc = nodes_init(s)) || (rc = mesh_init(s)) || (rc = sim_topo_build(s)))
         goto fail;
     schedule(s);
     for (uint32_t i = 0; !rc && i < s->n; i++) {
@@ -871,6 +1059,8 @@ int fm_sim_open(const fm_sim_config *cfg, fm_sim **out)
     }
     for (uint32_t i = 0; !rc && i < s->n; i++)
         sim_topo_presence(s, i);
+    if (!rc)
+        sim_net_flush(s);
     if (rc || (rc = s->error))
         goto fail;
     s->setup_wall_ms = fm_sim_wall_ms() - s->wall_start;
@@ -885,6 +1075,7 @@ void fm_sim_close(fm_sim *s)
 {
     if (!s)
         return;
+    pool_stop(s);
     for (uint32_t i = 0; s->nodes && i < s->n; i++) {
         sim_node *sn = &s->nodes[i];
         sn->crashed = true;
@@ -899,10 +1090,18 @@ void fm_sim_close(fm_sim *s)
         if (sn->hold)
             sqlite3_close(sn->hold);
         free(sn->conns);
+        free(sn->trace);
     }
     sim_net_free(s);
     sim_topo_free(s);
-    fm_sigcache_free(s->sigcache);
+    for (uint32_t k = 0; s->w && k < s->nworkers; k++) {
+        fm_sim_heap_free(&s->w[k].heap);
+        fm_buf_free(&s->w[k].rx);
+        fm_buf_free(&s->w[k].opdata);
+        free(s->w[k].ops);
+        fm_sigcache_free(s->w[k].sigcache);
+    }
+    free(s->w);
     fm_identity_free(s->authority);
     fm_sim_heap_free(&s->heap);
     free(s->nodes);
@@ -1097,11 +1296,24 @@ int fm_sim_finish(fm_sim *s, fm_sim_result *r)
     r->conns_opened = s->conns_opened;
     r->connects_failed = s->connects_failed;
     r->events = s->events;
+    r->node_calls = s->node_calls;
+    for (uint32_t k = 0; k < s->nworkers; k++) {
+        r->conns_opened += s->w[k].conns_opened;
+        r->connects_failed += s->w[k].connects_failed;
+        r->events += s->w[k].events;
+        r->node_calls += s->w[k].node_calls;
+    }
     for (uint32_t i = 0; i < s->n; i++)
         r->crashes += s->nodes[i].restarts + s->nodes[i].crashed;
-    r->node_calls = s->node_calls;
-    crypto_generichash_state t = s->trace;
-    crypto_generichash_update(&t, s->tbuf, s->tlen);
+    /* The nodes' traces in node order: the same for any number of workers. */
+    crypto_generichash_state t;
+    crypto_generichash_init(&t, (const uint8_t *)"fieldmesh-sim-run", 17, FM_HASH_BYTES);
+    for (uint32_t i = 0; i < s->n; i++) {
+        crypto_generichash_state one = *s->nodes[i].trace;
+        uint8_t h[FM_HASH_BYTES];
+        crypto_generichash_final(&one, h, sizeof h);
+        crypto_generichash_update(&t, h, sizeof h);
+    }
     crypto_generichash_final(&t, r->trace, FM_HASH_BYTES);
     r->wall_ms = fm_sim_wall_ms() - s->wall_start;
     r->setup_wall_ms = s->setup_wall_ms;

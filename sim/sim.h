@@ -89,6 +89,7 @@ typedef struct fm_sim_config {
     double write_phase_s, duration_s;
     uint64_t seed;
     uint32_t anti_entropy_ms, max_conns;
+    uint32_t threads;       /* --threads; 0: one per CPU (the run is the same for any count) */
     uint32_t push_delay_ms; /* --push-delay-ms; 0: push at once */
     double speed;           /* rgg: unit-square widths per second */
     fm_sim_window offline[FM_SIM_MAX_SPECIAL];

@@ -7,6 +7,15 @@
  * refers to a connection carries (slot, gen), so an event for a connection that is gone is
  * recognised and dropped; the sim never calls into a node from inside one of its io callbacks
  * (they only queue events); after every event delivered to a node its timer is re-read.
+ *
+ * Parallel windows: the events of one node (timers and its connections' opens, bytes, FINs and
+ * failures) sit in the heap of the worker that owns the node; every other event (workload,
+ * topology, churn, crashes, checks) sits in the global heap and runs alone. Nothing a node does
+ * reaches another node sooner than the link's minimum one-way delay (window_us), so the workers
+ * run every node event earlier than min(next node event + window_us, next global event) at
+ * once. What crosses nodes (bytes sent, closes, connects, freed slots) is only recorded as an op
+ * during a window, then applied after it in (time, node, per-node seq) order: the same run for
+ * any number of workers. The trace hash is per node for the same reason.
  */
 #ifndef FM_SIM_INT_H
 #define FM_SIM_INT_H
@@ -66,10 +75,22 @@ typedef struct sim_dir {
     uint64_t busy_until, last_arrival;
 } sim_dir;
 
+/* Connection slots live in chunks owned by the initiating node (never moved: other workers hold
+ * pointers), so a node opens connections inside a window without a lock. slot = node *
+ * SIM_NODE_SLOTS + index. */
+enum {
+    SIM_SLOT_CHUNK = 16,
+    SIM_SLOT_CHUNKS = 32,
+    SIM_NODE_SLOTS = SIM_SLOT_CHUNK * SIM_SLOT_CHUNKS,
+    SIM_MAX_THREADS = 16,
+    SIM_WORKERS_PER_THREAD = 8,
+};
+
 typedef struct sim_conn {
     uint32_t gen;
     bool used;
     uint32_t node[2]; /* [0] the initiator, [1] the responder (UINT32_MAX: unreachable) */
+    bool listed;      /* in node[1]'s list (from the connect op on) */
     uint8_t end[2];
     uint64_t open_at[2];
     sim_dir dir[2]; /* dir[s]: from side s to side 1 - s */
@@ -110,7 +131,41 @@ typedef struct sim_node {
     uint8_t digest[FM_HASH_BYTES]; /* cached fm_node_digest */
     fm_node_stats acc;             /* stats of earlier incarnations (before crashes) */
     uint64_t restarts;
+    uint32_t worker;                         /* whose heap holds this node's events */
+    struct sim_conn *chunk[SIM_SLOT_CHUNKS]; /* connection slots this node opened */
+    uint32_t nslots;
+    uint32_t *freec; /* freed slot indexes (< nslots) */
+    uint32_t nfree, cfree;
+    uint64_t opseq;                  /* ops recorded for this node */
+    crypto_generichash_state *trace; /* what this node was given */
 } sim_node;
+
+/* Something a node did that reaches another node, applied after the window (net.c). */
+enum sim_op_kind { OP_SEND = 1, OP_CLOSE, OP_CONNECT, OP_FREE };
+
+typedef struct sim_op {
+    uint64_t t, seq;
+    uint32_t node, kind;
+    uint32_t slot, gen;
+    uint32_t side;
+    uint32_t len;
+    size_t off; /* OP_SEND: bytes at worker.opdata[off, off + len) */
+} sim_op;
+
+typedef struct sim_worker {
+    fm_sim *s;
+    uint32_t idx;
+    fm_sim_heap heap; /* events of its nodes */
+    uint64_t now;     /* virtual time of the event being handled, inside a window */
+    uint64_t until;   /* the window: events before this */
+    fm_buf rx;        /* the bytes of the segment being delivered */
+    sim_op *ops;
+    uint32_t nops, cops;
+    fm_buf opdata;
+    fm_sigcache *sigcache;
+    uint64_t events, node_calls, conns_opened, connects_failed;
+    uint64_t last_t; /* the latest event it handled */
+} sim_worker;
 
 typedef struct sim_write {
     uint32_t node, coll;
@@ -131,19 +186,20 @@ struct fm_sim {
     fm_sim_link_profile link;
     double loss;
     uint64_t rto_us, connect_timeout_us;
-    uint64_t now; /* virtual microseconds */
-    fm_sim_heap heap;
+    uint64_t now;     /* virtual microseconds (outside windows; sim_now inside) */
+    fm_sim_heap heap; /* global events */
+    sim_worker *w;
+    uint32_t nworkers, nthreads;
+    uint64_t window_us;    /* a window's length: the link's minimum one-way delay */
+    struct sim_pool *pool; /* worker threads (sim.c) */
+    sim_op *allops;        /* the ops of a window, merged */
+    uint32_t callops;
     fm_sim_rng rng_topo, rng_link, rng_work, rng_churn, rng_move;
     uint32_t n;
     sim_node *nodes;
-    /* connections */
-    sim_conn *conns;
-    uint32_t nconns, cconns;
-    uint32_t *freec;
-    uint32_t nfree, cfree;
+    /* connections: slots in the nodes' chunks */
     uint32_t *scratch_u32;
     uint32_t cscratch;
-    fm_buf rx; /* the bytes of the segment being delivered */
     /* topology: base graph as CSR (rows sorted); rgg keeps a second for the next step */
     uint32_t *off, *adj, nadj, cadj;
     uint32_t *off2, *adj2, nadj2, cadj2;
@@ -154,7 +210,6 @@ struct fm_sim {
     fm_identity *authority;
     fm_env auth_env;
     sim_stream auth_rs;
-    fm_sigcache *sigcache;
     char tag[48];
     /* workload */
     sim_write *ledger;
@@ -163,11 +218,7 @@ struct fm_sim {
     uint64_t write_end_us, settle_us, last_write_us;
     uint64_t writes_failed;
     bool phase_over;
-    /* trace */
-    crypto_generichash_state trace;
-    uint8_t tbuf[4096];
-    size_t tlen;
-    /* counters */
+    /* counters (the workers keep their own too) */
     uint64_t messages, bytes, segments, retransmits, events, node_calls, conns_opened,
         connects_failed;
     /* convergence */
@@ -177,7 +228,8 @@ struct fm_sim {
     sim_sample *samples;
     uint32_t nsamples, csamples;
     uint64_t wall_start, setup_wall_ms;
-    int error; /* first internal failure (out of memory); stops the run */
+    uint64_t progress_mark;
+    int error; /* first internal failure (out of memory); stops the run (atomic) */
     bool finished;
 };
 
@@ -188,16 +240,23 @@ void sim_trace(fm_sim *s, uint32_t kind, uint32_t node, uint64_t conn, const uin
 void sim_after_call(fm_sim *s, sim_node *sn);
 bool sim_running(const sim_node *sn);
 void sim_push(fm_sim *s, uint64_t t, uint32_t kind, uint32_t node, uint64_t a, uint64_t b);
+/* Virtual time now: the event being handled. */
+uint64_t sim_now(const fm_sim *s);
+/* The worker handling the current event (inside a window), or worker 0 outside one. */
+sim_worker *sim_cur(fm_sim *s);
+bool sim_node_event(uint32_t kind);
 /* The node's sync digest, recomputed only if a call may have changed it. */
 const uint8_t *sim_node_digest(sim_node *sn);
 
 /* net.c: connections over links */
-int sim_net_init(fm_sim *s);
 void sim_net_free(fm_sim *s);
 void sim_io_send(void *ctx, fm_conn_id conn, const uint8_t *data, size_t len);
 void sim_io_close(void *ctx, fm_conn_id conn);
 int sim_io_connect(void *ctx, const char *addr, fm_conn_id *conn);
 void sim_net_event(fm_sim *s, const fm_sim_event *e);
+/* Applies the ops the workers recorded, in (time, node, seq) order. */
+void sim_net_flush(fm_sim *s);
+sim_conn *sim_conn_at(const fm_sim *s, uint32_t slot);
 /* Tears down every connection between i and j (j UINT32_MAX: every connection of i), telling
  * the running ends (conn_closed, or conn_failed for one still connecting). */
 void sim_net_cut(fm_sim *s, uint32_t i, uint32_t j);

@@ -499,6 +499,35 @@ static void test_same_seed(void)
     run_close(&z, before);
 }
 
+/* Nodes run in parallel windows (sim_int.h): the run is the same whatever the number of threads
+ * and of node shards (one thread has 8 shards, three have 24). */
+static void test_threads(void)
+{
+    const char *flags = "--nodes 60 --topology rgg --degree 5 --churn 0.2 --loss 0.05 --crash 0.1 "
+                        "--partition 3:6:2 --writes 400 --seed 5";
+    int before = fm_test_failures;
+    run x[3];
+    char line[3][256];
+    for (int i = 0; i < 3; i++) {
+        snprintf(line[i], sizeof line[i], "%s --threads %d", flags, i + 1);
+        CHECK_OK(run_open(&x[i], line[i]));
+        if (x[i].s)
+            CHECK_OK(run_finish(&x[i]));
+    }
+    if (x[0].s && x[1].s && x[2].s) {
+        check_healthy(&x[0]);
+        for (int i = 1; i < 3; i++) {
+            CHECK(memcmp(x[0].r.trace, x[i].r.trace, FM_HASH_BYTES) == 0);
+            CHECK_EQ_INT(x[0].r.events, x[i].r.events);
+            CHECK_EQ_INT(x[0].r.bytes, x[i].r.bytes);
+            CHECK_EQ_INT(x[0].r.node_calls, x[i].r.node_calls);
+            CHECK_EQ_INT(x[0].r.end_ms, x[i].r.end_ms);
+        }
+    }
+    for (int i = 0; i < 3; i++)
+        run_close(&x[i], before);
+}
+
 typedef struct test {
     const char *name;
     void (*fn)(void);
@@ -522,6 +551,7 @@ static const test TESTS[] = {
     {"revoke_order", test_revoke_order},
     {"fork", test_fork},
     {"same_seed", test_same_seed},
+    {"threads", test_threads},
 };
 
 int main(int argc, char **argv)
