@@ -34,6 +34,24 @@ typedef struct fm_buf {
     bool oom;
 } fm_buf;
 
+/* memcmp of two FM_ID_BYTES keys (same order): the first eight bytes of a public key or hash
+ * decide nearly always, and the binary searches over vectors of a thousand authors did little
+ * else but call memcmp. */
+static inline int fm_id_cmp(const uint8_t *a, const uint8_t *b)
+{
+    uint64_t x, y;
+    memcpy(&x, a, sizeof x);
+    memcpy(&y, b, sizeof y);
+    if (x != y) {
+#if __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+        x = __builtin_bswap64(x);
+        y = __builtin_bswap64(y);
+#endif
+        return x < y ? -1 : 1;
+    }
+    return memcmp(a + sizeof x, b + sizeof y, FM_ID_BYTES - sizeof x);
+}
+
 void fm_buf_init(fm_buf *b);
 void fm_buf_free(fm_buf *b);
 void fm_buf_reset(fm_buf *b); /* len = 0, keeps capacity, clears oom */

@@ -36,7 +36,7 @@ uint32_t fm_authors_find(const fm_authors *a, const uint8_t key[FM_ID_BYTES])
         uint32_t s = a->slots[i];
         if (!s)
             return UINT32_MAX;
-        if (memcmp(a->keys[s - 1], key, FM_ID_BYTES) == 0)
+        if (fm_id_cmp(a->keys[s - 1], key) == 0)
             return s - 1;
     }
 }

@@ -35,7 +35,7 @@ static uint32_t vv_find(const fm_vv *v, const uint8_t *author, bool *found)
     uint32_t lo = 0, hi = v->n;
     while (lo < hi) {
         uint32_t mid = lo + (hi - lo) / 2;
-        int c = memcmp(v->e[mid].author, author, FM_ID_BYTES);
+        int c = fm_id_cmp(v->e[mid].author, author);
         if (c == 0) {
             *found = true;
             return mid;
@@ -99,7 +99,7 @@ fm_vv_order fm_vv_compare(const fm_vv *a, const fm_vv *b)
     bool a_more = false, b_more = false;
     uint32_t i = 0, j = 0;
     while (i < a->n || j < b->n) {
-        int c = i == a->n ? 1 : j == b->n ? -1 : memcmp(a->e[i].author, b->e[j].author, 32);
+        int c = i == a->n ? 1 : j == b->n ? -1 : fm_id_cmp(a->e[i].author, b->e[j].author);
         if (c < 0) {
             a_more = true, i++;
         } else if (c > 0) {
@@ -173,7 +173,7 @@ int fm_vv_read(fm_rd *r, fm_vv *v)
         fm_rd_uint(r, &tmp.e[i].seq);
         if (r->err)
             break;
-        if (tmp.e[i].seq == 0 || (i && memcmp(tmp.e[i - 1].author, tmp.e[i].author, 32) >= 0))
+        if (tmp.e[i].seq == 0 || (i && fm_id_cmp(tmp.e[i - 1].author, tmp.e[i].author) >= 0))
             r->err = FM_ENONCANON;
         tmp.n = i + 1;
     }

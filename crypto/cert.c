@@ -660,7 +660,7 @@ static size_t lower_bound(const void *base, size_t n, size_t stride, size_t off,
     while (lo < hi) {
         size_t mid = lo + (hi - lo) / 2;
         const uint8_t *key = (const uint8_t *)base + mid * stride + off;
-        if (memcmp(key, id, FM_ID_BYTES) < 0)
+        if (fm_id_cmp(key, id) < 0)
             lo = mid + 1;
         else
             hi = mid;

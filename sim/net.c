@@ -21,7 +21,8 @@ static fm_conn_id conn_id(uint32_t slot, uint32_t gen, int side)
 sim_conn *sim_conn_at(const fm_sim *s, uint32_t slot)
 {
     uint32_t node = slot / SIM_NODE_SLOTS, k = slot % SIM_NODE_SLOTS;
-    if (node >= s->n || k >= s->nodes[node].nslots)
+    /* The owner may be opening another slot in its own window: nslots is published last. */
+    if (node >= s->n || k >= __atomic_load_n(&s->nodes[node].nslots, __ATOMIC_ACQUIRE))
         return NULL;
     return &s->nodes[node].chunk[k / SIM_SLOT_CHUNK][k % SIM_SLOT_CHUNK];
 }
@@ -107,7 +108,8 @@ static int conn_new(fm_sim *s, uint32_t a, uint32_t b, uint32_t *slot_out)
             }
             sn->chunk[ch] = c;
         }
-        k = sn->nslots++;
+        k = sn->nslots;
+        __atomic_store_n(&sn->nslots, k + 1, __ATOMIC_RELEASE);
     }
     uint32_t slot = a * SIM_NODE_SLOTS + k;
     /* Reserve the free-list room now so freeing never fails. */

@@ -763,6 +763,31 @@ static void key(uint8_t out[FM_ID_BYTES], uint32_t i)
     put_be(out, i, 4);
 }
 
+/* fm_id_cmp orders keys exactly as memcmp does: keys differing in the first eight bytes, in
+ * the rest only, in one byte anywhere, and equal. */
+static void test_id_cmp(void)
+{
+    uint64_t rng = 11;
+    for (int it = 0; it < 20000; it++) {
+        uint8_t a[FM_ID_BYTES], b[FM_ID_BYTES];
+        for (int i = 0; i < FM_ID_BYTES; i++) {
+            rng = rng * 6364136223846793005ull + 1442695040888963407ull;
+            a[i] = (uint8_t)(rng >> 56);
+            b[i] = (uint8_t)(rng >> 48);
+        }
+        if (it % 4 == 1)
+            memcpy(b, a, 8); /* the rest decides */
+        if (it % 4 == 2) {
+            memcpy(b, a, sizeof b);
+            b[(rng >> 8) % FM_ID_BYTES] ^= (uint8_t)(1u << ((rng >> 16) % 8));
+        }
+        if (it % 4 == 3)
+            memcpy(b, a, sizeof b);
+        int want = memcmp(a, b, FM_ID_BYTES), got = fm_id_cmp(a, b);
+        CHECK((want < 0) == (got < 0) && (want > 0) == (got > 0));
+    }
+}
+
 static void test_vv_basics(void)
 {
     fm_vv a, b;
@@ -999,6 +1024,7 @@ int main(void)
     RUN(test_reader_misc);
     RUN(test_hlc_tick);
     RUN(test_hlc_observe);
+    RUN(test_id_cmp);
     RUN(test_vv_basics);
     RUN(test_vv_compare);
     RUN(test_vv_codec_strict);
