@@ -86,7 +86,7 @@ static int rd_header(fm_rd *r, fm_batch *b)
     b->has_prev = !nil;
     if (b->has_prev && fm_rd_bin_fixed(r, b->prev, FM_HASH_BYTES))
         return r->err;
-    if (r->err || fm_vv_read(r, &b->ctx) || fm_rd_uint(r, &b->hlc))
+    if (r->err || fm_vv_read_into(r, &b->ctx) || fm_rd_uint(r, &b->hlc))
         return r->err;
     /* The chain starts at seq 1 and nowhere else; the context never names the author itself
      * (its own past is implied by first_seq). */
@@ -131,7 +131,7 @@ static int rd_ops(fm_rd *r, fm_batch *b)
 
 int fm_batch_decode(const uint8_t *p, size_t len, fm_batch *b)
 {
-    fm_vv_free(&b->ctx);
+    b->ctx.n = 0; /* its room is kept for the next batch */
     b->nops = 0;
     if (len > FM_MAX_BATCH_BYTES)
         return FM_ELIMIT;
@@ -147,6 +147,27 @@ int fm_batch_decode(const uint8_t *p, size_t len, fm_batch *b)
 fail:
     b->nops = 0;
     return r.err;
+}
+
+int fm_batch_peek(const uint8_t *p, size_t len, fm_batch *b, bool hash)
+{
+    b->ctx.n = 0;
+    b->nops = 0;
+    if (len > FM_MAX_BATCH_BYTES)
+        return FM_ELIMIT;
+    fm_rd r;
+    fm_rd_init(&r, p, len);
+    uint32_t n;
+    if (rd_header(&r, b) || fm_rd_array(&r, &n))
+        return r.err;
+    if (n == 0)
+        return FM_EDECODE;
+    if (n > FM_MAX_BATCH_OPS || b->first_seq > UINT64_MAX / 2 - n)
+        return FM_ELIMIT;
+    b->nops = n;
+    if (hash)
+        crypto_generichash(b->hash, FM_HASH_BYTES, p, len, NULL, 0);
+    return 0;
 }
 
 int fm_batch_decode_ops(const uint8_t *p, size_t len, uint32_t nops, fm_batch *b)

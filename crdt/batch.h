@@ -68,6 +68,11 @@ void fm_batch_free(fm_batch *b);
 /* Strict decode of one batch (exactly len bytes); b's pointers borrow p. Does not verify the
  * signature. Errors: FM_EDECODE, FM_ETRUNC, FM_ENONCANON, FM_ELIMIT, FM_EVERSION, FM_ENOMEM. */
 int fm_batch_decode(const uint8_t *p, size_t len, fm_batch *b);
+/* The header of a batch only: author, collection, first_seq, prev, ctx, hlc and the op count
+ * (b->nops, so fm_batch_last_seq works), the ops themselves neither read nor checked (b->ops is
+ * not for use), and b->hash only if hash. For decisions about bytes that are stored already or
+ * that a full decode checks later (a duplicate, a push, an export). Errors as fm_batch_decode. */
+int fm_batch_peek(const uint8_t *p, size_t len, fm_batch *b, bool hash);
 /* Strict decode of nops ops written back to back by fm_op_encode (the ops of a batch being built)
  * into b->ops and b->nops; the rest of b is left as it is. Errors as fm_batch_decode. */
 int fm_batch_decode_ops(const uint8_t *p, size_t len, uint32_t nops, fm_batch *b);

@@ -186,6 +186,37 @@ int fm_vv_read(fm_rd *r, fm_vv *v)
     return 0;
 }
 
+int fm_vv_read_into(fm_rd *r, fm_vv *v)
+{
+    uint32_t n;
+    v->n = 0;
+    if (fm_rd_array(r, &n))
+        return r->err;
+    if (n > FM_MAX_VV_ENTRIES)
+        return r->err = FM_ELIMIT;
+    if (n > v->cap) {
+        fm_vv_entry *e = fm_reallocarray(v->e, n, sizeof *e);
+        if (!e)
+            return r->err = FM_ENOMEM;
+        v->e = e;
+        v->cap = n;
+    }
+    for (uint32_t i = 0; i < n; i++) {
+        fm_vv_entry *x = &v->e[i];
+        if (fm_rd_array_exact(r, 2) || fm_rd_bin_fixed(r, x->author, FM_ID_BYTES) ||
+            fm_rd_uint(r, &x->seq))
+            break;
+        if (x->seq == 0 || (i && fm_id_cmp(v->e[i - 1].author, x->author) >= 0)) {
+            r->err = FM_ENONCANON;
+            break;
+        }
+    }
+    if (r->err)
+        return r->err; /* v->n is still 0 */
+    v->n = n;
+    return 0;
+}
+
 int fm_vv_decode(const uint8_t *p, size_t len, fm_vv *v)
 {
     fm_rd r;

@@ -49,6 +49,9 @@ void fm_vv_write(fm_wr *w, const fm_vv *v);
 int fm_vv_encode(const fm_vv *v, fm_buf *out);
 /* Strict: sorted, unique, seq > 0, at most FM_MAX_VV_ENTRIES. v is replaced. */
 int fm_vv_read(fm_rd *r, fm_vv *v);
+/* As fm_vv_read, into v's own room (grown if need be): no allocation per vector read. On
+ * error v is empty. */
+int fm_vv_read_into(fm_rd *r, fm_vv *v);
 int fm_vv_decode(const uint8_t *p, size_t len, fm_vv *v);
 /* BLAKE2b-256 of the canonical encoding: equal digests mean equal vectors. */
 int fm_vv_digest(const fm_vv *v, uint8_t out[FM_HASH_BYTES]);
