@@ -116,6 +116,13 @@ converge() {
         sleep 0.2
     done
     fail "converge-$(echo "$@" | tr -d ' ')" "no convergence in $limit s:$snap"
+    # What each node saw meanwhile: its peers, and the end of its log (the console keeps only
+    # the last lines of the whole run).
+    for n in "$@"; do
+        say "---- $n: peers, then its last 40 log lines ----"
+        "$FM" --dir "$W/nodes/$n" peers 2>&1 | sed "s/^/FMBLE:   /"
+        tail -n 40 "$SHARE/logs/$n.log" | sed "s/^/FMBLE:   /"
+    done
     return 1
 }
 put() { "$FM" --dir "$W/nodes/$1" put "${@:2}" >/dev/null || fail "put-$1" "put ${*:2}"; }
