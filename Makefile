@@ -12,6 +12,7 @@ CTEST        ?= ctest
 
 BUILD_DIR := build
 ASAN_DIR  := build-asan
+TSAN_DIR  := build-tsan
 FUZZ_DIR  := build-fuzz
 
 # Stamp: tools/deps.sh runs again only when it changes or a package is installed or removed.
@@ -25,7 +26,7 @@ MAKEFLAGS += --no-print-directory
 # Each step parallelises inside cmake/ctest (JOBS); running steps side by side would overload a
 # 2-core machine and interleave their output.
 .NOTPARALLEL:
-.PHONY: help deps build demo demo-embedded check check-asan bench install fuzz fuzz-build fuzz-check format \
+.PHONY: help deps build demo demo-embedded check check-asan check-tsan bench install fuzz fuzz-build fuzz-check format \
         format-check determinism clean
 
 help: ## list the targets
@@ -51,7 +52,7 @@ demo: build ## three live nodes on loopback: writes, a conflict, convergence (to
 demo-embedded: build ## the in-process three-replica demo, no network (build/fieldmesh-demo)
 	$(BUILD_DIR)/fieldmesh-demo
 
-check: build check-asan ## the whole test suite: release build + ASan/UBSan Debug build and ctest
+check: build check-asan check-tsan ## the whole suite: release build, ASan/UBSan ctest, TSan simulator
 	@if command -v qemu-system-x86_64 >/dev/null 2>&1 && [ "$$(id -u)" -eq 0 ]; then \
 	    $(MAKE) check-ble; \
 	else \
@@ -62,6 +63,15 @@ check-asan: deps ## ASan+UBSan Debug build in build-asan/ and its ctest (incl. f
 	$(CMAKE) -S . -B $(ASAN_DIR) -DCMAKE_BUILD_TYPE=Debug -DFM_SANITIZE=ON
 	$(CMAKE) --build $(ASAN_DIR) -j$(JOBS)
 	cd $(ASAN_DIR) && $(CTEST) --output-on-failure -j$(JOBS)
+
+# The simulator runs node shards on threads (sim/sim_int.h): ThreadSanitizer on a run with
+# churn, crashes and a partition at 1, 2 and 3 threads, which must also agree bit for bit.
+check-tsan: deps ## ThreadSanitizer build of the simulator test in build-tsan/, its threads scenario
+	$(CMAKE) -S . -B $(TSAN_DIR) -DCMAKE_BUILD_TYPE=RelWithDebInfo \
+	    -DCMAKE_C_FLAGS="-fsanitize=thread -fno-omit-frame-pointer" \
+	    -DCMAKE_EXE_LINKER_FLAGS="-fsanitize=thread"
+	$(CMAKE) --build $(TSAN_DIR) -j$(JOBS) --target test_sim
+	TSAN_OPTIONS="halt_on_error=1 exitcode=66" $(TSAN_DIR)/tests/test_sim threads
 
 # One VM boot (tests/ble/vm.sh; the image is built once and cached in /var/tmp/fieldmesh-ble),
 # three daemons on virtual LE controllers, no IP path between them (tests/ble/guest-test.sh).
@@ -103,4 +113,4 @@ determinism: ## check STYLE.md rule 8 only (also a ctest entry)
 	tools/check-determinism.sh
 
 clean: ## remove every build directory
-	rm -rf $(BUILD_DIR) $(ASAN_DIR) $(FUZZ_DIR)
+	rm -rf $(BUILD_DIR) $(ASAN_DIR) $(TSAN_DIR) $(FUZZ_DIR)
