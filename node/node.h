@@ -140,7 +140,9 @@ void fm_node_peer_lost(fm_node *n, const char *addr);
 /* Runs every timer due at the env's now (handshake timeouts, heartbeats, anti-entropy,
  * reconnects). */
 void fm_node_tick(fm_node *n);
-/* The env time at which fm_node_tick next has work (UINT64_MAX: none). Call after every event. */
+/* The env time at which fm_node_tick next has work (UINT64_MAX: none). Call after every event,
+ * and after every local commit on the node's replica: its push waits for a tick (push_delay_ms),
+ * as does the group commit of relayed batches. */
 uint64_t fm_node_next_deadline(const fm_node *n);
 /* Starts an anti-entropy round with every connected peer now, and connects to known peers. */
 void fm_node_sync_now(fm_node *n);
