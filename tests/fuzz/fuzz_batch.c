@@ -4,7 +4,8 @@
  * fm_batch_verify (result ignored) the batch is applied anyway, twice: to a fresh fm_state, and to
  * one whose feed and context positions were restored (fm_state_set_feed) so that fm_state_check
  * passes and every decoded batch reaches fm_state_apply. The records it produced must round-trip
- * through their canonical encoding.
+ * through their canonical encoding. fm_batch_peek (the header only) agrees with it: it accepts
+ * whatever decodes, with the same header, op count and hash.
  */
 #include "crdt/batch.h"
 #include "crdt/state.h"
@@ -58,11 +59,29 @@ static void apply_to(fm_state *st, const fm_batch *b, int must)
     check_records(st);
 }
 
+/* The header a peek read equals the one a full decode read. */
+static void check_peek(const fm_batch *b, const uint8_t *data, size_t size)
+{
+    fm_batch h;
+    fm_batch_init(&h);
+    if (fm_batch_peek(data, size, &h, true) != 0 || h.nops != b->nops ||
+        h.first_seq != b->first_seq || h.hlc != b->hlc || h.has_prev != b->has_prev ||
+        h.coll_len != b->coll_len || memcmp(h.coll, b->coll, b->coll_len) != 0 ||
+        memcmp(h.author, b->author, FM_ID_BYTES) != 0 ||
+        memcmp(h.hash, b->hash, FM_HASH_BYTES) != 0 ||
+        fm_vv_compare(&h.ctx, &b->ctx) != FM_VV_EQUAL)
+        abort();
+    fm_batch_free(&h);
+}
+
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
     fm_batch b;
     fm_batch_init(&b);
+    /* A peek alone never crashes, whatever it is given. */
+    (void)fm_batch_peek(data, size, &b, true);
     if (fm_batch_decode(data, size, &b) == 0) {
+        check_peek(&b, data, size);
         if (b.nops == 0 || b.nops > FM_MAX_BATCH_OPS || b.first_seq == 0 ||
             b.has_prev != (b.first_seq > 1) || b.signed_len + 2 + FM_SIG_BYTES != size ||
             fm_vv_get(&b.ctx, b.author) != 0)
