@@ -7,6 +7,7 @@
 
 #include "fieldmesh.h"
 
+#include <dirent.h>
 #include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -147,6 +148,35 @@ static inline void fm_test_golden(const char *path, const char *want)
         have[len] = '\0';
     CHECK_STR(have, want);
     free(have);
+}
+
+/* A fresh directory $TMPDIR/fm-test-NAME-XXXXXX (or under /tmp) into dir; exits if none can be
+ * made: no test can run without it. */
+static inline void fm_test_tmpdir(char *dir, size_t cap, const char *name)
+{
+    const char *base = getenv("TMPDIR");
+    snprintf(dir, cap, "%s/fm-test-%s-XXXXXX", base && base[0] ? base : "/tmp", name);
+    if (!mkdtemp(dir)) {
+        perror("mkdtemp");
+        exit(1);
+    }
+}
+
+/* Removes the files in dir (stores, their WAL and SHM files), then dir. */
+static inline void fm_test_tmpdir_remove(const char *dir)
+{
+    DIR *d = opendir(dir);
+    for (struct dirent *e; d && (e = readdir(d));) {
+        if (strcmp(e->d_name, ".") == 0 || strcmp(e->d_name, "..") == 0)
+            continue;
+        char p[1024];
+        snprintf(p, sizeof p, "%s/%s", dir, e->d_name);
+        remove(p);
+    }
+    if (d)
+        closedir(d);
+    if (remove(dir) != 0)
+        perror("remove");
 }
 
 #endif

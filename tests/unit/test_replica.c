@@ -19,7 +19,6 @@
 #include "node/replica.h"
 #include "replica_dump.h"
 
-#include <dirent.h>
 #include <sqlite3.h>
 #include <float.h>
 #include <math.h>
@@ -107,29 +106,12 @@ static char g_dir[256];
 
 static void tmp_setup(void)
 {
-    const char *base = getenv("TMPDIR");
-    snprintf(g_dir, sizeof g_dir, "%s/fm-test-replica-XXXXXX", base && base[0] ? base : "/tmp");
-    if (!mkdtemp(g_dir)) {
-        perror("mkdtemp");
-        exit(1);
-    }
+    fm_test_tmpdir(g_dir, sizeof g_dir, "replica");
 }
 
 static void tmp_teardown(void)
 {
-    DIR *d = opendir(g_dir);
-    struct dirent *e;
-    while (d && (e = readdir(d))) {
-        if (strcmp(e->d_name, ".") == 0 || strcmp(e->d_name, "..") == 0)
-            continue;
-        char p[600];
-        snprintf(p, sizeof p, "%s/%s", g_dir, e->d_name);
-        unlink(p);
-    }
-    if (d)
-        closedir(d);
-    if (rmdir(g_dir) != 0)
-        perror("rmdir");
+    fm_test_tmpdir_remove(g_dir);
 }
 
 static const char *tmp_path(const char *name, char *out, size_t n)

@@ -13,7 +13,6 @@
 #include "node/replica.h"
 #include "replica_dump.h"
 
-#include <dirent.h>
 #include <unistd.h>
 
 #define T0 1750000000000ull
@@ -350,27 +349,13 @@ static void test_rollback(void)
 
 int main(void)
 {
-    const char *base = getenv("TMPDIR");
-    snprintf(g_dir, sizeof g_dir, "%s/fm-test-revocation-XXXXXX", base && base[0] ? base : "/tmp");
-    if (!mkdtemp(g_dir)) {
-        perror("mkdtemp");
-        return 1;
-    }
+    fm_test_tmpdir(g_dir, sizeof g_dir, "revocation");
     uint8_t seed[32] = {0x99, 0x5e};
     CHECK_OK(fm_identity_from_seed(seed, &g_mesh));
     RUN(test_rollback);
     fm_identity_free(g_mesh);
     for (uint32_t i = 0; i < g_nlog; i++)
         fm_bytes_free(&g_log[i]);
-    DIR *dir = opendir(g_dir);
-    for (struct dirent *e; dir && (e = readdir(dir));) {
-        char p[600];
-        snprintf(p, sizeof p, "%s/%s", g_dir, e->d_name);
-        if (e->d_name[0] != '.')
-            unlink(p);
-    }
-    if (dir)
-        closedir(dir);
-    rmdir(g_dir);
+    fm_test_tmpdir_remove(g_dir);
     TEST_MAIN_END();
 }

@@ -38,30 +38,12 @@ static char g_dir[256];
 
 static void tmp_setup(void)
 {
-    const char *base = getenv("TMPDIR");
-    snprintf(g_dir, sizeof g_dir, "%s/fm-test-store-XXXXXX", base && base[0] ? base : "/tmp");
-    if (!mkdtemp(g_dir)) {
-        perror("mkdtemp");
-        exit(1);
-    }
+    fm_test_tmpdir(g_dir, sizeof g_dir, "store");
 }
 
 static void tmp_teardown(void)
 {
-    DIR *d = opendir(g_dir);
-    if (d) {
-        struct dirent *e;
-        while ((e = readdir(d))) {
-            if (strcmp(e->d_name, ".") == 0 || strcmp(e->d_name, "..") == 0)
-                continue;
-            char p[512];
-            snprintf(p, sizeof p, "%s/%s", g_dir, e->d_name);
-            unlink(p);
-        }
-        closedir(d);
-    }
-    if (rmdir(g_dir) != 0)
-        perror("rmdir");
+    fm_test_tmpdir_remove(g_dir);
 }
 
 static void path_of(const char *name, char *out, size_t n)
