@@ -20,7 +20,6 @@
 #include "fm_test.h"
 #include "replica_dump.h"
 
-#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <poll.h>
@@ -445,22 +444,6 @@ static void pump(child *c, uint64_t deadline, bool until_ready, model *acked, ui
 
 static char g_dir[256];
 
-static void cleanup_dir(void)
-{
-    DIR *d = opendir(g_dir);
-    struct dirent *e;
-    while (d && (e = readdir(d))) {
-        if (strcmp(e->d_name, ".") == 0 || strcmp(e->d_name, "..") == 0)
-            continue;
-        char p[600];
-        snprintf(p, sizeof p, "%s/%s", g_dir, e->d_name);
-        unlink(p);
-    }
-    if (d)
-        closedir(d);
-    rmdir(g_dir);
-}
-
 int main(int argc, char **argv)
 {
     if (argc != 2) {
@@ -473,12 +456,7 @@ int main(int argc, char **argv)
         seed = strtoull(env_seed, NULL, 10);
     fprintf(stderr, "test_crash: seed %llu (FM_TEST_SEED=%llu to reuse it)\n",
             (unsigned long long)seed, (unsigned long long)seed);
-    const char *base = getenv("TMPDIR");
-    snprintf(g_dir, sizeof g_dir, "%s/fm-test-crash-XXXXXX", base && base[0] ? base : "/tmp");
-    if (!mkdtemp(g_dir)) {
-        perror("mkdtemp");
-        return 1;
-    }
+    fm_test_tmpdir(g_dir, sizeof g_dir, "crash");
     char store[512];
     snprintf(store, sizeof store, "%s/store.db", g_dir);
     uint8_t rs[32] = {8, 8, 8};
@@ -537,6 +515,6 @@ int main(int argc, char **argv)
         fprintf(stderr, "test_crash: reproduce with FM_TEST_SEED=%llu\n", (unsigned long long)seed);
     model_free(&acked);
     fm_identity_free(g_reader);
-    cleanup_dir();
+    fm_test_tmpdir_remove(g_dir);
     TEST_MAIN_END();
 }
