@@ -117,16 +117,22 @@ static int rd_op_list(fm_rd *r, fm_batch *b, uint32_t n)
     return 0;
 }
 
+/* The ops array's header: n ops, 1..FM_MAX_BATCH_OPS, whose seqs stay in range. */
+static int rd_ops_count(fm_rd *r, const fm_batch *b, uint32_t *n)
+{
+    if (fm_rd_array(r, n))
+        return r->err;
+    if (*n == 0)
+        return r->err = FM_EDECODE;
+    if (*n > FM_MAX_BATCH_OPS || b->first_seq > UINT64_MAX / 2 - *n)
+        return r->err = FM_ELIMIT;
+    return 0;
+}
+
 static int rd_ops(fm_rd *r, fm_batch *b)
 {
     uint32_t n;
-    if (fm_rd_array(r, &n))
-        return r->err;
-    if (n == 0)
-        return r->err = FM_EDECODE;
-    if (n > FM_MAX_BATCH_OPS || b->first_seq > UINT64_MAX / 2 - n)
-        return r->err = FM_ELIMIT;
-    return rd_op_list(r, b, n);
+    return rd_ops_count(r, b, &n) ? r->err : rd_op_list(r, b, n);
 }
 
 int fm_batch_decode(const uint8_t *p, size_t len, fm_batch *b)
@@ -158,12 +164,8 @@ int fm_batch_peek(const uint8_t *p, size_t len, fm_batch *b, bool hash)
     fm_rd r;
     fm_rd_init(&r, p, len);
     uint32_t n;
-    if (rd_header(&r, b) || fm_rd_array(&r, &n))
+    if (rd_header(&r, b) || rd_ops_count(&r, b, &n))
         return r.err;
-    if (n == 0)
-        return FM_EDECODE;
-    if (n > FM_MAX_BATCH_OPS || b->first_seq > UINT64_MAX / 2 - n)
-        return FM_ELIMIT;
     b->nops = n;
     if (hash)
         crypto_generichash(b->hash, FM_HASH_BYTES, p, len, NULL, 0);

@@ -156,28 +156,9 @@ int fm_vv_encode(const fm_vv *v, fm_buf *out)
 
 int fm_vv_read(fm_rd *r, fm_vv *v)
 {
-    uint32_t n;
-    if (fm_rd_array(r, &n))
-        return r->err;
-    if (n > FM_MAX_VV_ENTRIES)
-        return r->err = FM_ELIMIT;
     fm_vv tmp;
     fm_vv_init(&tmp);
-    tmp.e = fm_reallocarray(NULL, n, sizeof *tmp.e);
-    if (!tmp.e)
-        return r->err = FM_ENOMEM;
-    tmp.cap = n;
-    for (uint32_t i = 0; i < n && !r->err; i++) {
-        fm_rd_array_exact(r, 2);
-        fm_rd_bin_fixed(r, tmp.e[i].author, FM_ID_BYTES);
-        fm_rd_uint(r, &tmp.e[i].seq);
-        if (r->err)
-            break;
-        if (tmp.e[i].seq == 0 || (i && fm_id_cmp(tmp.e[i - 1].author, tmp.e[i].author) >= 0))
-            r->err = FM_ENONCANON;
-        tmp.n = i + 1;
-    }
-    if (r->err) {
+    if (fm_vv_read_into(r, &tmp)) {
         fm_vv_free(&tmp);
         return r->err;
     }
