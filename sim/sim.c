@@ -772,10 +772,12 @@ int fm_sim_run_until(fm_sim *s, uint64_t t_ms)
             run_window(s, end, busy);
             sim_net_flush(s);
         }
+        if (!s->cfg.progress)
+            continue;
         uint64_t events = s->events;
         for (uint32_t k = 0; k < s->nworkers; k++)
             events += s->w[k].events;
-        if (s->cfg.progress && events >> 20 != s->progress_mark) {
+        if (events >> 20 != s->progress_mark) {
             s->progress_mark = events >> 20;
             fprintf(stderr, "fieldmesh-sim: t=%.3f s, %" PRIu64 " events, %" PRIu32 " writes\n",
                     s->now / 1e6, events, s->nledger);
