@@ -65,13 +65,15 @@ check-asan: deps ## ASan+UBSan Debug build in build-asan/ and its ctest (incl. f
 	cd $(ASAN_DIR) && $(CTEST) --output-on-failure -j$(JOBS)
 
 # The simulator runs node shards on threads (sim/sim_int.h): ThreadSanitizer on a run with
-# churn, crashes and a partition at 1, 2 and 3 threads, which must also agree bit for bit.
+# churn, crashes and a partition at 1, 2 and 3 threads, which must also agree bit for bit, and
+# the signature cache the threads share.
 check-tsan: deps ## ThreadSanitizer build of the simulator test in build-tsan/, its threads scenario
 	$(CMAKE) -S . -B $(TSAN_DIR) -DCMAKE_BUILD_TYPE=RelWithDebInfo \
 	    -DCMAKE_C_FLAGS="-fsanitize=thread -fno-omit-frame-pointer" \
 	    -DCMAKE_EXE_LINKER_FLAGS="-fsanitize=thread"
-	$(CMAKE) --build $(TSAN_DIR) -j$(JOBS) --target test_sim
+	$(CMAKE) --build $(TSAN_DIR) -j$(JOBS) --target test_sim test_sigcache
 	TSAN_OPTIONS="halt_on_error=1 exitcode=66" $(TSAN_DIR)/tests/test_sim threads
+	TSAN_OPTIONS="halt_on_error=1 exitcode=66" $(TSAN_DIR)/tests/test_sigcache
 
 # One VM boot (tests/ble/vm.sh; the image is built once and cached in /var/tmp/fieldmesh-ble),
 # three daemons on virtual LE controllers, no IP path between them (tests/ble/guest-test.sh).

@@ -5,6 +5,7 @@
  */
 #include "crypto/sigcache.h"
 
+#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -13,6 +14,9 @@ struct fm_sigcache {
     uint32_t mask;   /* slots - 1 */
     uint32_t n, max; /* entries held (the zero hash included), and the bound */
     bool has_zero;
+    bool shared; /* lock held around every look-up and add */
+    pthread_mutex_t lock;
+    fm_sigcache *parent; /* borrowed; NULL: none */
 };
 
 static const uint8_t ZERO[FM_HASH_BYTES];
@@ -35,12 +39,34 @@ int fm_sigcache_new(uint32_t max_entries, fm_sigcache **out)
     return 0;
 }
 
+int fm_sigcache_new_shared(uint32_t max_entries, fm_sigcache **out)
+{
+    int rc = fm_sigcache_new(max_entries, out);
+    if (rc)
+        return rc;
+    if (pthread_mutex_init(&(*out)->lock, NULL) != 0) {
+        fm_sigcache_free(*out);
+        *out = NULL;
+        return FM_ENOMEM;
+    }
+    (*out)->shared = true;
+    return 0;
+}
+
 void fm_sigcache_free(fm_sigcache *c)
 {
     if (!c)
         return;
+    if (c->shared)
+        pthread_mutex_destroy(&c->lock);
     free(c->slots);
     free(c);
+}
+
+void fm_sigcache_set_parent(fm_sigcache *c, fm_sigcache *parent)
+{
+    FM_ASSERT(c != parent && !c->shared);
+    c->parent = parent;
 }
 
 /* The keys are BLAKE2b outputs, so their leading bytes already place them uniformly. Someone who
@@ -62,14 +88,14 @@ static uint32_t probe(const fm_sigcache *c, const uint8_t hash[FM_HASH_BYTES])
             return i;
 }
 
-bool fm_sigcache_has(const fm_sigcache *c, const uint8_t hash[FM_HASH_BYTES])
+static bool has_here(const fm_sigcache *c, const uint8_t hash[FM_HASH_BYTES])
 {
     if (memcmp(hash, ZERO, FM_HASH_BYTES) == 0)
         return c->has_zero;
     return memcmp(c->slots[probe(c, hash)], hash, FM_HASH_BYTES) == 0;
 }
 
-void fm_sigcache_add(fm_sigcache *c, const uint8_t hash[FM_HASH_BYTES])
+static void add_here(fm_sigcache *c, const uint8_t hash[FM_HASH_BYTES])
 {
     if (c->n >= c->max)
         return;
@@ -86,7 +112,50 @@ void fm_sigcache_add(fm_sigcache *c, const uint8_t hash[FM_HASH_BYTES])
     FM_ASSERT(c->n <= (c->mask + 1) / 2);
 }
 
-uint32_t fm_sigcache_count(const fm_sigcache *c)
+static bool has_locked(fm_sigcache *c, const uint8_t hash[FM_HASH_BYTES])
 {
-    return c->n;
+    if (!c->shared)
+        return has_here(c, hash);
+    pthread_mutex_lock(&c->lock);
+    bool held = has_here(c, hash);
+    pthread_mutex_unlock(&c->lock);
+    return held;
+}
+
+static void add_locked(fm_sigcache *c, const uint8_t hash[FM_HASH_BYTES])
+{
+    if (!c->shared) {
+        add_here(c, hash);
+        return;
+    }
+    pthread_mutex_lock(&c->lock);
+    add_here(c, hash);
+    pthread_mutex_unlock(&c->lock);
+}
+
+bool fm_sigcache_has(fm_sigcache *c, const uint8_t hash[FM_HASH_BYTES])
+{
+    if (has_locked(c, hash))
+        return true;
+    if (!c->parent || !has_locked(c->parent, hash))
+        return false;
+    add_locked(c, hash);
+    return true;
+}
+
+void fm_sigcache_add(fm_sigcache *c, const uint8_t hash[FM_HASH_BYTES])
+{
+    add_locked(c, hash);
+    if (c->parent)
+        add_locked(c->parent, hash);
+}
+
+uint32_t fm_sigcache_count(fm_sigcache *c)
+{
+    if (!c->shared)
+        return c->n;
+    pthread_mutex_lock(&c->lock);
+    uint32_t n = c->n;
+    pthread_mutex_unlock(&c->lock);
+    return n;
 }

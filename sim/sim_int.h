@@ -190,6 +190,7 @@ struct fm_sim {
     fm_sim_heap heap; /* global events */
     sim_worker *w;
     uint32_t nworkers, nthreads;
+    fm_sigcache *sigcache; /* shared: the workers' caches' parent */
     uint64_t window_us;    /* a window's length: the link's minimum one-way delay */
     struct sim_pool *pool; /* worker threads (sim.c) */
     sim_op *allops;        /* the ops of a window, merged */

@@ -1,11 +1,12 @@
 /*
  * test_sigcache.c — the verified-hash set: membership after add, no false positives, the bound
  * (adds past max_entries are ignored, what is held stays held), the all-zero hash, argument
- * checks, and two caches never sharing state.
+ * checks, two caches never sharing state, and caches over a shared parent, from two threads.
  */
 #include "crypto/sigcache.h"
 #include "fm_test.h"
 
+#include <pthread.h>
 #include <sodium.h>
 
 static void hash_of(uint32_t i, uint8_t out[FM_HASH_BYTES])
@@ -94,6 +95,84 @@ static void test_zero_hash_and_args(void)
     fm_sigcache_free(NULL);
 }
 
+/* A child finds what its parent holds and keeps it; adds reach the parent; siblings meet there. */
+static void test_parent(void)
+{
+    fm_sigcache *p = NULL, *a = NULL, *b = NULL;
+    CHECK_OK(fm_sigcache_new_shared(100, &p));
+    CHECK_OK(fm_sigcache_new(100, &a));
+    CHECK_OK(fm_sigcache_new(100, &b));
+    fm_sigcache_set_parent(a, p);
+    fm_sigcache_set_parent(b, p);
+    uint8_t h[FM_HASH_BYTES], g[FM_HASH_BYTES];
+    hash_of(1, h);
+    hash_of(2, g);
+    fm_sigcache_add(a, h);
+    CHECK_EQ_INT(fm_sigcache_count(a), 1);
+    CHECK_EQ_INT(fm_sigcache_count(p), 1);
+    CHECK_EQ_INT(fm_sigcache_count(b), 0);
+    CHECK(fm_sigcache_has(b, h)); /* through the parent, and kept */
+    CHECK_EQ_INT(fm_sigcache_count(b), 1);
+    CHECK(!fm_sigcache_has(b, g));
+    fm_sigcache_add(p, g); /* the parent itself is a cache like any */
+    CHECK(fm_sigcache_has(a, g));
+    CHECK(!fm_sigcache_has(p, (uint8_t[FM_HASH_BYTES]){0}));
+    fm_sigcache_free(a);
+    fm_sigcache_free(b);
+    fm_sigcache_free(p);
+}
+
+typedef struct worker_arg {
+    fm_sigcache *child;
+    uint32_t first, found;
+} worker_arg;
+
+/* Adds its own 2000 hashes, then counts how many of the other worker's it finds. */
+static void *worker(void *arg)
+{
+    worker_arg *w = arg;
+    uint8_t h[FM_HASH_BYTES];
+    for (uint32_t i = 0; i < 2000; i++) {
+        hash_of(w->first + i, h);
+        fm_sigcache_add(w->child, h);
+    }
+    for (uint32_t i = 0; i < 4000; i++) {
+        hash_of(i, h);
+        w->found += fm_sigcache_has(w->child, h);
+    }
+    return NULL;
+}
+
+/* Two threads on one shared parent: nothing lost, and (under TSan) no race. */
+static void test_shared_threads(void)
+{
+    fm_sigcache *p = NULL;
+    worker_arg w[2] = {{.first = 0}, {.first = 2000}};
+    CHECK_OK(fm_sigcache_new_shared(8192, &p));
+    for (int k = 0; k < 2; k++) {
+        CHECK_OK(fm_sigcache_new(8192, &w[k].child));
+        fm_sigcache_set_parent(w[k].child, p);
+    }
+    pthread_t t[2];
+    for (int k = 0; k < 2; k++)
+        CHECK(pthread_create(&t[k], NULL, worker, &w[k]) == 0);
+    for (int k = 0; k < 2; k++)
+        CHECK(pthread_join(t[k], NULL) == 0);
+    CHECK_EQ_INT(fm_sigcache_count(p), 4000);
+    uint8_t h[FM_HASH_BYTES];
+    for (int k = 0; k < 2; k++) {
+        CHECK(w[k].found >= 2000); /* its own at least; the other's as far as added by then */
+        uint32_t all = 0;
+        for (uint32_t i = 0; i < 4000; i++) {
+            hash_of(i, h);
+            all += fm_sigcache_has(w[k].child, h);
+        }
+        CHECK_EQ_INT(all, 4000);
+        fm_sigcache_free(w[k].child);
+    }
+    fm_sigcache_free(p);
+}
+
 int main(void)
 {
     if (sodium_init() < 0)
@@ -101,5 +180,7 @@ int main(void)
     RUN(test_add_has);
     RUN(test_bound);
     RUN(test_zero_hash_and_args);
+    RUN(test_parent);
+    RUN(test_shared_threads);
     TEST_MAIN_END();
 }
