@@ -242,8 +242,7 @@ static int apply_checked(fm_replica *r, const fm_batch *b, const uint8_t *data, 
     fm_coll *c = fm_state_coll(&r->st, b->coll, b->coll_len);
     FM_ASSERT(c);
     if ((rc = fm_store_coll_ensure(r->store, c)) ||
-        (rc = fm_store_put_batch(r->store, c, b, data, len)) ||
-        (rc = fm_store_put_feed(r->store, c, b->author, fm_batch_last_seq(b), b->hash)))
+        (rc = fm_store_put_batch(r->store, c, b, data, len)))
         return rc;
     recent_add(r, b->hash);
     return applied_note(r, data, len);

@@ -298,7 +298,7 @@ static int replay_unstick(replay *x)
                 best = i, memcpy(best_hash, x->b.hash, FM_HASH_BYTES);
         }
         if (best == UINT32_MAX)
-            return FM_ESTORE; /* only gaps: the log lacks a batch its feed rows claim */
+            return FM_ESTORE; /* only gaps: the log misses a batch another one needs */
         held h = x->wait[best];
         int rc = replay_try(x, h.data, h.len, true);
         FM_ASSERT(rc != FM_EPENDING);
@@ -313,18 +313,14 @@ static int replay_unstick(replay *x)
     return 0;
 }
 
-/* The replayed feed heads into the store, and the collection's new aggregates. */
+/* The replayed records and the collection's new aggregates into the store (its feed heads are
+ * the log's, which replay did not change). */
 static int replay_save(replay *x)
 {
     fm_replica *r = x->r;
     if (fm_vv_compare(&x->c->vv, x->final) != FM_VV_EQUAL)
-        return FM_ESTORE; /* the feed rows and the log disagreed */
+        return FM_ESTORE; /* the state and the log disagreed */
     int rc = fm_state_flush(&r->st);
-    for (uint32_t i = 0; !rc && i < x->c->nfeeds; i++) {
-        const fm_feed *f = &x->c->feeds[i];
-        rc = fm_store_put_feed(r->store, x->c, fm_authors_key(&r->st.authors, f->author), f->seq,
-                               f->head);
-    }
     if (!rc)
         rc = fm_store_coll_save(r->store, x->c);
     return rc;

@@ -17,7 +17,6 @@ enum {
     S_COLL_INSERT,
     S_COLL_SAVE,
     S_BATCH_PUT,
-    S_FEED_PUT,
     S_BATCH_AT,
     S_REC_GET,
     S_REC_PUT,
@@ -41,7 +40,6 @@ static const char *const SQL[S__COUNT] = {
         "UPDATE collections SET state_xor = ?2, live = ?3, conflicts = ?4 WHERE id = ?1",
     [S_BATCH_PUT] = "INSERT INTO batches(coll, author, first_seq, last_seq, hash, data) "
                     "VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-    [S_FEED_PUT] = "INSERT OR REPLACE INTO feeds(coll, author, seq, head) VALUES (?1, ?2, ?3, ?4)",
     [S_BATCH_AT] = "SELECT hash, data FROM batches WHERE coll = ?1 AND author = ?2 "
                    "AND last_seq >= ?3 AND first_seq <= ?3",
     [S_REC_GET] = "SELECT state FROM records WHERE coll = ?1 AND id = ?2",
@@ -83,6 +81,9 @@ static const char *const MIGRATIONS[FM_STORE_SCHEMA_VERSION] = {
      * so only the authority can add rows); the membership view picks the governing ones. */
     ("CREATE TABLE members(device BLOB NOT NULL, kind INTEGER NOT NULL, data BLOB NOT NULL,"
      "  PRIMARY KEY(device, kind, data)) WITHOUT ROWID;"),
+    /* 3 -> 4: a feed's head is its last batch in the log (batches_feed finds it): a row per
+     * feed rewritten with every batch ingested was a second copy, and a fifth of an ingest. */
+    ("DROP TABLE feeds;"),
 };
 
 struct fm_store {
@@ -296,6 +297,18 @@ int fm_store_meta_set(fm_store *st, const char *key, const void *val, size_t len
     return run(s);
 }
 
+static int prepare_feed(fm_store *st, const char *sql, const fm_coll *c, const uint8_t *author,
+                        sqlite3_stmt **q)
+{
+    FM_ASSERT(c->store_id);
+    if (sqlite3_prepare_v2(st->db, sql, -1, q, NULL) != SQLITE_OK)
+        return FM_ESTORE;
+    sqlite3_bind_int64(*q, 1, c->store_id);
+    if (author)
+        sqlite3_bind_blob(*q, 2, author, FM_ID_BYTES, SQLITE_TRANSIENT);
+    return 0;
+}
+
 static int load_colls(fm_store *st, fm_state *s)
 {
     sqlite3_stmt *q;
@@ -323,38 +336,45 @@ static int load_colls(fm_store *st, fm_state *s)
     return rc;
 }
 
-static fm_coll *coll_by_id(fm_state *s, int64_t id)
+/* The head of every feed of c: per author, the last batch in the log. Two index seeks per feed
+ * (the next author, then its last batch), not a scan of the log. */
+static int load_heads(fm_store *st, fm_state *s, fm_coll *c)
 {
-    for (uint32_t i = 0; i < s->ncolls; i++)
-        if (s->colls[i]->store_id == id)
-            return s->colls[i];
-    return NULL;
+    sqlite3_stmt *q;
+    int rc = prepare_feed(st,
+                          "SELECT author, last_seq, hash FROM batches WHERE coll = ?1 AND "
+                          "author = (SELECT author FROM batches WHERE coll = ?1 AND author > ?2 "
+                          "ORDER BY author LIMIT 1) ORDER BY last_seq DESC LIMIT 1",
+                          c, NULL, &q);
+    if (rc)
+        return rc;
+    sqlite3_bind_blob(q, 2, "", 0, SQLITE_STATIC); /* the empty blob sorts before every author */
+    int step;
+    while (!rc && (step = sqlite3_step(q)) == SQLITE_ROW) {
+        int64_t seq = sqlite3_column_int64(q, 1);
+        if (sqlite3_column_bytes(q, 0) != FM_ID_BYTES ||
+            sqlite3_column_bytes(q, 2) != FM_HASH_BYTES || seq <= 0) {
+            rc = FM_ESTORE;
+            break;
+        }
+        uint8_t author[FM_ID_BYTES];
+        memcpy(author, sqlite3_column_blob(q, 0), FM_ID_BYTES);
+        rc = fm_state_set_feed(s, c, author, (uint64_t)seq, sqlite3_column_blob(q, 2));
+        s->ops += (uint64_t)seq;
+        sqlite3_reset(q);
+        sqlite3_bind_blob(q, 2, author, FM_ID_BYTES, SQLITE_TRANSIENT);
+    }
+    if (!rc && step != SQLITE_DONE)
+        rc = FM_ESTORE;
+    sqlite3_finalize(q);
+    return rc;
 }
 
 int fm_store_load_state(fm_store *st, fm_state *s)
 {
     int rc = load_colls(st, s);
-    if (rc)
-        return rc;
-    sqlite3_stmt *q;
-    if (sqlite3_prepare_v2(st->db, "SELECT coll, author, seq, head FROM feeds", -1, &q, NULL) !=
-        SQLITE_OK)
-        return FM_ESTORE;
-    int step;
-    while (!rc && (step = sqlite3_step(q)) == SQLITE_ROW) {
-        fm_coll *c = coll_by_id(s, sqlite3_column_int64(q, 0));
-        if (!c || sqlite3_column_bytes(q, 1) != FM_ID_BYTES ||
-            sqlite3_column_bytes(q, 3) != FM_HASH_BYTES) {
-            rc = FM_ESTORE;
-            break;
-        }
-        rc = fm_state_set_feed(s, c, sqlite3_column_blob(q, 1),
-                               (uint64_t)sqlite3_column_int64(q, 2), sqlite3_column_blob(q, 3));
-        s->ops += (uint64_t)sqlite3_column_int64(q, 2);
-    }
-    if (!rc && step != SQLITE_DONE)
-        rc = FM_ESTORE;
-    sqlite3_finalize(q);
+    for (uint32_t i = 0; !rc && i < s->ncolls; i++)
+        rc = load_heads(st, s, s->colls[i]);
     return rc;
 }
 
@@ -402,15 +422,6 @@ static void bind_feed_pos(sqlite3_stmt *s, const fm_coll *c, const uint8_t autho
     sqlite3_bind_int64(s, 1, c->store_id);
     sqlite3_bind_blob(s, 2, author, FM_ID_BYTES, SQLITE_STATIC);
     sqlite3_bind_int64(s, 3, (int64_t)seq);
-}
-
-int fm_store_put_feed(fm_store *st, const fm_coll *c, const uint8_t author[FM_ID_BYTES],
-                      uint64_t seq, const uint8_t head[FM_HASH_BYTES])
-{
-    sqlite3_stmt *s = st->stmt[S_FEED_PUT];
-    bind_feed_pos(s, c, author, seq);
-    sqlite3_bind_blob(s, 4, head, FM_HASH_BYTES, SQLITE_STATIC);
-    return run(s);
 }
 
 int fm_store_batch_at(fm_store *st, const fm_coll *c, const uint8_t author[FM_ID_BYTES],
@@ -621,17 +632,6 @@ void fm_store_release_memory(fm_store *st)
 /* ---- rebuilding a collection --------------------------------------------------------------- */
 
 /* Prepares sql and binds the collection (and the author, if any) as ?1 and ?2. */
-static int prepare_feed(fm_store *st, const char *sql, const fm_coll *c, const uint8_t *author,
-                        sqlite3_stmt **q)
-{
-    FM_ASSERT(c->store_id);
-    if (sqlite3_prepare_v2(st->db, sql, -1, q, NULL) != SQLITE_OK)
-        return FM_ESTORE;
-    sqlite3_bind_int64(*q, 1, c->store_id);
-    if (author)
-        sqlite3_bind_blob(*q, 2, author, FM_ID_BYTES, SQLITE_TRANSIENT);
-    return 0;
-}
 
 int fm_store_each_feed_batch(fm_store *st, const fm_coll *c, const uint8_t author[FM_ID_BYTES],
                              fm_store_batch_fn fn, void *arg)
@@ -684,8 +684,6 @@ static int run_coll(fm_store *st, const char *sql, const fm_coll *c)
 int fm_store_coll_reset(fm_store *st, const fm_coll *c)
 {
     int rc = run_coll(st, "DELETE FROM records WHERE coll = ?1", c);
-    if (!rc)
-        rc = run_coll(st, "DELETE FROM feeds WHERE coll = ?1", c);
     if (!rc)
         rc = run_coll(st,
                       "UPDATE collections SET state_xor = zeroblob(32), live = 0, "

@@ -1,6 +1,6 @@
 /*
  * store.h — the node's sqlite3 file (DESIGN.md §6): the log of batches, materialized record
- * states, collection aggregates, feed heads, fork proofs and metadata. WAL mode with synchronous
+ * states, collection aggregates, fork proofs and metadata. WAL mode with synchronous
  * FULL, so a committed transaction survives a crash or power cut.
  *
  * Schema versions are migrated forward in order; a newer or foreign file is refused untouched.
@@ -10,7 +10,7 @@
 
 #include "crdt/state.h"
 
-#define FM_STORE_SCHEMA_VERSION 3
+#define FM_STORE_SCHEMA_VERSION 4
 
 typedef struct fm_store fm_store;
 
@@ -31,7 +31,8 @@ void fm_store_rollback(fm_store *st);
 int fm_store_meta_get(fm_store *st, const char *key, fm_buf *out); /* FM_ENOTFOUND if absent */
 int fm_store_meta_set(fm_store *st, const char *key, const void *val, size_t len);
 
-/* Loads collections (aggregates, store ids) and feed heads into a fresh state. */
+/* Loads collections (aggregates, store ids) and feed heads (each feed's last batch in the log)
+ * into a fresh state. */
 int fm_store_load_state(fm_store *st, fm_state *s);
 /* Gives c a store id (inserting its row if needed). */
 int fm_store_coll_ensure(fm_store *st, fm_coll *c);
@@ -39,8 +40,6 @@ int fm_store_coll_save(fm_store *st, const fm_coll *c);
 
 int fm_store_put_batch(fm_store *st, const fm_coll *c, const fm_batch *b, const uint8_t *data,
                        size_t len);
-int fm_store_put_feed(fm_store *st, const fm_coll *c, const uint8_t author[FM_ID_BYTES],
-                      uint64_t seq, const uint8_t head[FM_HASH_BYTES]);
 /* The stored batch of a feed that holds op seq: its encoding into out (if out) and hash. */
 int fm_store_batch_at(fm_store *st, const fm_coll *c, const uint8_t author[FM_ID_BYTES],
                       uint64_t seq, uint8_t hash[FM_HASH_BYTES], fm_buf *out);
@@ -90,7 +89,7 @@ int fm_store_each_feed_batch(fm_store *st, const fm_coll *c, const uint8_t autho
 /* Deletes the feed's batches from first seq `seq` on; returns how many (>= 0). */
 int fm_store_drop_feed_from(fm_store *st, const fm_coll *c, const uint8_t author[FM_ID_BYTES],
                             uint64_t seq);
-/* Deletes the collection's materialized state (records, feed heads) and zeroes its aggregates,
+/* Deletes the collection's materialized state (records) and zeroes its aggregates,
  * keeping its log. A collection whose log is empty goes altogether: then 1, else 0. */
 int fm_store_coll_reset(fm_store *st, const fm_coll *c);
 

@@ -158,7 +158,8 @@ static void schema_of(const char *path, char *out, size_t n)
 }
 
 /* Turns a current store into what a v1 program left: drops every table and index the v1 schema
- * did not have and sets user_version 1. The rows of the v1 tables stay. */
+ * did not have, puts back the feeds table (v4 dropped it) with the rows a v1 program wrote (each
+ * feed's last batch) and sets user_version 1. The rows of the v1 tables stay. */
 static void downgrade_to_v1(const char *path)
 {
     static const char *const v1_names[] = {"meta",    "collections",  "feeds",
@@ -186,6 +187,14 @@ static void downgrade_to_v1(const char *path)
     sqlite3_finalize(s);
     for (int i = 0; i < nd; i++)
         CHECK_EQ_INT(sqlite3_exec(db, drops[i], NULL, NULL, NULL), SQLITE_OK);
+    CHECK_EQ_INT(sqlite3_exec(db,
+                              "CREATE TABLE feeds(coll INTEGER NOT NULL, author BLOB NOT NULL,"
+                              "  seq INTEGER NOT NULL, head BLOB NOT NULL,"
+                              "  PRIMARY KEY(coll, author)) WITHOUT ROWID;"
+                              "INSERT INTO feeds SELECT coll, author, max(last_seq), hash "
+                              "  FROM batches GROUP BY coll, author;",
+                              NULL, NULL, NULL),
+                 SQLITE_OK);
     CHECK_EQ_INT(sqlite3_exec(db, "PRAGMA user_version = 1", NULL, NULL, NULL), SQLITE_OK);
     sqlite3_close(db);
 }
@@ -348,6 +357,8 @@ static void test_migrate_v1(void)
                  1);
     CHECK_EQ_INT(sql_int(db, "SELECT count(*) FROM records WHERE coll = 7"), 2);
     CHECK_EQ_INT(sql_int(db, "SELECT live FROM collections WHERE name = 'people'"), 2);
+    /* v4: feed heads come from the log, the feeds table is gone. */
+    CHECK_EQ_INT(sql_int(db, "SELECT count(*) FROM sqlite_master WHERE name = 'feeds'"), 0);
     /* Migrated step by step, the schema is exactly that of a fresh store. */
     char fresh[512], migrated[4096], want[4096];
     path_of("fresh.db", fresh, sizeof fresh);
@@ -385,6 +396,7 @@ static void test_migrate_v1_replica_data(void)
     fm_replica_close(r);
     downgrade_to_v1(db);
     CHECK_EQ_INT(sql_int(db, "SELECT count(*) FROM sqlite_master WHERE name = 'forks'"), 0);
+    CHECK_EQ_INT(sql_int(db, "SELECT count(*) FROM feeds"), 1);
     r = NULL;
     CHECK_OK(fm_replica_open(&cfg, &r));
     if (!r) {
@@ -616,22 +628,23 @@ static void test_each_batch_order_and_load_state(void)
     uint8_t apk[FM_ID_BYTES], bpk[FM_ID_BYTES];
     fm_identity_public(a, apk);
     fm_identity_public(b, bpk);
-    fm_coll c = {.name = "c", .name_len = 1};
-    fm_buf e[4];
-    fm_batch bt[4];
-    for (int i = 0; i < 4; i++)
+    fm_coll c = {.name = "c", .name_len = 1}, o = {.name = "o", .name_len = 1};
+    fm_buf e[5];
+    fm_batch bt[5];
+    for (int i = 0; i < 5; i++)
         fm_buf_init(&e[i]), fm_batch_init(&bt[i]);
     /* Log order (insertion) interleaves authors; iteration must follow it, not author or seq. */
     make_batch(b, "c", 1, NULL, 1, &e[0], &bt[0]);
     make_batch(a, "c", 1, NULL, 2, &e[1], &bt[1]);
     make_batch(b, "c", 2, bt[0].hash, 1, &e[2], &bt[2]);
     make_batch(a, "c", 3, bt[1].hash, 1, &e[3], &bt[3]);
+    make_batch(b, "o", 1, NULL, 4, &e[4], &bt[4]); /* another collection's feed: its own head */
     CHECK_OK(fm_store_begin(st));
     CHECK_OK(fm_store_coll_ensure(st, &c));
+    CHECK_OK(fm_store_coll_ensure(st, &o));
     for (int i = 0; i < 4; i++)
         CHECK_OK(fm_store_put_batch(st, &c, &bt[i], e[i].data, e[i].len));
-    CHECK_OK(fm_store_put_feed(st, &c, apk, 3, bt[3].hash));
-    CHECK_OK(fm_store_put_feed(st, &c, bpk, 2, bt[2].hash));
+    CHECK_OK(fm_store_put_batch(st, &o, &bt[4], e[4].data, e[4].len));
     memset(c.xor_hash, 0xab, sizeof c.xor_hash);
     c.live = 5;
     c.conflicts = 1;
@@ -650,8 +663,9 @@ static void test_each_batch_order_and_load_state(void)
     seen stop = {.stop_after = 2};
     CHECK_RC(fm_store_each_batch(st, &c, on_batch, &stop), 99);
     CHECK_EQ_INT(stop.n, 2);
-    CHECK_EQ_INT(fm_store_batch_count(st), 4);
-    /* The aggregates and feed heads come back into a fresh state. */
+    CHECK_EQ_INT(fm_store_batch_count(st), 5);
+    /* The aggregates come back into a fresh state, and per feed its last batch in the log as
+     * its head. */
     fm_state fs;
     fm_state_init(&fs, NULL);
     CHECK_OK(fm_store_load_state(st, &fs));
@@ -664,18 +678,74 @@ static void test_each_batch_order_and_load_state(void)
         CHECK_MEM(lc->xor_hash, c.xor_hash, FM_HASH_BYTES);
         CHECK_EQ_INT(fm_vv_get(&lc->vv, apk), 3);
         CHECK_EQ_INT(fm_vv_get(&lc->vv, bpk), 2);
+        CHECK_EQ_INT(lc->vv.n, 2);
         const fm_feed *f = fm_coll_feed(&fs, lc, apk);
         CHECK(f && f->seq == 3);
         if (f)
             CHECK_MEM(f->head, bt[3].hash, FM_HASH_BYTES);
+        f = fm_coll_feed(&fs, lc, bpk);
+        CHECK(f && f->seq == 2);
+        if (f)
+            CHECK_MEM(f->head, bt[2].hash, FM_HASH_BYTES);
     }
-    CHECK_EQ_INT(fs.ops, 5);
+    fm_coll *lo = fm_state_coll(&fs, (const uint8_t *)"o", 1);
+    CHECK(lo != NULL);
+    if (lo) {
+        CHECK_EQ_INT(lo->vv.n, 1);
+        CHECK_EQ_INT(fm_vv_get(&lo->vv, bpk), 4);
+        const fm_feed *f = fm_coll_feed(&fs, lo, bpk);
+        CHECK(f && f->seq == 4);
+        if (f)
+            CHECK_MEM(f->head, bt[4].hash, FM_HASH_BYTES);
+    }
+    CHECK_EQ_INT(fs.ops, 9);
     fm_state_free(&fs);
-    for (int i = 0; i < 4; i++)
+    for (int i = 0; i < 5; i++)
         fm_buf_free(&e[i]), fm_batch_free(&bt[i]);
     fm_identity_free(a);
     fm_identity_free(b);
     fm_store_close(st);
+}
+
+/* Feed heads are read from the log: a log row whose author or hash has the wrong length, or
+ * whose seq is not positive, makes loading fail with FM_ESTORE rather than yield a bad head. */
+static void test_load_state_bad_log_rows(void)
+{
+    static const char *const corrupt[] = {
+        "UPDATE batches SET hash = x'01'",
+        "UPDATE batches SET author = x'0102'",
+        "UPDATE batches SET last_seq = 0, first_seq = 0",
+    };
+    for (size_t k = 0; k < FM_ARRAY_LEN(corrupt); k++) {
+        tmp_setup();
+        char db[512];
+        path_of("store.db", db, sizeof db);
+        fm_store *st;
+        CHECK_OK(fm_store_open(db, &st));
+        fm_identity *a = ident(40);
+        fm_coll c = {.name = "c", .name_len = 1};
+        fm_buf e;
+        fm_batch bt;
+        fm_buf_init(&e);
+        fm_batch_init(&bt);
+        make_batch(a, "c", 1, NULL, 1, &e, &bt);
+        CHECK_OK(fm_store_begin(st));
+        CHECK_OK(fm_store_coll_ensure(st, &c));
+        CHECK_OK(fm_store_put_batch(st, &c, &bt, e.data, e.len));
+        CHECK_OK(fm_store_commit(st));
+        fm_store_close(st);
+        CHECK_EQ_INT(sql_exec(db, corrupt[k]), SQLITE_OK);
+        CHECK_OK(fm_store_open(db, &st));
+        fm_state fs;
+        fm_state_init(&fs, NULL);
+        CHECK_RC(fm_store_load_state(st, &fs), FM_ESTORE);
+        fm_state_free(&fs);
+        fm_store_close(st);
+        fm_buf_free(&e);
+        fm_batch_free(&bt);
+        fm_identity_free(a);
+        tmp_teardown();
+    }
 }
 
 /* Log positions by feed, and scans that start at one: only rows from there on are read, in log
@@ -973,6 +1043,7 @@ int main(void)
     RUN(test_meta);
     RUN(test_batch_at);
     RUN(test_each_batch_order_and_load_state);
+    RUN(test_load_state_bad_log_rows);
     RUN(test_batches_from);
     RUN(test_batches_from_reentrant);
     RUN(test_put_member_new);
