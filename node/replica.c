@@ -771,9 +771,14 @@ static int export_merge(fm_replica *r, const fm_coll *c, const fm_vv *theirs, fm
     uint64_t lacking = 0;
     int64_t from = INT64_MAX;
     int rc = 0;
+    /* Both vectors are sorted by author: one walk, not a search per author. */
+    uint32_t j = 0;
     for (uint32_t i = 0; i < c->vv.n && !rc; i++) {
         const fm_vv_entry *e = &c->vv.e[i];
-        uint64_t have = fm_vv_get(theirs, e->author);
+        while (j < theirs->n && fm_id_cmp(theirs->e[j].author, e->author) < 0)
+            j++;
+        uint64_t have =
+            j < theirs->n && fm_id_cmp(theirs->e[j].author, e->author) == 0 ? theirs->e[j].seq : 0;
         if (e->seq <= have)
             continue;
         if (fm_grow((void **)&cur, n, &cap, sizeof *cur)) {

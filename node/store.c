@@ -297,6 +297,7 @@ int fm_store_meta_set(fm_store *st, const char *key, const void *val, size_t len
     return run(s);
 }
 
+/* Prepares sql and binds the collection (and the author, if any) as ?1 and ?2. */
 static int prepare_feed(fm_store *st, const char *sql, const fm_coll *c, const uint8_t *author,
                         sqlite3_stmt **q)
 {
@@ -630,8 +631,6 @@ void fm_store_release_memory(fm_store *st)
 }
 
 /* ---- rebuilding a collection --------------------------------------------------------------- */
-
-/* Prepares sql and binds the collection (and the author, if any) as ?1 and ?2. */
 
 int fm_store_each_feed_batch(fm_store *st, const fm_coll *c, const uint8_t author[FM_ID_BYTES],
                              fm_store_batch_fn fn, void *arg)
