@@ -1039,6 +1039,9 @@ int fm_sim_open(const fm_sim_config *cfg, fm_sim **out)
      * first, and a worker takes the shared cache's lock only on its first sight of a hash. */
     uint32_t entries =
         FM_MIN((uint32_t)FM_SIGCACHE_MAX_ENTRIES, FM_MAX(1u << 16, 4 * (cfg->writes + 1024)));
+    /* A worker's own holds what its nodes saw (their misses go to the shared one): there are
+     * many workers, so a smaller table each. */
+    uint32_t own = FM_MIN(entries, FM_MAX(1u << 12, 2 * (cfg->writes + cfg->nodes + 1024)));
     if ((rc = fm_sigcache_new_shared(entries, &s->sigcache)))
         goto fail;
     for (uint32_t k = 0; k < s->nworkers; k++) {
@@ -1048,7 +1051,7 @@ int fm_sim_open(const fm_sim_config *cfg, fm_sim **out)
         fm_sim_heap_init(&w->heap);
         fm_buf_init(&w->rx);
         fm_buf_init(&w->opdata);
-        if ((rc = fm_sigcache_new(entries, &w->sigcache)))
+        if ((rc = fm_sigcache_new(own, &w->sigcache)))
             goto fail;
         fm_sigcache_set_parent(w->sigcache, s->sigcache);
     }

@@ -83,7 +83,7 @@ enum {
     SIM_SLOT_CHUNKS = 32,
     SIM_NODE_SLOTS = SIM_SLOT_CHUNK * SIM_SLOT_CHUNKS,
     SIM_MAX_THREADS = 16,
-    SIM_WORKERS_PER_THREAD = 8,
+    SIM_WORKERS_PER_THREAD = 32, /* small shards: a window waits less for its slowest */
 };
 
 typedef struct sim_conn {
