@@ -1037,11 +1037,12 @@ int fm_sim_open(const fm_sim_config *cfg, fm_sim **out)
     }
     /* A signature cache per worker over one shared by all: verifying is the same whoever did it
      * first, and a worker takes the shared cache's lock only on its first sight of a hash. */
+    uint64_t want = (uint64_t)cfg->writes + cfg->nodes + 1024;
     uint32_t entries =
-        FM_MIN((uint32_t)FM_SIGCACHE_MAX_ENTRIES, FM_MAX(1u << 16, 4 * (cfg->writes + 1024)));
+        (uint32_t)FM_MIN((uint64_t)FM_SIGCACHE_MAX_ENTRIES, FM_MAX(1ull << 16, 4 * want));
     /* A worker's own holds what its nodes saw (their misses go to the shared one): there are
      * many workers, so a smaller table each. */
-    uint32_t own = FM_MIN(entries, FM_MAX(1u << 12, 2 * (cfg->writes + cfg->nodes + 1024)));
+    uint32_t own = (uint32_t)FM_MIN((uint64_t)entries, FM_MAX(1ull << 12, 2 * want));
     if ((rc = fm_sigcache_new_shared(entries, &s->sigcache)))
         goto fail;
     for (uint32_t k = 0; k < s->nworkers; k++) {
