@@ -767,12 +767,11 @@ int fm_sim_run_until(fm_sim *s, uint64_t t_ms)
             FM_ASSERT(e.t >= s->now);
             s->now = e.t;
             dispatch(s, &e);
-            sim_net_flush(s);
         } else {
             uint64_t end = FM_MIN(FM_MIN(tn + s->window_us, tg), until + 1);
             run_window(s, end, busy);
-            sim_net_flush(s);
         }
+        sim_net_flush(s);
         if (!s->cfg.progress)
             continue;
         uint64_t events = s->events;
