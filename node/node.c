@@ -756,12 +756,12 @@ static void leave(fm_node *n)
             if (n->conns[i].used)
                 conn_close(n, &n->conns[i], FM_ESTORE);
     }
-    if (n->depth == 1)
+    if (n->depth == 1) {
         push_due(n);
-    if (n->depth == 1)
         n->commit_at = !n->r->txn_open ? 0
                        : n->commit_at  ? n->commit_at
                                        : now_ms(n) + FM_NODE_COMMIT_MS;
+    }
     n->depth--;
 }
 
