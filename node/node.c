@@ -86,6 +86,10 @@ typedef struct conn {
     lazy_ent *ihave; /* entries waiting for the next IHAVE */
     uint32_t nihave, cihave;
     uint64_t ihave_at; /* when they go out (0: none wait) */
+    /* The peer's own sessions, from its last PEERS: device id prefixes, ascending. */
+    bool nbr_known;
+    uint32_t nnbr;
+    uint8_t nbr[FM_PROTO_MAX_PEERS * FM_PROTO_PEER_PREFIX];
 } conn;
 
 typedef struct peer {
@@ -123,14 +127,21 @@ struct fm_node {
     uint8_t digest[FM_HASH_BYTES];
     uint64_t digest_gen, digest_ms;
     bool digest_valid;
-    int lazy_push; /* fm_node_config.lazy_push: whether we prune (conn.lazy: the peer pruned us) */
+    int lazy_push;  /* fm_node_config.lazy_push: whether we prune (conn.lazy: the peer pruned us) */
+    int push_cover; /* fm_node_config.push_cover */
     uint64_t commit_at; /* when batches a group commit holds are committed (0: none wait) */
     uint64_t rollbacks; /* the replica's rollbacks count we last saw */
     lazy_ent *missing;  /* announced, lacking: a FIFO in due order from missing_head */
     uint32_t nmissing, cmissing, missing_head;
     uint8_t (*graft_authors)[FM_ID_BYTES]; /* scratch of graft_due: FM_PROTO_MAX_IHAVE */
-    /* batches the replica applied, pushed at push_at (0: none wait) */
+    /* batches the replica applied, pushed at push_at (0: none wait): each as its length, the
+     * id prefix of the peer that sent it (zeros: none) and its bytes */
     fm_buf applied;
+    /* The BATCHES frame being ingested: its sender, and its batches not yet seen applied. */
+    const uint8_t *src_id;
+    const fm_bytes *src_arr;
+    uint32_t src_n, src_next;
+    bool peers_changed; /* our established sessions changed: PEERS is due */
     uint64_t push_at;
     uint32_t push_delay_ms;
     pump_ctx *px; /* per connection: its frame of pushed batches */
@@ -267,6 +278,7 @@ static void peer_backoff(fm_node *n, peer *p, bool failed)
 /* Forgets a connection. failed: it ended before the session was useful (the peer backs off). */
 static void conn_drop(fm_node *n, conn *c, bool failed)
 {
+    n->peers_changed |= c->hello_rcvd;
     if (c->peer >= 0) {
         peer *p = &n->peers[c->peer];
         p->conn = -1;
@@ -560,8 +572,8 @@ static int ihave_flush(fm_node *n, conn *c)
     return 0;
 }
 
-/* Announces b to a lazy peer: in one IHAVE with others within FM_NODE_IHAVE_MS. */
-static void ihave_queue(fm_node *n, conn *c, const fm_batch *b)
+/* Announces b to a peer: in one IHAVE with others that wait at most delay_ms. */
+static void ihave_queue(fm_node *n, conn *c, const fm_batch *b, uint32_t delay_ms)
 {
     if (c->nihave >= FM_PROTO_MAX_IHAVE && (c->err = ihave_flush(n, c)))
         return;
@@ -574,8 +586,9 @@ static void ihave_queue(fm_node *n, conn *c, const fm_batch *b)
     e->len = b->coll_len;
     memcpy(e->author, b->author, FM_ID_BYTES);
     e->seq = fm_batch_last_seq(b);
-    if (!c->ihave_at)
-        c->ihave_at = now_ms(n) + FM_NODE_IHAVE_MS;
+    uint64_t at = now_ms(n) + delay_ms;
+    if (!c->ihave_at || at < c->ihave_at)
+        c->ihave_at = at;
 }
 
 /* The peer pushed a batch we held already: from now on it announces instead. */
@@ -615,9 +628,10 @@ static void push_end(conn *c, pump_ctx *x)
 }
 
 /* The eager-push rule for one applied batch and one connection; x gathers the connection's
- * batches of one collection into one frame. */
+ * batches of one collection into one frame. covered: the peer that sent us the batch pushed it
+ * to this one as well (covers()), so an announcement is enough. */
 static void push_one(fm_node *n, conn *c, pump_ctx *x, const fm_batch *b, const uint8_t *data,
-                     size_t len)
+                     size_t len, bool covered)
 {
     if (!c->hello_rcvd || c->closing || c->err || peer_prio(c, b->coll, b->coll_len) < 0)
         return;
@@ -636,8 +650,9 @@ static void push_one(fm_node *n, conn *c, pump_ctx *x, const fm_batch *b, const 
     uint64_t have = fm_vv_get(&s->known, b->author);
     if (have >= fm_batch_last_seq(b))
         return;
-    if (c->lazy) {
-        ihave_queue(n, c, b);
+    if (c->lazy || (covered && (c->peer_caps & FM_CAP_LAZY))) {
+        n->st.push_covered += !c->lazy;
+        ihave_queue(n, c, b, c->lazy ? FM_NODE_IHAVE_MS : FM_NODE_COVER_IHAVE_MS);
         return;
     }
     FM_ASSERT(!x->l.s || x->l.s == s);
@@ -663,6 +678,89 @@ static void push_one(fm_node *n, conn *c, pump_ctx *x, const fm_batch *b, const 
         s->dirty = true; /* the rest from the store, in order */
 }
 
+/* ---- PEERS: who pushes to whom -------------------------------------------------------------- */
+
+/* The sender prefix of an applied batch that came in no peer's BATCHES frame. */
+static const uint8_t NO_SENDER[FM_PROTO_PEER_PREFIX];
+
+/* Our established sessions changed: every peer that understands PEERS hears the new list. */
+static void send_peers(fm_node *n)
+{
+    n->peers_changed = false;
+    uint8_t ids[FM_PROTO_MAX_PEERS * FM_PROTO_PEER_PREFIX];
+    uint32_t k = 0;
+    for (uint32_t i = 0; i < n->max_total; i++) {
+        const conn *c = &n->conns[i];
+        if (!c->used || !c->hello_rcvd || c->closing || !c->has_id)
+            continue;
+        /* Insertion into the sorted list; an id twice (two connections to one device) once. */
+        uint32_t at = 0;
+        while (at < k &&
+               memcmp(ids + at * FM_PROTO_PEER_PREFIX, c->peer_id, FM_PROTO_PEER_PREFIX) < 0)
+            at++;
+        if ((at < k &&
+             memcmp(ids + at * FM_PROTO_PEER_PREFIX, c->peer_id, FM_PROTO_PEER_PREFIX) == 0) ||
+            (at == k && k == FM_PROTO_MAX_PEERS))
+            continue; /* a list cut short only makes peers push more */
+        k -= k == FM_PROTO_MAX_PEERS;
+        memmove(ids + (at + 1) * FM_PROTO_PEER_PREFIX, ids + at * FM_PROTO_PEER_PREFIX,
+                (k - at) * FM_PROTO_PEER_PREFIX);
+        memcpy(ids + at * FM_PROTO_PEER_PREFIX, c->peer_id, FM_PROTO_PEER_PREFIX);
+        k++;
+    }
+    fm_buf *msg = &n->scratch;
+    fm_buf_reset(msg);
+    int rc = fm_proto_peers_encode(msg, ids, k);
+    FM_ASSERT(rc == 0 || rc == FM_ENOMEM);
+    for (uint32_t i = 0; !rc && i < n->max_total; i++) {
+        conn *c = &n->conns[i];
+        if (c->used && c->hello_rcvd && !c->closing && !c->err && (c->peer_caps & FM_CAP_PEERS) &&
+            (c->err = conn_send(n, c, msg)))
+            conn_close(n, c, c->err);
+    }
+}
+
+static int on_peers(conn *c, const uint8_t *p, size_t len)
+{
+    const uint8_t *ids;
+    uint32_t k;
+    int rc = fm_proto_peers_decode(p, len, &ids, &k);
+    if (rc)
+        return rc;
+    memcpy(c->nbr, ids, (size_t)k * FM_PROTO_PEER_PREFIX);
+    c->nnbr = k;
+    c->nbr_known = true;
+    return 0;
+}
+
+/* The connection a batch came in on (still open, its PEERS known), from the sender's prefix. */
+static const conn *sender_conn(const fm_node *n, const uint8_t *src)
+{
+    if (memcmp(src, NO_SENDER, FM_PROTO_PEER_PREFIX) == 0)
+        return NULL;
+    for (uint32_t i = 0; i < n->max_total; i++) {
+        const conn *c = &n->conns[i];
+        if (c->used && c->nbr_known && !c->closing && c->has_id &&
+            memcmp(c->peer_id, src, FM_PROTO_PEER_PREFIX) == 0)
+            return c;
+    }
+    return NULL;
+}
+
+/* Whether from, which pushed a batch to us, has a session with c's peer: then it pushed the
+ * batch there too, or knew the peer held it, or left it to its own sender by this same rule,
+ * back to the batch's author, who pushes to all. A push lost on the way (the connection cut
+ * with it in flight) is why the peer still gets an IHAVE: it grafts what does not come. */
+static bool covers(const conn *from, const conn *c)
+{
+    if (!c->has_id)
+        return false;
+    for (uint32_t j = 0; j < from->nnbr; j++)
+        if (memcmp(from->nbr + j * FM_PROTO_PEER_PREFIX, c->peer_id, FM_PROTO_PEER_PREFIX) == 0)
+            return true;
+    return false;
+}
+
 /* Batches the replica applied (local commits and ingests) go to every connected peer: all that
  * waited in one frame per connection and collection. */
 static void process_applied(fm_node *n)
@@ -674,13 +772,17 @@ static void process_applied(fm_node *n)
     while (off < n->applied.len) {
         uint32_t len;
         memcpy(&len, n->applied.data + off, sizeof len);
-        const uint8_t *data = n->applied.data + off + sizeof len;
-        off += sizeof len + len;
+        const uint8_t *src = n->applied.data + off + sizeof len;
+        const uint8_t *data = src + FM_PROTO_PEER_PREFIX;
+        off += sizeof len + FM_PROTO_PEER_PREFIX + len;
         if (fm_batch_peek(data, len, &n->b, false))
             continue; /* cannot happen: the replica applied it */
-        for (uint32_t i = 0; i < n->max_total; i++)
-            if (n->conns[i].used)
-                push_one(n, &n->conns[i], &n->px[i], &n->b, data, len);
+        const conn *from = n->push_cover == FM_COVER_ON ? sender_conn(n, src) : NULL;
+        for (uint32_t i = 0; i < n->max_total; i++) {
+            conn *c = &n->conns[i];
+            if (c->used)
+                push_one(n, c, &n->px[i], &n->b, data, len, from && c != from && covers(from, c));
+        }
     }
     for (uint32_t i = 0; i < n->max_total; i++) {
         if (n->conns[i].used)
@@ -720,11 +822,28 @@ static void push_due(fm_node *n)
         n->push_at = now_ms(n) + n->push_delay_ms;
 }
 
+/* The sender of an applied batch: the peer whose frame is being ingested, if the batch is one of
+ * that frame's (not one the frame let out of the pending area). They come in frame order. */
+static const uint8_t *applied_src(fm_node *n, const uint8_t *batch, size_t len)
+{
+    for (uint32_t j = n->src_id ? n->src_next : n->src_n; j < n->src_n; j++) {
+        const fm_bytes *x = &n->src_arr[j];
+        if (x->len == len && memcmp(x->data, batch, len) == 0) {
+            n->src_next = j + 1;
+            return n->src_id;
+        }
+    }
+    return NULL;
+}
+
 static void on_applied(void *arg, const uint8_t *batch, size_t len)
 {
     fm_node *n = arg;
     uint32_t l = (uint32_t)len;
-    if (fm_buf_append(&n->applied, &l, sizeof l) || fm_buf_append(&n->applied, batch, len)) {
+    const uint8_t *src = applied_src(n, batch, len);
+    if (fm_buf_append(&n->applied, &l, sizeof l) ||
+        fm_buf_append(&n->applied, src ? src : NO_SENDER, FM_PROTO_PEER_PREFIX) ||
+        fm_buf_append(&n->applied, batch, len)) {
         /* Not pushed now; anti-entropy will carry it. */
         n->applied.oom = false;
         return;
@@ -757,6 +876,8 @@ static void leave(fm_node *n)
                 conn_close(n, &n->conns[i], FM_ESTORE);
     }
     if (n->depth == 1) {
+        if (n->peers_changed)
+            send_peers(n); /* before the push: peers judge it by what we say here */
         push_due(n);
         n->commit_at = !n->r->txn_open ? 0
                        : n->commit_at  ? n->commit_at
@@ -1005,7 +1126,13 @@ static int on_batches(fm_node *n, conn *c, const uint8_t *p, size_t len)
     /* Nothing new, all of it held and recent: another peer pushes the same to us first. */
     if (dups == k && (rc = send_prune(n, c)))
         goto out;
+    n->src_id = c->has_id ? c->peer_id : NULL;
+    n->src_arr = arr;
+    n->src_n = keep;
+    n->src_next = 0;
     int applied = keep ? fm_replica_ingest(n->r, arr, keep, res) : 0;
+    n->src_id = NULL;
+    n->src_n = 0;
     if (applied < 0) {
         node_log(n, FM_LOG_ERROR, "ingest failed: %s (%s)", fm_strerror(applied),
                  fm_store_errmsg(n->r->store));
@@ -1353,6 +1480,7 @@ static int on_hello(fm_node *n, conn *c, const uint8_t *p, size_t len)
         c->npeer_subs = h->nsubs;
     }
     c->hello_rcvd = true;
+    n->peers_changed = true;
     uint8_t mine[FM_HASH_BYTES];
     uint32_t count;
     if ((rc = fm__replica_member_digest(n->r, mine, &count)))
@@ -1496,6 +1624,9 @@ static void on_frame(void *arg, const uint8_t *data, size_t len)
             break;
         case FM_MSG_GRAFT:
             rc = on_graft(n, c, data, len);
+            break;
+        case FM_MSG_PEERS:
+            rc = on_peers(c, data, len);
             break;
         default:
             break; /* unknown types are ignored: a newer peer may send more */
@@ -2069,6 +2200,7 @@ int fm_node_open(const fm_node_config *cfg, fm_node **out)
     n->idle_ms = cfg->idle_timeout_ms ? cfg->idle_timeout_ms : 3 * n->ae_ms;
     n->window = cfg->window_bytes ? cfg->window_bytes : FM_NODE_DEFAULT_WINDOW;
     n->lazy_push = cfg->lazy_push;
+    n->push_cover = cfg->push_cover;
     n->push_delay_ms = cfg->push_delay_ms == FM_NODE_PUSH_AT_ONCE ? 0
                        : cfg->push_delay_ms                       ? cfg->push_delay_ms
                                                                   : FM_NODE_DEFAULT_PUSH_DELAY_MS;
@@ -2082,7 +2214,8 @@ int fm_node_open(const fm_node_config *cfg, fm_node **out)
     int rc = 0;
     if (n->window < FM_PROTO_MIN_WINDOW || n->window > FM_PROTO_MAX_WINDOW || n->bmin > n->bmax ||
         n->idle_ms <= n->ae_ms || n->lazy_push < FM_LAZY_AUTO || n->lazy_push > FM_LAZY_OFF ||
-        n->push_delay_ms > FM_NODE_MAX_PUSH_DELAY_MS)
+        n->push_delay_ms > FM_NODE_MAX_PUSH_DELAY_MS || n->push_cover < FM_COVER_ON ||
+        n->push_cover > FM_COVER_OFF)
         rc = FM_EINVAL;
     if (!rc)
         rc = copy_subs(n, cfg);

@@ -64,12 +64,16 @@ typedef struct fm_node_config {
     /* How long applied batches wait to be pushed, together: 0 = FM_NODE_DEFAULT_PUSH_DELAY_MS,
      * FM_NODE_PUSH_AT_ONCE = no wait, at most FM_NODE_MAX_PUSH_DELAY_MS. */
     uint32_t push_delay_ms;
+    /* FM_COVER_ON (0): a batch is announced, not pushed, to a peer that the peer it came from
+     * has a session with (docs/PROTOCOL.md §8.8); FM_COVER_OFF pushes it anyway. */
+    int push_cover;
 } fm_node_config;
 
 /* Lazy push (docs/PROTOCOL.md §8.8) trades latency for airtime: a node prunes redundant pushers,
  * which then announce instead, and a broken tree costs a graft's delay. AUTO prunes only on BLE
  * connections ("ble:" addresses), where bytes are scarce; IP connections flood. */
 enum { FM_LAZY_AUTO = 0, FM_LAZY_ON = 1, FM_LAZY_OFF = 2 };
+enum { FM_COVER_ON = 0, FM_COVER_OFF = 1 };
 #define FM_NODE_CONFIG_VERSION 1
 
 enum {
@@ -92,6 +96,10 @@ enum {
     /* Lazy push: announcements to a pruned peer wait this long to share one IHAVE; a batch
      * announced to us and still lacking this long after is grafted (docs/PROTOCOL.md). */
     FM_NODE_IHAVE_MS = 25,
+    /* A batch a peer's PEERS says it pushed to another of our peers is announced to that one,
+     * not pushed (docs/PROTOCOL.md §8.8): it nearly always arrives first, so the IHAVE can wait
+     * longer and spares a graft of what is merely slow. */
+    FM_NODE_COVER_IHAVE_MS = 250,
     FM_NODE_GRAFT_MS = 400,
     FM_NODE_MAX_MISSING = 4096,  /* announced batches awaited at once */
     FM_NODE_EAGER_MIN = 3,       /* peers never pruned: they push to us */
@@ -191,6 +199,9 @@ typedef struct fm_node_stats {
     uint64_t ihave_out;              /* batches announced to lazy peers instead of sent */
     uint64_t prunes_out, grafts_out; /* lazy push: peers told to announce / to push again */
     uint64_t grafts_in;
+    /* batches not pushed to a peer because the peer that sent them to us has a session with it
+     * (its PEERS said so): that peer pushed them there itself */
+    uint64_t push_covered;
     uint32_t conns; /* open connections */
 } fm_node_stats;
 void fm_node_stats_get(const fm_node *n, fm_node_stats *out);

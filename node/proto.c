@@ -379,3 +379,43 @@ int fm_proto_prune_decode(const uint8_t *p, size_t len)
         return r.err;
     return 0;
 }
+
+/* ---- PEERS ----------------------------------------------------------------------------------- */
+
+/* Strictly ascending: one canonical form, and no entry twice. */
+static bool peers_sorted(const uint8_t *p, uint32_t n)
+{
+    for (uint32_t i = 1; i < n; i++)
+        if (memcmp(p + (i - 1) * FM_PROTO_PEER_PREFIX, p + i * FM_PROTO_PEER_PREFIX,
+                   FM_PROTO_PEER_PREFIX) >= 0)
+            return false;
+    return true;
+}
+
+int fm_proto_peers_encode(fm_buf *out, const uint8_t *prefixes, uint32_t n)
+{
+    if (n > FM_PROTO_MAX_PEERS || (n && !prefixes) || !peers_sorted(prefixes, n))
+        return FM_EINVAL;
+    fm_wr w;
+    fm_wr_init(&w, out);
+    msgpack_pack_array(FM_PK(&w), 2);
+    msgpack_pack_uint64(FM_PK(&w), FM_MSG_PEERS);
+    fm_wr_bin(&w, prefixes, n * FM_PROTO_PEER_PREFIX);
+    return wr_done(out);
+}
+
+int fm_proto_peers_decode(const uint8_t *p, size_t len, const uint8_t **prefixes, uint32_t *n)
+{
+    fm_rd r;
+    const uint8_t *b;
+    uint32_t blen;
+    fm_rd_init(&r, p, len);
+    if (rd_head(&r, FM_MSG_PEERS, 2) ||
+        fm_rd_bin(&r, &b, &blen, FM_PROTO_MAX_PEERS * FM_PROTO_PEER_PREFIX) || fm_rd_end(&r))
+        return r.err;
+    if (blen % FM_PROTO_PEER_PREFIX || !peers_sorted(b, blen / FM_PROTO_PEER_PREFIX))
+        return FM_EDECODE;
+    *prefixes = b;
+    *n = blen / FM_PROTO_PEER_PREFIX;
+    return 0;
+}

@@ -15,7 +15,9 @@
  *   PRUNE   [8]                                         push IHAVE to me, not BATCHES
  *   GRAFT   [9, name, [[author, from_seq]...]]          push BATCHES to me again, and those
  *                                                       feeds from from_seq now
- * IHAVE, PRUNE and GRAFT go only to peers with FM_CAP_LAZY.
+ *   PEERS   [10, prefixes]                              the sender's established sessions:
+ *                                                       8-byte device id prefixes, ascending
+ * IHAVE, PRUNE and GRAFT go only to peers with FM_CAP_LAZY, PEERS only to FM_CAP_PEERS.
  */
 #ifndef FM_PROTO_H
 #define FM_PROTO_H
@@ -29,7 +31,8 @@ enum {
     FM_PROTO_MAX = 1,
     FM_CAP_MEMBERS = 1 << 0, /* understands MEMBERS */
     FM_CAP_LAZY = 1 << 1,    /* understands IHAVE, PRUNE and GRAFT */
-    FM_CAPS = FM_CAP_MEMBERS | FM_CAP_LAZY,
+    FM_CAP_PEERS = 1 << 2,   /* understands PEERS */
+    FM_CAPS = FM_CAP_MEMBERS | FM_CAP_LAZY | FM_CAP_PEERS,
 
     FM_MSG_HELLO = 1,
     FM_MSG_SUMMARY = 2,
@@ -40,6 +43,7 @@ enum {
     FM_MSG_IHAVE = 7,
     FM_MSG_PRUNE = 8,
     FM_MSG_GRAFT = 9,
+    FM_MSG_PEERS = 10,
 
     FM_VECTOR_REPLY = 1,
 
@@ -52,6 +56,8 @@ enum {
     FM_PROTO_MEMBERS_PER_FRAME = 256,
     FM_PROTO_MAX_MEMBER_BYTES = 256, /* one certificate or revocation */
     FM_PROTO_MAX_IHAVE = 1024,       /* entries in one IHAVE */
+    FM_PROTO_PEER_PREFIX = 8,        /* bytes of a device id in PEERS */
+    FM_PROTO_MAX_PEERS = 64,         /* entries in one PEERS */
 };
 
 _Static_assert(FM_PROTO_BATCHES_TARGET + 64 <= FM_MAX_BATCH_BYTES, "target fits a frame");
@@ -129,6 +135,11 @@ int fm_proto_prune_decode(const uint8_t *p, size_t len);
 void fm_proto_graft_begin(fm_wr *w, const uint8_t *name, uint32_t len, uint32_t n);
 int fm_proto_graft_decode(const uint8_t *p, size_t len, fm_proto_name *name, fm_ihave_entry *out,
                           uint32_t *n);
+
+/* PEERS: n (0..FM_PROTO_MAX_PEERS) prefixes of FM_PROTO_PEER_PREFIX bytes, strictly ascending. */
+int fm_proto_peers_encode(fm_buf *out, const uint8_t *prefixes, uint32_t n);
+/* *prefixes borrows from p. */
+int fm_proto_peers_decode(const uint8_t *p, size_t len, const uint8_t **prefixes, uint32_t *n);
 
 void fm_proto_members_begin(fm_wr *w, uint32_t n);
 /* Fills out[] (at most FM_PROTO_MEMBERS_PER_FRAME) with borrowed records. */

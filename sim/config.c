@@ -200,7 +200,10 @@ static int flag(fm_sim_config *c, const char *f, const char *v, char *err, size_
     else if (!strcmp(f, "--push-delay-ms"))
         NEED(parse_u32(v, &c->push_delay_ms) && c->push_delay_ms <= FM_NODE_MAX_PUSH_DELAY_MS,
              "0..1000 (0: push at once)");
-    else if (!strcmp(f, "--max-conns"))
+    else if (!strcmp(f, "--cover")) {
+        NEED(!strcmp(v, "on") || !strcmp(v, "off"), "on or off");
+        c->no_cover = !strcmp(v, "off");
+    } else if (!strcmp(f, "--max-conns"))
         NEED(parse_u32(v, &c->max_conns) && c->max_conns <= FM_NODE_MAX_CONNS, "1..256");
     else if (!strcmp(f, "--speed"))
         NEED(parse_double(v, 0, 1, &c->speed), "unit-square widths per second");

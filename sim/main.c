@@ -16,6 +16,7 @@ static void usage(FILE *f)
             "flags:\n"
             "  --nodes N --topology full|line|ring|grid|random|rgg --degree K --speed V\n"
             "  --link lan|wifi|ble --loss P --max-conns N --anti-entropy-ms MS --push-delay-ms MS\n"
+            "  --cover on|off\n"
             "  --churn P --churn-period S --partition START:END[:GROUPS] --crash P\n"
             "  --skew-max MS --skew-nodes K --offline NODE:START:END\n"
             "  --writes N --write-phase S --writer NODE --conflict-rate P --hot-records N\n"

@@ -220,7 +220,8 @@ static int node_core_open(fm_sim *s, sim_node *sn)
         .push_delay_ms = s->cfg.push_delay_ms ? s->cfg.push_delay_ms : FM_NODE_PUSH_AT_ONCE,
         /* sim addresses name no transport: what AUTO would do on these links */
         .lazy_push =
-            s->cfg.link.name && strcmp(s->cfg.link.name, "ble") == 0 ? FM_LAZY_ON : FM_LAZY_OFF};
+            s->cfg.link.name && strcmp(s->cfg.link.name, "ble") == 0 ? FM_LAZY_ON : FM_LAZY_OFF,
+        .push_cover = s->cfg.no_cover ? FM_COVER_OFF : FM_COVER_ON};
     int rc = fm_node_open(&nc, &sn->n);
     if (rc)
         return rc;
@@ -244,6 +245,7 @@ static void stats_add(fm_node_stats *acc, const fm_node_stats *x)
     acc->ihave_out += x->ihave_out;
     acc->prunes_out += x->prunes_out;
     acc->grafts_out += x->grafts_out;
+    acc->push_covered += x->push_covered;
 }
 
 /* Closes node and replica. A crash: peers see their connections drop, the node is told nothing
@@ -1251,6 +1253,7 @@ static void collect_stats(fm_sim *s, fm_sim_result *r)
         r->ihave += st.ihave_out;
         r->prunes += st.prunes_out;
         r->grafts += st.grafts_out;
+        r->covered += st.push_covered;
     }
 }
 

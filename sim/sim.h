@@ -91,6 +91,7 @@ typedef struct fm_sim_config {
     uint32_t anti_entropy_ms, max_conns;
     uint32_t threads;       /* --threads; 0: one per CPU (the run is the same for any count) */
     uint32_t push_delay_ms; /* --push-delay-ms; 0: push at once */
+    bool no_cover;          /* --cover off: push what a sender's PEERS covers anyway */
     double speed;           /* rgg: unit-square widths per second */
     fm_sim_window offline[FM_SIM_MAX_SPECIAL];
     uint32_t noffline;
@@ -117,6 +118,7 @@ typedef struct fm_sim_result {
     uint64_t sessions_ok, sessions_failed, conns_opened, connects_failed;
     uint64_t batches_in, batches_out, batches_dup, batches_refused, frames;
     uint64_t ihave, prunes, grafts; /* lazy push: batches announced, peers pruned, grafted */
+    uint64_t covered; /* pushes left out: the batch's sender has a session with that peer */
     uint64_t conflicts_min, conflicts_max, forked_min, forked_max;
     uint64_t events, node_calls, crashes;
     double coverage;

@@ -218,8 +218,27 @@ static int prune(const uint8_t *data, size_t size)
     return 0;
 }
 
+/* A decoded PEERS re-encodes to the same bytes: sorted, in bounds, canonical. */
+static int peers(const uint8_t *data, size_t size)
+{
+    const uint8_t *ids;
+    uint32_t n;
+    int rc = fm_proto_peers_decode(data, size, &ids, &n);
+    if (rc)
+        return rc;
+    if (n > FM_PROTO_MAX_PEERS)
+        abort();
+    fm_buf out;
+    fm_buf_init(&out);
+    if (fm_proto_peers_encode(&out, ids, n) != 0)
+        abort();
+    same_bytes(&out, data, size);
+    fm_buf_free(&out);
+    return 0;
+}
+
 static int (*const decoders[])(const uint8_t *, size_t) = {
-    NULL, hello, summary, vector, batches, ack, members, ihave, prune, graft,
+    NULL, hello, summary, vector, batches, ack, members, ihave, prune, graft, peers,
 };
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
@@ -228,11 +247,11 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     uint64_t type = 0;
     int trc = fm_proto_type(data, size, &type);
     int typed = 1;
-    if (trc == 0 && type >= FM_MSG_HELLO && type <= FM_MSG_GRAFT)
+    if (trc == 0 && type >= FM_MSG_HELLO && type <= FM_MSG_PEERS)
         typed = decoders[type](data, size);
     /* every decoder regardless: at most one accepts, and only a frame of its own type */
     int accepted = 0;
-    for (uint64_t t = FM_MSG_HELLO; t <= FM_MSG_GRAFT; t++) {
+    for (uint64_t t = FM_MSG_HELLO; t <= FM_MSG_PEERS; t++) {
         if (decoders[t](data, size) != 0)
             continue;
         accepted++;

@@ -4,6 +4,8 @@
  */
 #include "fm_test.h"
 
+#include <stddef.h>
+
 #include "crdt/base.h"
 #include "node/node.h"
 #include "node/proto.h"
@@ -427,7 +429,7 @@ static void test_lazy_push(void)
     /* five in a full mesh: four connections each, one more than FM_NODE_EAGER_MIN */
     fm_node_config on[5];
     for (int i = 0; i < 5; i++)
-        on[i] = (fm_node_config){.lazy_push = FM_LAZY_ON};
+        on[i] = (fm_node_config){.lazy_push = FM_LAZY_ON, .push_cover = FM_COVER_OFF};
     world_open(5, on);
     lazy_rounds();
     uint64_t prunes = 0, ihave = 0, dups_late = 0;
@@ -445,7 +447,10 @@ static void test_lazy_push(void)
     CHECK_EQ_INT(status_of(3).ops, 6 * 2 * 2);
     world_close();
     /* AUTO floods over IP connections ("n:" addresses here): nobody is pruned. */
-    world_open(5, NULL);
+    fm_node_config flood[5];
+    for (int i = 0; i < 5; i++)
+        flood[i] = (fm_node_config){.push_cover = FM_COVER_OFF};
+    world_open(5, flood);
     lazy_rounds();
     for (int i = 0; i < 5; i++) {
         fm_node_stats st;
@@ -454,6 +459,111 @@ static void test_lazy_push(void)
         CHECK_EQ_INT(st.ihave_out, 0);
         check_same(0, i);
     }
+    world_close();
+}
+
+/* Cuts the connection between nodes a and b, as a link that dies: both ends hear of it, and
+ * what was queued on it is lost. */
+static void cut_link(int a, int b)
+{
+    for (fm_conn_id id = 1; id < W.next_conn; id++) {
+        tend *x = &W.ends[id];
+        if (!x->open || x->node != a || W.ends[x->peer].node != b)
+            continue;
+        x->open = false;
+        W.ends[x->peer].open = false;
+        fm_node_conn_closed(W.n[a].node, id);
+        fm_node_conn_closed(W.n[b].node, x->peer);
+    }
+}
+
+static uint64_t sum_stat(size_t off)
+{
+    uint64_t sum = 0;
+    for (int i = 0; i < W.count; i++) {
+        fm_node_stats st;
+        fm_node_stats_get(W.n[i].node, &st);
+        uint64_t v;
+        memcpy(&v, (const uint8_t *)&st + off, sizeof v);
+        sum += v;
+    }
+    return sum;
+}
+#define SUM(field) sum_stat(offsetof(fm_node_stats, field))
+
+/* PEERS: in a full mesh, a relay announces rather than pushes to the peers its sender has a
+ * session with, so a write reaches each node once, at once; the announcements then find
+ * nothing missing. */
+static void test_push_cover(void)
+{
+    fm_node_config cfg[4];
+    for (int i = 0; i < 4; i++)
+        cfg[i] = (fm_node_config){.anti_entropy_ms = 10000};
+    world_open(4, cfg);
+    for (int a = 0; a < 4; a++)
+        for (int b = a + 1; b < 4; b++)
+            link_static(a, b);
+    run_until(T0 + 3000);
+    uint64_t dup0 = SUM(batches_dup), in0 = SUM(batches_in);
+    for (int round = 0; round < 4; round++) {
+        uint64_t before = W.now;
+        CHECK_OK(write_n(round, "notes", round % 2 ? "odd" : "even", 2));
+        drain();
+        CHECK_EQ_INT(W.now, before); /* no timer fired */
+        for (int i = 1; i < 4; i++)
+            check_same(0, i);
+        run_until(W.now + FM_NODE_COVER_IHAVE_MS + FM_NODE_GRAFT_MS + 1);
+    }
+    CHECK_EQ_INT(status_of(3).ops, 4 * 2 * 2);
+    /* write_n commits each record apart: 8 batches, each to each other node once */
+    CHECK_EQ_INT(SUM(batches_in) - in0, 8 * 3);
+    CHECK_EQ_INT(SUM(batches_dup), dup0);
+    CHECK_EQ_INT(SUM(push_covered), 8 * 3 * 2); /* each receiver covered two peers */
+    CHECK(SUM(ihave_out) >= 8 * 3 * 2);
+    CHECK_EQ_INT(SUM(grafts_out), 0);
+    world_close();
+
+    /* The same mesh, pushing anyway: every relay pushes to both other peers. */
+    for (int i = 0; i < 4; i++)
+        cfg[i].push_cover = FM_COVER_OFF;
+    world_open(4, cfg);
+    for (int a = 0; a < 4; a++)
+        for (int b = a + 1; b < 4; b++)
+            link_static(a, b);
+    run_until(T0 + 3000);
+    in0 = SUM(batches_in);
+    CHECK_OK(write_n(0, "notes", "x", 1));
+    drain();
+    CHECK_EQ_INT(SUM(batches_in) - in0, 3 + 3 * 2);
+    CHECK_EQ_INT(SUM(push_covered), 0);
+    world_close();
+}
+
+/* A covered push lost on a dying link: the announcements of the other relays make the node
+ * graft it, long before anti-entropy would. */
+static void test_push_cover_lost(void)
+{
+    fm_node_config cfg[4];
+    for (int i = 0; i < 4; i++)
+        cfg[i] = (fm_node_config){
+            .anti_entropy_ms = 10000, .backoff_min_ms = 30000, .backoff_max_ms = 60000};
+    world_open(4, cfg);
+    for (int a = 0; a < 4; a++)
+        for (int b = a + 1; b < 4; b++)
+            link_static(a, b);
+    run_until(T0 + 3000);
+    uint64_t before = W.now;
+    CHECK_OK(write_n(0, "notes", "x", 1));
+    /* Node 0's pushes are queued; the one to node 2 dies with the link. Nodes 1 and 3 still
+     * hold node 0's PEERS naming node 2 when the batch reaches them. */
+    cut_link(0, 2);
+    drain();
+    CHECK_EQ_INT(status_of(1).ops, 2);
+    CHECK_EQ_INT(status_of(2).ops, 0);
+    run_until(before + FM_NODE_COVER_IHAVE_MS + FM_NODE_GRAFT_MS + 50);
+    CHECK_EQ_INT(status_of(2).ops, 2);
+    CHECK(SUM(grafts_out) >= 1);
+    CHECK(W.now < before + 1000); /* neither anti-entropy nor a redial did it */
     world_close();
 }
 
@@ -774,6 +884,8 @@ int main(void)
     RUN(test_push_delay);
     RUN(test_group_commit_deadline);
     RUN(test_lazy_push);
+    RUN(test_push_cover);
+    RUN(test_push_cover_lost);
     RUN(test_symmetric_dial);
     RUN(test_push_after_catch_up);
     RUN(test_prefers_ip_over_ble);

@@ -101,7 +101,7 @@ static int decode_as(uint64_t type, const uint8_t *p, size_t len)
     FM_ASSERT(h && arr);
     fm_ihave_entry *ih = calloc(FM_PROTO_MAX_IHAVE, sizeof *ih);
     FM_ASSERT(ih);
-    int r[10];
+    int r[11];
     r[1] = fm_proto_hello_decode(p, len, h);
     r[2] = fm_proto_summary_decode(p, len, &u, NULL, NULL);
     r[3] = fm_proto_vector_decode(p, len, &v);
@@ -111,7 +111,9 @@ static int decode_as(uint64_t type, const uint8_t *p, size_t len)
     r[7] = fm_proto_ihave_decode(p, len, &name, ih, &n);
     r[8] = fm_proto_prune_decode(p, len);
     r[9] = fm_proto_graft_decode(p, len, &name, ih, &n);
-    if (type >= 1 && type <= 9)
+    const uint8_t *ids;
+    r[10] = fm_proto_peers_decode(p, len, &ids, &n);
+    if (type >= 1 && type <= 10)
         rc = r[type];
     free(ih);
     fm_vv_free(&v.vv);
@@ -135,7 +137,8 @@ typedef struct samples {
     size_t cert_len, rev_len;
     /* the messages */
     fm_buf hello, hello_all, hello_none, summary, summary_empty, vector, vector_reply, batches, ack,
-        members, ihave, prune, graft;
+        members, ihave, prune, graft, peers;
+    uint8_t prefixes[2 * FM_PROTO_PEER_PREFIX]; /* of a and b, ascending */
 } samples;
 
 static void op_enc(fm_buf *ops, fm_op_type t, const char *id, const char *field, fm_value v)
@@ -262,6 +265,11 @@ static void make_messages(samples *s)
     fm_wr_init(&w, &s->graft);
     fm_proto_graft_begin(&w, (const uint8_t *)"notes", 5, 1);
     fm_proto_ihave_entry(&w, s->b, 301);
+
+    bool a_first = memcmp(s->a, s->b, FM_PROTO_PEER_PREFIX) < 0;
+    memcpy(s->prefixes, a_first ? s->a : s->b, FM_PROTO_PEER_PREFIX);
+    memcpy(s->prefixes + FM_PROTO_PEER_PREFIX, a_first ? s->b : s->a, FM_PROTO_PEER_PREFIX);
+    CHECK_OK(fm_proto_peers_encode(&s->peers, s->prefixes, 2));
 }
 
 static void samples_init(samples *s)
@@ -278,9 +286,10 @@ static void samples_init(samples *s)
     CHECK_OK(fm_vv_set(&s->vv_notes, s->b, 300));
     CHECK_OK(fm_vv_digest(&s->vv_empty, s->d_empty));
     CHECK_OK(fm_vv_digest(&s->vv_notes, s->d_notes));
-    fm_buf *bufs[] = {&s->batch1,  &s->batch2,        &s->hello,  &s->hello_all,    &s->hello_none,
-                      &s->summary, &s->summary_empty, &s->vector, &s->vector_reply, &s->batches,
-                      &s->ack,     &s->members,       &s->ihave,  &s->prune,        &s->graft};
+    fm_buf *bufs[] = {&s->batch1,       &s->batch2,  &s->hello,         &s->hello_all,
+                      &s->hello_none,   &s->summary, &s->summary_empty, &s->vector,
+                      &s->vector_reply, &s->batches, &s->ack,           &s->members,
+                      &s->ihave,        &s->prune,   &s->graft,         &s->peers};
     for (size_t i = 0; i < FM_ARRAY_LEN(bufs); i++)
         fm_buf_init(bufs[i]);
     make_batches(s, a);
@@ -293,9 +302,10 @@ static void samples_init(samples *s)
 
 static void samples_free(samples *s)
 {
-    fm_buf *bufs[] = {&s->batch1,  &s->batch2,        &s->hello,  &s->hello_all,    &s->hello_none,
-                      &s->summary, &s->summary_empty, &s->vector, &s->vector_reply, &s->batches,
-                      &s->ack,     &s->members,       &s->ihave,  &s->prune,        &s->graft};
+    fm_buf *bufs[] = {&s->batch1,       &s->batch2,  &s->hello,         &s->hello_all,
+                      &s->hello_none,   &s->summary, &s->summary_empty, &s->vector,
+                      &s->vector_reply, &s->batches, &s->ack,           &s->members,
+                      &s->ihave,        &s->prune,   &s->graft,         &s->peers};
     for (size_t i = 0; i < FM_ARRAY_LEN(bufs); i++)
         fm_buf_free(bufs[i]);
     fm_vv_free(&s->vv_notes);
@@ -325,6 +335,7 @@ static size_t sample_list(const samples *s, sample_msg out[16])
     out[n++] = (sample_msg){"ihave", FM_MSG_IHAVE, &s->ihave};
     out[n++] = (sample_msg){"prune", FM_MSG_PRUNE, &s->prune};
     out[n++] = (sample_msg){"graft", FM_MSG_GRAFT, &s->graft};
+    out[n++] = (sample_msg){"peers", FM_MSG_PEERS, &s->peers};
     return n;
 }
 
@@ -393,7 +404,7 @@ static void test_hello_roundtrip(void)
     CHECK_OK(fm_proto_hello_decode(s.hello.data, s.hello.len, h));
     CHECK_EQ_INT(h->proto_min, 1);
     CHECK_EQ_INT(h->proto_max, 1);
-    CHECK_EQ_INT(h->caps, FM_CAP_MEMBERS | FM_CAP_LAZY);
+    CHECK_EQ_INT(h->caps, FM_CAP_MEMBERS | FM_CAP_LAZY | FM_CAP_PEERS);
     CHECK_EQ_INT(h->window, FM_NODE_DEFAULT_WINDOW);
     CHECK(!h->subs_all);
     CHECK_EQ_INT(h->nsubs, 3);
@@ -419,10 +430,10 @@ static void test_hello_roundtrip(void)
     hello_roundtrip(&s.hello_all);
     hello_roundtrip(&s.hello_none);
 
-    /* the layout, by hand: [1, 1, 1, 3, 4096, nil, bin32 zeros, 0] */
+    /* the layout, by hand: [1, 1, 1, 7, 4096, nil, bin32 zeros, 0] */
     fm_buf want;
     fm_buf_init(&want);
-    put_hex(&want, "98 01 01 01 03 cd 10 00 c0 c4 20");
+    put_hex(&want, "98 01 01 01 07 cd 10 00 c0 c4 20");
     for (int i = 0; i < 32; i++)
         fm_buf_putc(&want, 0);
     fm_buf_putc(&want, 0);
@@ -1241,6 +1252,55 @@ static void test_bit_flips(void)
     samples_free(&s);
 }
 
+/* PEERS: the layout by hand, and what it refuses. */
+static void test_peers_message(void)
+{
+    samples s;
+    samples_init(&s);
+    const uint8_t *ids;
+    uint32_t n = 99;
+    CHECK_OK(fm_proto_peers_decode(s.peers.data, s.peers.len, &ids, &n));
+    CHECK_EQ_INT(n, 2);
+    CHECK_MEM(ids, s.prefixes, sizeof s.prefixes);
+    CHECK_EQ_INT(s.peers.len, 4 + 16);
+    CHECK_MEM(s.peers.data, "\x92\x0a\xc4\x10", 4);
+    /* none: a node whose only session is with the receiver */
+    CHECK_OK(lazy_hex(FM_MSG_PEERS, "92 0a c4 00"));
+    CHECK_OK(lazy_hex(FM_MSG_PEERS, "92 0a c4 10 00 00 00 00 00 00 00 01 00 00 00 00 00 00 00 02"));
+    CHECK_RC(lazy_hex(FM_MSG_PEERS, "92 0a c4 10 00 00 00 00 00 00 00 02 00 00 00 00 00 00 00 01"),
+             FM_EDECODE); /* descending */
+    CHECK_RC(lazy_hex(FM_MSG_PEERS, "92 0a c4 10 00 00 00 00 00 00 00 01 00 00 00 00 00 00 00 01"),
+             FM_EDECODE); /* twice */
+    CHECK_RC(lazy_hex(FM_MSG_PEERS, "92 0a c4 07 00 00 00 00 00 00 01"), FM_EDECODE);
+    CHECK_RC(lazy_hex(FM_MSG_PEERS, "92 0a a0"), FM_EDECODE); /* a string */
+    CHECK_RC(lazy_hex(FM_MSG_PEERS, "91 0a"), FM_EDECODE);    /* no list */
+    CHECK(lazy_hex(FM_MSG_PEERS, "93 0a c4 00 00") < 0);      /* one element too many */
+    CHECK_RC(lazy_hex(FM_MSG_PEERS, "92 0a c4 08 00 00 00"), FM_ETRUNC);
+    uint8_t many[(FM_PROTO_MAX_PEERS + 1) * FM_PROTO_PEER_PREFIX];
+    memset(many, 0, sizeof many);
+    for (uint32_t i = 0; i <= FM_PROTO_MAX_PEERS; i++)
+        many[i * FM_PROTO_PEER_PREFIX + FM_PROTO_PEER_PREFIX - 1] = (uint8_t)(i + 1);
+    fm_buf b;
+    fm_buf_init(&b);
+    CHECK_OK(fm_proto_peers_encode(&b, many, FM_PROTO_MAX_PEERS));
+    CHECK_OK(fm_proto_peers_decode(b.data, b.len, &ids, &n));
+    CHECK_EQ_INT(n, FM_PROTO_MAX_PEERS);
+    fm_buf_reset(&b);
+    CHECK_RC(fm_proto_peers_encode(&b, many, FM_PROTO_MAX_PEERS + 1), FM_EINVAL);
+    fm_wr w; /* one past the bound, by hand */
+    fm_wr_init(&w, &b);
+    msgpack_pack_array(FM_PK(&w), 2);
+    msgpack_pack_uint64(FM_PK(&w), FM_MSG_PEERS);
+    fm_wr_bin(&w, many, sizeof many);
+    CHECK_RC(fm_proto_peers_decode(b.data, b.len, &ids, &n), FM_ELIMIT);
+    fm_buf_reset(&b);
+    many[FM_PROTO_PEER_PREFIX - 1] = 0xff; /* out of order */
+    CHECK_RC(fm_proto_peers_encode(&b, many, 2), FM_EINVAL);
+    CHECK_EQ_INT(b.len, 0);
+    fm_buf_free(&b);
+    samples_free(&s);
+}
+
 /* ---- golden vectors -------------------------------------------------------------------------- */
 
 static void vec_hex(fm_buf *b, const char *name, const uint8_t *p, size_t n)
@@ -1265,7 +1325,7 @@ static const char PROTO_VECTOR_HEADER[] =
     "#   {b: 300}, hlc 1700000000500 << 16, ops [[2, \"r1\", \"n\", -3], [5, \"r2\"]].\n"
     "# cert = certificate of a, name \"alpha\", perms 3, not_before = issued_at = 1700000000000,\n"
     "#   not_after 1800000000000; revocation = of b, effective_ms = issued_at = 1750000000000.\n"
-    "# hello: [1, 1, 1, caps 3, window 262144, [[\"alerts\", 0], [\"notes\", 1], [\"photos\", "
+    "# hello: [1, 1, 1, caps 7, window 262144, [[\"alerts\", 0], [\"notes\", 1], [\"photos\", "
     "2]],\n"
     "#   digest 32 x 0x5a, count 3]; hello_all: window 4096, subs nil, digest 32 x 0x00, count 0;\n"
     "#   hello_none: window 67108864, subs [], digest 32 x 0xff, count 4096.\n"
@@ -1273,7 +1333,7 @@ static const char PROTO_VECTOR_HEADER[] =
     "# vector: round 1, flags 0, acked 0, \"notes\", vv_notes; vector_reply: round 2, flags 1,\n"
     "#   acked 70000, \"alerts\", {}. batches: \"notes\", [batch1, batch2]. ack: 65536.\n"
     "# members: [cert, revocation]. ihave: \"notes\", [[a, 3], [b, 300]]. prune.\n"
-    "# graft: \"notes\", [[b, 301]].\n";
+    "# graft: \"notes\", [[b, 301]]. peers: the first 8 bytes of a and of b, ascending.\n";
 
 static void proto_vectors(fm_buf *b, const samples *s)
 {
@@ -1341,6 +1401,7 @@ int main(void)
     RUN(test_lazy_messages);
     RUN(test_truncation);
     RUN(test_bit_flips);
+    RUN(test_peers_message);
     RUN(test_golden_vectors);
     TEST_MAIN_END();
 }
