@@ -543,16 +543,61 @@ static bool send_feed(fm_node *n, pump_ctx *x, const fm_coll *coll, const uint8_
 
 /* ---- lazy push ------------------------------------------------------------------------------ */
 
+/* The entries a run of one collection starting at i covers (at most FM_PROTO_MAX_IHAVE). */
+static uint32_t ihave_run(const conn *c, uint32_t i)
+{
+    const lazy_ent *e = &c->ihave[i];
+    uint32_t k = 1;
+    while (i + k < c->nihave && k < FM_PROTO_MAX_IHAVE && c->ihave[i + k].len == e->len &&
+           memcmp(c->ihave[i + k].coll, e->coll, e->len) == 0)
+        k++;
+    return k;
+}
+
+/* ANNOUNCE to a peer that takes it: many collections' announcements in one frame. */
+static int announce_flush(fm_node *n, conn *c)
+{
+    uint32_t i = 0;
+    while (i < c->nihave) {
+        uint32_t groups = 0, total = 0;
+        for (uint32_t j = i; j < c->nihave && total < FM_PROTO_MAX_IHAVE; groups++) {
+            uint32_t k = FM_MIN(ihave_run(c, j), FM_PROTO_MAX_IHAVE - total);
+            total += k;
+            j += k;
+        }
+        fm_buf *msg = &n->scratch;
+        fm_buf_reset(msg);
+        fm_wr w;
+        fm_wr_init(&w, msg);
+        fm_proto_announce_begin(&w, groups);
+        for (uint32_t g = 0, left = total; g < groups; g++) {
+            uint32_t k = FM_MIN(ihave_run(c, i), left);
+            fm_proto_announce_group(&w, c->ihave[i].coll, c->ihave[i].len, k);
+            for (uint32_t j = 0; j < k; j++)
+                fm_proto_ihave_entry(&w, c->ihave[i + j].author, c->ihave[i + j].seq);
+            i += k;
+            left -= k;
+        }
+        int rc = conn_send(n, c, msg);
+        if (rc) {
+            c->nihave = 0;
+            return rc;
+        }
+        n->st.ihave_out += total;
+    }
+    c->nihave = 0;
+    return 0;
+}
+
 static int ihave_flush(fm_node *n, conn *c)
 {
     c->ihave_at = 0;
+    if (c->peer_caps & FM_CAP_PEERS)
+        return announce_flush(n, c);
     uint32_t i = 0;
     while (i < c->nihave) {
         const lazy_ent *e = &c->ihave[i];
-        uint32_t k = 1; /* a run of one collection */
-        while (i + k < c->nihave && k < FM_PROTO_MAX_IHAVE && c->ihave[i + k].len == e->len &&
-               memcmp(c->ihave[i + k].coll, e->coll, e->len) == 0)
-            k++;
+        uint32_t k = ihave_run(c, i);
         fm_buf *msg = &n->scratch;
         fm_buf_reset(msg);
         fm_wr w;
@@ -1230,27 +1275,50 @@ static void missing_add(fm_node *n, conn *c, const fm_proto_name *name, const fm
     m->due = now_ms(n) + FM_NODE_GRAFT_MS;
 }
 
+/* Announced entries of one collection (IHAVE, or a group of ANNOUNCE). */
+static int ihave_apply(fm_node *n, conn *c, const fm_proto_name *name, const fm_ihave_entry *e,
+                       uint32_t k)
+{
+    if (my_prio(n, name->p, name->len) < 0)
+        return 0;
+    csync *s = csync_get(c, name->p, name->len, true);
+    if (!s)
+        return FM_ENOMEM;
+    fm_coll *coll = coll_of(n, name->p, name->len);
+    for (uint32_t i = 0; i < k; i++) {
+        int rc;
+        /* The peer holds it: never push it there. */
+        if (fm_vv_get(&s->known, e[i].author) < e[i].seq &&
+            (rc = fm_vv_set(&s->known, e[i].author, e[i].seq)))
+            return rc;
+        if (!coll || !fm_vv_covers(&coll->vv, e[i].author, e[i].seq))
+            missing_add(n, c, name, &e[i]);
+    }
+    return 0;
+}
+
 static int on_ihave(fm_node *n, conn *c, const uint8_t *p, size_t len)
 {
     fm_proto_name name;
     fm_ihave_entry e[FM_PROTO_MAX_IHAVE];
     uint32_t k;
     int rc = fm_proto_ihave_decode(p, len, &name, e, &k);
-    if (rc || my_prio(n, name.p, name.len) < 0)
-        return rc;
-    csync *s = csync_get(c, name.p, name.len, true);
-    if (!s)
-        return FM_ENOMEM;
-    fm_coll *coll = coll_of(n, name.p, name.len);
-    for (uint32_t i = 0; i < k; i++) {
-        /* The peer holds it: never push it there. */
-        if (fm_vv_get(&s->known, e[i].author) < e[i].seq &&
-            (rc = fm_vv_set(&s->known, e[i].author, e[i].seq)))
-            return rc;
-        if (!coll || !fm_vv_covers(&coll->vv, e[i].author, e[i].seq))
-            missing_add(n, c, &name, &e[i]);
+    return rc ? rc : ihave_apply(n, c, &name, e, k);
+}
+
+static int on_announce(fm_node *n, conn *c, const uint8_t *p, size_t len)
+{
+    fm_proto_name names[FM_PROTO_MAX_IHAVE];
+    fm_ihave_entry e[FM_PROTO_MAX_IHAVE];
+    uint32_t k;
+    int rc = fm_proto_announce_decode(p, len, names, e, &k);
+    /* A group is a run of entries naming the same bytes of the frame. */
+    for (uint32_t i = 0, run; !rc && i < k; i += run) {
+        for (run = 1; i + run < k && names[i + run].p == names[i].p; run++)
+            ;
+        rc = ihave_apply(n, c, &names[i], &e[i], run);
     }
-    return 0;
+    return rc;
 }
 
 /* A live connection whose peer is known to hold the announced batch, or NULL. */
@@ -1627,6 +1695,9 @@ static void on_frame(void *arg, const uint8_t *data, size_t len)
             break;
         case FM_MSG_PEERS:
             rc = on_peers(c, data, len);
+            break;
+        case FM_MSG_ANNOUNCE:
+            rc = on_announce(n, c, data, len);
             break;
         default:
             break; /* unknown types are ignored: a newer peer may send more */

@@ -324,29 +324,81 @@ void fm_proto_ihave_entry(fm_wr *w, const uint8_t author[FM_ID_BYTES], uint64_t 
     msgpack_pack_uint64(FM_PK(w), seq);
 }
 
+/* One entry list of at most room entries (1..room; more is FM_ELIMIT) into out. */
+static int rd_entries(fm_rd *r, fm_ihave_entry *out, uint32_t room, uint32_t *n)
+{
+    uint32_t k;
+    if (fm_rd_array(r, &k))
+        return r->err;
+    if (k == 0)
+        return r->err = FM_EDECODE;
+    if (k > room)
+        return r->err = FM_ELIMIT;
+    for (uint32_t i = 0; i < k; i++) {
+        const uint8_t *a;
+        uint32_t alen;
+        if (fm_rd_array_exact(r, 2) || fm_rd_bin(r, &a, &alen, FM_ID_BYTES) ||
+            fm_rd_uint(r, &out[i].seq))
+            return r->err;
+        if (alen != FM_ID_BYTES || out[i].seq == 0)
+            return r->err = FM_EDECODE;
+        out[i].author = a;
+    }
+    *n = k;
+    return 0;
+}
+
 static int entries_decode(uint64_t type, const uint8_t *p, size_t len, fm_proto_name *name,
                           fm_ihave_entry *out, uint32_t *n)
 {
     fm_rd r;
-    uint32_t k;
     fm_rd_init(&r, p, len);
-    if (rd_head(&r, type, 3) || rd_name(&r, name) || fm_rd_array(&r, &k))
+    if (rd_head(&r, type, 3) || rd_name(&r, name) || rd_entries(&r, out, FM_PROTO_MAX_IHAVE, n))
         return r.err;
-    if (k == 0)
+    return fm_rd_end(&r);
+}
+
+void fm_proto_announce_begin(fm_wr *w, uint32_t ngroups)
+{
+    FM_ASSERT(ngroups >= 1 && ngroups <= FM_PROTO_MAX_IHAVE);
+    msgpack_pack_array(FM_PK(w), 2);
+    msgpack_pack_uint64(FM_PK(w), FM_MSG_ANNOUNCE);
+    msgpack_pack_array(FM_PK(w), ngroups);
+}
+
+void fm_proto_announce_group(fm_wr *w, const uint8_t *name, uint32_t len, uint32_t n)
+{
+    FM_ASSERT(n >= 1 && n <= FM_PROTO_MAX_IHAVE);
+    msgpack_pack_array(FM_PK(w), 2);
+    fm_wr_str(w, name, len);
+    msgpack_pack_array(FM_PK(w), n);
+}
+
+int fm_proto_announce_decode(const uint8_t *p, size_t len, fm_proto_name *names,
+                             fm_ihave_entry *out, uint32_t *n)
+{
+    fm_rd r;
+    uint32_t groups, total = 0;
+    fm_rd_init(&r, p, len);
+    if (rd_head(&r, FM_MSG_ANNOUNCE, 2) || fm_rd_array(&r, &groups))
+        return r.err;
+    if (groups == 0)
         return FM_EDECODE;
-    if (k > FM_PROTO_MAX_IHAVE)
+    if (groups > FM_PROTO_MAX_IHAVE)
         return FM_ELIMIT;
-    for (uint32_t i = 0; i < k; i++) {
-        const uint8_t *a;
-        uint32_t alen;
-        if (fm_rd_array_exact(&r, 2) || fm_rd_bin(&r, &a, &alen, FM_ID_BYTES) ||
-            fm_rd_uint(&r, &out[i].seq))
+    for (uint32_t g = 0; g < groups; g++) {
+        fm_proto_name name;
+        uint32_t k;
+        if (total == FM_PROTO_MAX_IHAVE)
+            return FM_ELIMIT; /* another group, and no entry may follow */
+        if (fm_rd_array_exact(&r, 2) || rd_name(&r, &name) ||
+            rd_entries(&r, out + total, FM_PROTO_MAX_IHAVE - total, &k))
             return r.err;
-        if (alen != FM_ID_BYTES || out[i].seq == 0)
-            return FM_EDECODE;
-        out[i].author = a;
+        for (uint32_t i = 0; i < k; i++)
+            names[total + i] = name;
+        total += k;
     }
-    *n = k;
+    *n = total;
     return fm_rd_end(&r);
 }
 

@@ -17,7 +17,9 @@
  *                                                       feeds from from_seq now
  *   PEERS   [10, prefixes]                              the sender's established sessions:
  *                                                       8-byte device id prefixes, ascending
- * IHAVE, PRUNE and GRAFT go only to peers with FM_CAP_LAZY, PEERS only to FM_CAP_PEERS.
+ *   ANNOUNCE [11, [[name, [[author, last_seq]...]]...]] IHAVE for several collections at once
+ * IHAVE, PRUNE and GRAFT go only to peers with FM_CAP_LAZY, PEERS and ANNOUNCE only to
+ * FM_CAP_PEERS.
  */
 #ifndef FM_PROTO_H
 #define FM_PROTO_H
@@ -31,7 +33,7 @@ enum {
     FM_PROTO_MAX = 1,
     FM_CAP_MEMBERS = 1 << 0, /* understands MEMBERS */
     FM_CAP_LAZY = 1 << 1,    /* understands IHAVE, PRUNE and GRAFT */
-    FM_CAP_PEERS = 1 << 2,   /* understands PEERS */
+    FM_CAP_PEERS = 1 << 2,   /* understands PEERS and ANNOUNCE */
     FM_CAPS = FM_CAP_MEMBERS | FM_CAP_LAZY | FM_CAP_PEERS,
 
     FM_MSG_HELLO = 1,
@@ -44,6 +46,7 @@ enum {
     FM_MSG_PRUNE = 8,
     FM_MSG_GRAFT = 9,
     FM_MSG_PEERS = 10,
+    FM_MSG_ANNOUNCE = 11,
 
     FM_VECTOR_REPLY = 1,
 
@@ -140,6 +143,16 @@ int fm_proto_graft_decode(const uint8_t *p, size_t len, fm_proto_name *name, fm_
 int fm_proto_peers_encode(fm_buf *out, const uint8_t *prefixes, uint32_t n);
 /* *prefixes borrows from p. */
 int fm_proto_peers_decode(const uint8_t *p, size_t len, const uint8_t **prefixes, uint32_t *n);
+
+/* ANNOUNCE: begin with the number of groups (1..FM_PROTO_MAX_IHAVE), then each group's header
+ * (a collection and its entry count, >= 1) and entries (fm_proto_ihave_entry); at most
+ * FM_PROTO_MAX_IHAVE entries in all. */
+void fm_proto_announce_begin(fm_wr *w, uint32_t ngroups);
+void fm_proto_announce_group(fm_wr *w, const uint8_t *name, uint32_t len, uint32_t n);
+/* Fills out[] and names[] (at most FM_PROTO_MAX_IHAVE each): entry i is of collection names[i],
+ * borrowed from p, groups in frame order. */
+int fm_proto_announce_decode(const uint8_t *p, size_t len, fm_proto_name *names,
+                             fm_ihave_entry *out, uint32_t *n);
 
 void fm_proto_members_begin(fm_wr *w, uint32_t n);
 /* Fills out[] (at most FM_PROTO_MEMBERS_PER_FRAME) with borrowed records. */

@@ -237,8 +237,42 @@ static int peers(const uint8_t *data, size_t size)
     return 0;
 }
 
+/* ANNOUNCE: a group is a run of entries whose name points at the same bytes; re-encode. */
+static int announce(const uint8_t *data, size_t size)
+{
+    static fm_ihave_entry e[FM_PROTO_MAX_IHAVE];
+    static fm_proto_name names[FM_PROTO_MAX_IHAVE];
+    uint32_t n = 0;
+    int rc = fm_proto_announce_decode(data, size, names, e, &n);
+    if (rc)
+        return rc;
+    if (n == 0 || n > FM_PROTO_MAX_IHAVE)
+        abort();
+    uint32_t groups = 1;
+    for (uint32_t i = 1; i < n; i++)
+        groups += names[i].p != names[i - 1].p;
+    fm_buf out;
+    fm_buf_init(&out);
+    fm_wr w;
+    fm_wr_init(&w, &out);
+    fm_proto_announce_begin(&w, groups);
+    for (uint32_t i = 0, run; i < n; i += run) {
+        for (run = 1; i + run < n && names[i + run].p == names[i].p; run++)
+            ;
+        fm_proto_announce_group(&w, names[i].p, names[i].len, run);
+        for (uint32_t j = i; j < i + run; j++) {
+            if (e[j].seq == 0)
+                abort();
+            fm_proto_ihave_entry(&w, e[j].author, e[j].seq);
+        }
+    }
+    same_bytes(&out, data, size);
+    fm_buf_free(&out);
+    return 0;
+}
+
 static int (*const decoders[])(const uint8_t *, size_t) = {
-    NULL, hello, summary, vector, batches, ack, members, ihave, prune, graft, peers,
+    NULL, hello, summary, vector, batches, ack, members, ihave, prune, graft, peers, announce,
 };
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
@@ -247,11 +281,11 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     uint64_t type = 0;
     int trc = fm_proto_type(data, size, &type);
     int typed = 1;
-    if (trc == 0 && type >= FM_MSG_HELLO && type <= FM_MSG_PEERS)
+    if (trc == 0 && type >= FM_MSG_HELLO && type <= FM_MSG_ANNOUNCE)
         typed = decoders[type](data, size);
     /* every decoder regardless: at most one accepts, and only a frame of its own type */
     int accepted = 0;
-    for (uint64_t t = FM_MSG_HELLO; t <= FM_MSG_PEERS; t++) {
+    for (uint64_t t = FM_MSG_HELLO; t <= FM_MSG_ANNOUNCE; t++) {
         if (decoders[t](data, size) != 0)
             continue;
         accepted++;

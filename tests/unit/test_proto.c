@@ -101,7 +101,7 @@ static int decode_as(uint64_t type, const uint8_t *p, size_t len)
     FM_ASSERT(h && arr);
     fm_ihave_entry *ih = calloc(FM_PROTO_MAX_IHAVE, sizeof *ih);
     FM_ASSERT(ih);
-    int r[11];
+    int r[12];
     r[1] = fm_proto_hello_decode(p, len, h);
     r[2] = fm_proto_summary_decode(p, len, &u, NULL, NULL);
     r[3] = fm_proto_vector_decode(p, len, &v);
@@ -113,7 +113,11 @@ static int decode_as(uint64_t type, const uint8_t *p, size_t len)
     r[9] = fm_proto_graft_decode(p, len, &name, ih, &n);
     const uint8_t *ids;
     r[10] = fm_proto_peers_decode(p, len, &ids, &n);
-    if (type >= 1 && type <= 10)
+    fm_proto_name *names = calloc(FM_PROTO_MAX_IHAVE, sizeof *names);
+    FM_ASSERT(names);
+    r[11] = fm_proto_announce_decode(p, len, names, ih, &n);
+    free(names);
+    if (type >= 1 && type <= 11)
         rc = r[type];
     free(ih);
     fm_vv_free(&v.vv);
@@ -137,7 +141,7 @@ typedef struct samples {
     size_t cert_len, rev_len;
     /* the messages */
     fm_buf hello, hello_all, hello_none, summary, summary_empty, vector, vector_reply, batches, ack,
-        members, ihave, prune, graft, peers;
+        members, ihave, prune, graft, peers, announce;
     uint8_t prefixes[2 * FM_PROTO_PEER_PREFIX]; /* of a and b, ascending */
 } samples;
 
@@ -270,6 +274,14 @@ static void make_messages(samples *s)
     memcpy(s->prefixes, a_first ? s->a : s->b, FM_PROTO_PEER_PREFIX);
     memcpy(s->prefixes + FM_PROTO_PEER_PREFIX, a_first ? s->b : s->a, FM_PROTO_PEER_PREFIX);
     CHECK_OK(fm_proto_peers_encode(&s->peers, s->prefixes, 2));
+
+    fm_wr_init(&w, &s->announce);
+    fm_proto_announce_begin(&w, 2);
+    fm_proto_announce_group(&w, (const uint8_t *)"notes", 5, 1);
+    fm_proto_ihave_entry(&w, s->a, 3);
+    fm_proto_announce_group(&w, (const uint8_t *)"alerts", 6, 2);
+    fm_proto_ihave_entry(&w, s->b, 300);
+    fm_proto_ihave_entry(&w, s->a, 1);
 }
 
 static void samples_init(samples *s)
@@ -286,10 +298,10 @@ static void samples_init(samples *s)
     CHECK_OK(fm_vv_set(&s->vv_notes, s->b, 300));
     CHECK_OK(fm_vv_digest(&s->vv_empty, s->d_empty));
     CHECK_OK(fm_vv_digest(&s->vv_notes, s->d_notes));
-    fm_buf *bufs[] = {&s->batch1,       &s->batch2,  &s->hello,         &s->hello_all,
-                      &s->hello_none,   &s->summary, &s->summary_empty, &s->vector,
-                      &s->vector_reply, &s->batches, &s->ack,           &s->members,
-                      &s->ihave,        &s->prune,   &s->graft,         &s->peers};
+    fm_buf *bufs[] = {&s->batch1,  &s->batch2,        &s->hello,  &s->hello_all,    &s->hello_none,
+                      &s->summary, &s->summary_empty, &s->vector, &s->vector_reply, &s->batches,
+                      &s->ack,     &s->members,       &s->ihave,  &s->prune,        &s->graft,
+                      &s->peers,   &s->announce};
     for (size_t i = 0; i < FM_ARRAY_LEN(bufs); i++)
         fm_buf_init(bufs[i]);
     make_batches(s, a);
@@ -302,10 +314,10 @@ static void samples_init(samples *s)
 
 static void samples_free(samples *s)
 {
-    fm_buf *bufs[] = {&s->batch1,       &s->batch2,  &s->hello,         &s->hello_all,
-                      &s->hello_none,   &s->summary, &s->summary_empty, &s->vector,
-                      &s->vector_reply, &s->batches, &s->ack,           &s->members,
-                      &s->ihave,        &s->prune,   &s->graft,         &s->peers};
+    fm_buf *bufs[] = {&s->batch1,  &s->batch2,        &s->hello,  &s->hello_all,    &s->hello_none,
+                      &s->summary, &s->summary_empty, &s->vector, &s->vector_reply, &s->batches,
+                      &s->ack,     &s->members,       &s->ihave,  &s->prune,        &s->graft,
+                      &s->peers,   &s->announce};
     for (size_t i = 0; i < FM_ARRAY_LEN(bufs); i++)
         fm_buf_free(bufs[i]);
     fm_vv_free(&s->vv_notes);
@@ -336,6 +348,7 @@ static size_t sample_list(const samples *s, sample_msg out[16])
     out[n++] = (sample_msg){"prune", FM_MSG_PRUNE, &s->prune};
     out[n++] = (sample_msg){"graft", FM_MSG_GRAFT, &s->graft};
     out[n++] = (sample_msg){"peers", FM_MSG_PEERS, &s->peers};
+    out[n++] = (sample_msg){"announce", FM_MSG_ANNOUNCE, &s->announce};
     return n;
 }
 
@@ -1301,6 +1314,80 @@ static void test_peers_message(void)
     samples_free(&s);
 }
 
+/* ANNOUNCE: groups of IHAVE entries, and what it refuses. */
+static void test_announce_message(void)
+{
+    samples s;
+    samples_init(&s);
+    fm_proto_name *names = calloc(FM_PROTO_MAX_IHAVE, sizeof *names);
+    fm_ihave_entry *e = calloc(FM_PROTO_MAX_IHAVE, sizeof *e);
+    FM_ASSERT(names && e);
+    uint32_t n = 0;
+    CHECK_OK(fm_proto_announce_decode(s.announce.data, s.announce.len, names, e, &n));
+    CHECK_EQ_INT(n, 3);
+    CHECK(name_is(names[0], "notes"));
+    CHECK(name_is(names[1], "alerts") && name_is(names[2], "alerts"));
+    CHECK(names[1].p == names[2].p);
+    CHECK_MEM(e[0].author, s.a, FM_ID_BYTES);
+    CHECK_EQ_INT(e[0].seq, 3);
+    CHECK_MEM(e[1].author, s.b, FM_ID_BYTES);
+    CHECK_EQ_INT(e[1].seq, 300);
+    CHECK_EQ_INT(e[2].seq, 1);
+    CHECK_MEM(s.announce.data, "\x92\x0b\x92\x92\xa5notes\x91\x92\xc4\x20", 14);
+    char z[32 * 3 + 1] = {0};
+    for (int i = 0; i < 32; i++)
+        memcpy(z + 3 * i, "00 ", 3);
+    char h[1024];
+    snprintf(h, sizeof h, "92 0b 91 92 a1 6e 91 92 c4 20 %s 01", z);
+    CHECK_OK(lazy_hex(FM_MSG_ANNOUNCE, h));
+    snprintf(h, sizeof h, "92 0b 92 92 a1 6e 91 92 c4 20 %s 01 92 a1 6e 91 92 c4 20 %s 02", z, z);
+    CHECK_OK(lazy_hex(FM_MSG_ANNOUNCE, h)); /* one collection twice: two groups */
+    snprintf(h, sizeof h, "92 0b 91 92 a1 6e 91 92 c4 20 %s 00", z); /* seq 0 */
+    CHECK_RC(lazy_hex(FM_MSG_ANNOUNCE, h), FM_EDECODE);
+    CHECK_RC(lazy_hex(FM_MSG_ANNOUNCE, "92 0b 90"), FM_EDECODE);             /* no group */
+    CHECK_RC(lazy_hex(FM_MSG_ANNOUNCE, "92 0b 91 92 a1 6e 90"), FM_EDECODE); /* an empty one */
+    CHECK_RC(lazy_hex(FM_MSG_ANNOUNCE, "92 0b 91 92 a0 91"), FM_EDECODE);    /* bad name */
+    CHECK_RC(lazy_hex(FM_MSG_ANNOUNCE, "92 0b 91 91 a1 6e"), FM_EDECODE);    /* no entries */
+    CHECK_RC(lazy_hex(FM_MSG_ANNOUNCE, "93 0b 91 00"), FM_EDECODE);
+    /* 1024 entries in all is the bound, across groups too */
+    fm_buf big;
+    fm_buf_init(&big);
+    fm_wr w;
+    fm_wr_init(&w, &big);
+    fm_proto_announce_begin(&w, 2);
+    fm_proto_announce_group(&w, (const uint8_t *)"a", 1, FM_PROTO_MAX_IHAVE / 2);
+    for (int i = 0; i < FM_PROTO_MAX_IHAVE / 2; i++)
+        fm_proto_ihave_entry(&w, s.a, (uint64_t)i + 1);
+    fm_proto_announce_group(&w, (const uint8_t *)"b", 1, FM_PROTO_MAX_IHAVE / 2);
+    for (int i = 0; i < FM_PROTO_MAX_IHAVE / 2; i++)
+        fm_proto_ihave_entry(&w, s.b, (uint64_t)i + 1);
+    CHECK_OK(fm_proto_announce_decode(big.data, big.len, names, e, &n));
+    CHECK_EQ_INT(n, FM_PROTO_MAX_IHAVE);
+    fm_buf_reset(&big);
+    fm_wr_init(&w, &big);
+    fm_proto_announce_begin(&w, 2);
+    fm_proto_announce_group(&w, (const uint8_t *)"a", 1, FM_PROTO_MAX_IHAVE);
+    for (int i = 0; i < FM_PROTO_MAX_IHAVE; i++)
+        fm_proto_ihave_entry(&w, s.a, (uint64_t)i + 1);
+    fm_proto_announce_group(&w, (const uint8_t *)"b", 1, 1);
+    fm_proto_ihave_entry(&w, s.b, 1);
+    CHECK_RC(fm_proto_announce_decode(big.data, big.len, names, e, &n), FM_ELIMIT);
+    fm_buf_reset(&big);
+    fm_wr_init(&w, &big);
+    fm_proto_announce_begin(&w, 2);
+    fm_proto_announce_group(&w, (const uint8_t *)"a", 1, FM_PROTO_MAX_IHAVE - 1);
+    for (int i = 0; i < FM_PROTO_MAX_IHAVE - 1; i++)
+        fm_proto_ihave_entry(&w, s.a, (uint64_t)i + 1);
+    fm_proto_announce_group(&w, (const uint8_t *)"b", 1, 2);
+    fm_proto_ihave_entry(&w, s.b, 1);
+    fm_proto_ihave_entry(&w, s.b, 2);
+    CHECK_RC(fm_proto_announce_decode(big.data, big.len, names, e, &n), FM_ELIMIT);
+    fm_buf_free(&big);
+    free(names);
+    free(e);
+    samples_free(&s);
+}
+
 /* ---- golden vectors -------------------------------------------------------------------------- */
 
 static void vec_hex(fm_buf *b, const char *name, const uint8_t *p, size_t n)
@@ -1333,7 +1420,8 @@ static const char PROTO_VECTOR_HEADER[] =
     "# vector: round 1, flags 0, acked 0, \"notes\", vv_notes; vector_reply: round 2, flags 1,\n"
     "#   acked 70000, \"alerts\", {}. batches: \"notes\", [batch1, batch2]. ack: 65536.\n"
     "# members: [cert, revocation]. ihave: \"notes\", [[a, 3], [b, 300]]. prune.\n"
-    "# graft: \"notes\", [[b, 301]]. peers: the first 8 bytes of a and of b, ascending.\n";
+    "# graft: \"notes\", [[b, 301]]. peers: the first 8 bytes of a and of b, ascending.\n"
+    "# announce: [[\"notes\", [[a, 3]]], [\"alerts\", [[b, 300], [a, 1]]]].\n";
 
 static void proto_vectors(fm_buf *b, const samples *s)
 {
@@ -1402,6 +1490,7 @@ int main(void)
     RUN(test_truncation);
     RUN(test_bit_flips);
     RUN(test_peers_message);
+    RUN(test_announce_message);
     RUN(test_golden_vectors);
     TEST_MAIN_END();
 }
