@@ -147,8 +147,9 @@ struct fm_node {
     pump_ctx *px; /* per connection: its frame of pushed batches */
     fm_buf scratch;
     fm_batch b;
-    fm_batch fb;    /* scratch of send_feed (b may be the batch being pushed) */
-    fm_bytes *barr; /* a received BATCHES frame */
+    fm_batch fb;           /* scratch of send_feed (b may be the batch being pushed) */
+    fm_bytes *barr;        /* a received BATCHES frame */
+    fm_proto_name *bnames; /* the collection of each batch in barr (MIXED) */
     int *bres;
     uint32_t *bops;  /* ops of each batch in barr */
     int depth;       /* > 0 while inside a node entry point */
@@ -402,10 +403,63 @@ struct pump_ctx {
     rec_list l;
     int err;
     bool gap; /* a batch went out whose context the peer may lack */
+    /* A push to a peer that takes MIXED: the closed groups of other collections, which go out
+     * in one frame with the open one in l. */
+    bool mix;
+    fm_buf mixed;
+    uint32_t groups, mixed_count;
 };
+
+/* Bytes of batches waiting in x to go out. */
+static size_t pump_pending(const pump_ctx *x)
+{
+    return x->mixed.len + x->l.body.len;
+}
+
+/* Closes the open group of a MIXED frame: l's batches, of collection l.s. */
+static int group_close(pump_ctx *x)
+{
+    rec_list *l = &x->l;
+    if (!l->count)
+        return 0;
+    fm_wr w;
+    fm_wr_init(&w, &x->mixed);
+    fm_proto_mixed_group(&w, (const uint8_t *)l->s->name, l->s->len, l->count);
+    fm_wr_bytes_raw(&w, l->body.data, l->body.len);
+    if (x->mixed.oom)
+        return FM_ENOMEM;
+    x->groups++;
+    x->mixed_count += l->count;
+    fm_buf_reset(&l->body);
+    l->count = 0;
+    return 0;
+}
+
+static int mixed_flush(pump_ctx *x)
+{
+    int rc = group_close(x);
+    if (rc || !x->groups)
+        return rc;
+    fm_buf *msg = &x->l.n->scratch;
+    fm_buf_reset(msg);
+    fm_wr w;
+    fm_wr_init(&w, msg);
+    fm_proto_mixed_begin(&w, x->groups);
+    fm_wr_bytes_raw(&w, x->mixed.data, x->mixed.len);
+    rc = conn_send(x->l.n, x->l.c, msg);
+    if (!rc) {
+        x->l.c->sent_bytes += msg->len;
+        x->l.n->st.batches_out += x->mixed_count;
+    }
+    fm_buf_reset(&x->mixed);
+    x->groups = x->mixed_count = 0;
+    return rc;
+}
 
 static int pump_flush(pump_ctx *x)
 {
+    if (x->mix)
+        return mixed_flush(x);
     size_t sent;
     uint32_t count = x->l.count;
     int rc = rec_list_flush(&x->l, &sent);
@@ -420,8 +474,8 @@ static int pump_flush(pump_ctx *x)
 static int pump_add(pump_ctx *x, const fm_batch *b, const uint8_t *data, size_t len)
 {
     rec_list *l = &x->l;
-    if (l->count && (l->body.len + len > FM_PROTO_BATCHES_TARGET ||
-                     l->count >= FM_PROTO_MAX_BATCHES_PER_FRAME)) {
+    if ((l->count || x->groups) && (pump_pending(x) + len > FM_PROTO_BATCHES_TARGET ||
+                                    x->mixed_count + l->count >= FM_PROTO_MAX_BATCHES_PER_FRAME)) {
         int rc = pump_flush(x);
         if (rc)
             return rc;
@@ -440,7 +494,7 @@ static bool window_open(const conn *c, size_t pending)
 static int pump_one(void *arg, const uint8_t *data, size_t len)
 {
     pump_ctx *x = arg;
-    if (!window_open(x->l.c, x->l.body.len))
+    if (!window_open(x->l.c, pump_pending(x)))
         return 1; /* stop: the rest waits for an ACK */
     fm_batch *b = &x->l.n->b;
     int rc = fm_batch_peek(data, len, b, false);
@@ -519,7 +573,7 @@ static bool send_feed(fm_node *n, pump_ctx *x, const fm_coll *coll, const uint8_
     uint64_t head = FM_MIN(upto, fm_vv_get(&coll->vv, author));
     bool done = true;
     for (uint32_t k = 0; seq <= head && !x->err; k++) {
-        if (k == FM_NODE_GRAFT_BATCHES || !window_open(x->l.c, x->l.body.len)) {
+        if (k == FM_NODE_GRAFT_BATCHES || !window_open(x->l.c, pump_pending(x))) {
             done = false;
             break;
         }
@@ -657,13 +711,13 @@ static int send_prune(fm_node *n, conn *c)
     return rc ? rc : conn_send(n, c, msg);
 }
 
-/* Ends what push_one put in x for its collection: the frame goes out, and a batch whose context
- * the peer may lack leaves the collection dirty. */
+/* Ends what push_one put in x for its collection: the frame goes out (to a MIXED peer, the group
+ * closes), and a batch whose context the peer may lack leaves the collection dirty. */
 static void push_end(conn *c, pump_ctx *x)
 {
     if (!x->l.s)
         return;
-    int rc = x->err ? x->err : pump_flush(x);
+    int rc = x->err ? x->err : x->mix ? group_close(x) : pump_flush(x);
     x->l.s->dirty |= x->gap;
     x->gap = false;
     x->err = 0;
@@ -701,7 +755,7 @@ static void push_one(fm_node *n, conn *c, pump_ctx *x, const fm_batch *b, const 
         return;
     }
     FM_ASSERT(!x->l.s || x->l.s == s);
-    if (!s->known_valid || s->dirty || !window_open(c, x->l.body.len + len)) {
+    if (!s->known_valid || s->dirty || !window_open(c, pump_pending(x) + len)) {
         s->dirty = true;
         return;
     }
@@ -717,7 +771,7 @@ static void push_one(fm_node *n, conn *c, pump_ctx *x, const fm_batch *b, const 
         if (k < e->seq)
             ok = send_feed(n, x, coll, e->author, k + 1, e->seq);
     }
-    if (!x->err && ok && window_open(c, x->l.body.len + len))
+    if (!x->err && ok && window_open(c, pump_pending(x) + len))
         x->err = pump_add(x, b, data, len);
     else if (!x->err)
         s->dirty = true; /* the rest from the store, in order */
@@ -812,7 +866,8 @@ static void process_applied(fm_node *n)
 {
     n->push_at = 0;
     for (uint32_t i = 0; i < n->max_total; i++)
-        n->px[i] = (pump_ctx){.l = {.n = n, .c = &n->conns[i]}};
+        n->px[i] = (pump_ctx){.l = {.n = n, .c = &n->conns[i]},
+                              .mix = (n->conns[i].peer_caps & FM_CAP_PEERS) != 0};
     size_t off = 0;
     while (off < n->applied.len) {
         uint32_t len;
@@ -830,9 +885,15 @@ static void process_applied(fm_node *n)
         }
     }
     for (uint32_t i = 0; i < n->max_total; i++) {
-        if (n->conns[i].used)
-            push_end(&n->conns[i], &n->px[i]);
-        fm_buf_free(&n->px[i].l.body);
+        conn *c = &n->conns[i];
+        pump_ctx *x = &n->px[i];
+        if (c->used)
+            push_end(c, x);
+        int rc = c->used && x->mix && !c->err ? mixed_flush(x) : 0;
+        if (rc && !c->err)
+            c->err = rc;
+        fm_buf_free(&x->l.body);
+        fm_buf_free(&x->mixed);
     }
     fm_buf_reset(&n->applied);
     if (n->applied.cap > FM_NODE_PUSH_HOLD_BYTES * 2)
@@ -1128,27 +1189,31 @@ out:
 
 /* Is b exactly the batch at the head of its feed here (hash and all)? Most duplicates are: a
  * batch pushed by several neighbours at once. */
-static int on_batches(fm_node *n, conn *c, const uint8_t *p, size_t len)
+/* The length of the group of a MIXED or ANNOUNCE frame that starts at item i of k: a run of
+ * items whose names point at the same bytes of the frame. */
+static uint32_t group_run(const fm_proto_name *names, uint32_t i, uint32_t k)
 {
-    fm_proto_name name;
-    uint32_t k;
-    fm_bytes *arr = n->barr;
+    uint32_t run = 1;
+    while (i + run < k && names[i + run].p == names[i].p)
+        run++;
+    return run;
+}
+
+/* The batches of one collection that a BATCHES frame, or a group of a MIXED one, carries. */
+static int batches_in(fm_node *n, conn *c, const fm_proto_name *pname, fm_bytes *arr, uint32_t k)
+{
+    fm_proto_name name = *pname;
     int *res = n->bres;
-    int rc = fm_proto_batches_decode(p, len, &name, arr, &k);
-    if (rc)
-        goto out;
-    c->recv_bytes += len;
+    int rc = 0;
     n->st.batches_in += k;
     if (my_prio(n, name.p, name.len) < 0) {
         n->st.batches_refused += k; /* not subscribed: neither stored nor relayed */
-        goto ack;
+        return 0;
     }
     /* The peer holds what it sends: never send it back. */
     csync *s = csync_get(c, name.p, name.len, true);
-    if (!s) {
-        rc = FM_ENOMEM;
-        goto out;
-    }
+    if (!s)
+        return FM_ENOMEM;
     uint32_t keep = 0, dups = 0;
     for (uint32_t i = 0; i < k; i++) {
         /* The header is enough to know a duplicate; ingest decodes the rest of a new one. */
@@ -1160,7 +1225,7 @@ static int on_batches(fm_node *n, conn *c, const uint8_t *p, size_t len)
         uint64_t last = fm_batch_last_seq(&n->b);
         if (fm_vv_get(&s->known, n->b.author) < last &&
             (rc = fm_vv_set(&s->known, n->b.author, last)))
-            goto out;
+            return rc;
         if (fm__replica_holds(n->r, &n->b)) {
             dups++; /* a batch we hold (its feed's head, or recent): no store transaction */
             continue;
@@ -1170,7 +1235,7 @@ static int on_batches(fm_node *n, conn *c, const uint8_t *p, size_t len)
     }
     /* Nothing new, all of it held and recent: another peer pushes the same to us first. */
     if (dups == k && (rc = send_prune(n, c)))
-        goto out;
+        return rc;
     n->src_id = c->has_id ? c->peer_id : NULL;
     n->src_arr = arr;
     n->src_n = keep;
@@ -1181,8 +1246,7 @@ static int on_batches(fm_node *n, conn *c, const uint8_t *p, size_t len)
     if (applied < 0) {
         node_log(n, FM_LOG_ERROR, "ingest failed: %s (%s)", fm_strerror(applied),
                  fm_store_errmsg(n->r->store));
-        rc = applied; /* store failure: drop the connection; the next one resumes */
-        goto out;
+        return applied; /* store failure: drop the connection; the next one resumes */
     }
     for (uint32_t i = 0; i < keep; i++) {
         if (res[i] == 0)
@@ -1197,15 +1261,40 @@ static int on_batches(fm_node *n, conn *c, const uint8_t *p, size_t len)
      * dominated. The next SUMMARY notes equal digests anyway. */
     if (elapsed(now_ms(n), c->synced_checked_ms) >= FM_NODE_SYNC_CHECK_MS)
         note_synced(n, c);
-ack:
-    if (c->recv_bytes - c->acked_sent >= n->window / 4) {
-        fm_buf *msg = &n->scratch;
-        fm_buf_reset(msg);
-        if (!(rc = fm_proto_ack_encode(msg, c->recv_bytes)) && !(rc = conn_send(n, c, msg)))
-            c->acked_sent = c->recv_bytes;
-    }
-out:
+    return 0;
+}
+
+/* A frame of batches processed: acknowledged once a quarter of the window has come. */
+static int batches_ack(fm_node *n, conn *c, size_t len)
+{
+    c->recv_bytes += len;
+    if (c->recv_bytes - c->acked_sent < n->window / 4)
+        return 0;
+    fm_buf *msg = &n->scratch;
+    fm_buf_reset(msg);
+    int rc = fm_proto_ack_encode(msg, c->recv_bytes);
+    if (!rc && !(rc = conn_send(n, c, msg)))
+        c->acked_sent = c->recv_bytes;
     return rc;
+}
+
+static int on_batches(fm_node *n, conn *c, const uint8_t *p, size_t len)
+{
+    fm_proto_name name;
+    uint32_t k;
+    int rc = fm_proto_batches_decode(p, len, &name, n->barr, &k);
+    if (!rc)
+        rc = batches_in(n, c, &name, n->barr, k);
+    return rc ? rc : batches_ack(n, c, len);
+}
+
+static int on_mixed(fm_node *n, conn *c, const uint8_t *p, size_t len)
+{
+    uint32_t k;
+    int rc = fm_proto_mixed_decode(p, len, n->bnames, n->barr, &k);
+    for (uint32_t i = 0, run; !rc && i < k; i += run)
+        rc = batches_in(n, c, &n->bnames[i], n->barr + i, run = group_run(n->bnames, i, k));
+    return rc ? rc : batches_ack(n, c, len);
 }
 
 static int on_graft(fm_node *n, conn *c, const uint8_t *p, size_t len)
@@ -1312,12 +1401,8 @@ static int on_announce(fm_node *n, conn *c, const uint8_t *p, size_t len)
     fm_ihave_entry e[FM_PROTO_MAX_IHAVE];
     uint32_t k;
     int rc = fm_proto_announce_decode(p, len, names, e, &k);
-    /* A group is a run of entries naming the same bytes of the frame. */
-    for (uint32_t i = 0, run; !rc && i < k; i += run) {
-        for (run = 1; i + run < k && names[i + run].p == names[i].p; run++)
-            ;
-        rc = ihave_apply(n, c, &names[i], &e[i], run);
-    }
+    for (uint32_t i = 0, run; !rc && i < k; i += run)
+        rc = ihave_apply(n, c, &names[i], &e[i], run = group_run(names, i, k));
     return rc;
 }
 
@@ -1698,6 +1783,9 @@ static void on_frame(void *arg, const uint8_t *data, size_t len)
             break;
         case FM_MSG_ANNOUNCE:
             rc = on_announce(n, c, data, len);
+            break;
+        case FM_MSG_MIXED:
+            rc = on_mixed(n, c, data, len);
             break;
         default:
             break; /* unknown types are ignored: a newer peer may send more */
@@ -2295,6 +2383,7 @@ int fm_node_open(const fm_node_config *cfg, fm_node **out)
     if (!rc && (!(n->conns = calloc(n->max_total, sizeof *n->conns)) ||
                 !(n->px = calloc(n->max_total, sizeof *n->px)) ||
                 !(n->barr = calloc(FM_PROTO_MAX_BATCHES_PER_FRAME, sizeof *n->barr)) ||
+                !(n->bnames = calloc(FM_PROTO_MAX_BATCHES_PER_FRAME, sizeof *n->bnames)) ||
                 !(n->graft_authors = calloc(FM_PROTO_MAX_IHAVE, sizeof *n->graft_authors)) ||
                 !(n->bres = calloc(FM_PROTO_MAX_BATCHES_PER_FRAME, sizeof *n->bres)) ||
                 !(n->bops = calloc(FM_PROTO_MAX_BATCHES_PER_FRAME, sizeof *n->bops))))
@@ -2333,6 +2422,7 @@ void fm_node_close(fm_node *n)
     free(n->px);
     free(n->peers);
     free(n->barr);
+    free(n->bnames);
     free(n->bres);
     free(n->bops);
     free(n->subs);

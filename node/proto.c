@@ -216,28 +216,107 @@ void fm_proto_batches_begin(fm_wr *w, const uint8_t *name, uint32_t len, uint32_
     msgpack_pack_array(FM_PK(w), n);
 }
 
-int fm_proto_batches_decode(const uint8_t *p, size_t len, fm_proto_name *name, fm_bytes *out,
-                            uint32_t *n)
+/* One list of batches, 1..room (more is FM_ELIMIT), into out. */
+static int rd_batches(fm_rd *r, fm_bytes *out, uint32_t room, uint32_t *n)
 {
-    fm_rd r;
     uint32_t k;
-    fm_rd_init(&r, p, len);
-    if (rd_head(&r, FM_MSG_BATCHES, 3) || rd_name(&r, name) || fm_rd_array(&r, &k))
-        return r.err;
+    if (fm_rd_array(r, &k))
+        return r->err;
     if (k == 0)
-        return FM_EDECODE;
-    if (k > FM_PROTO_MAX_BATCHES_PER_FRAME)
-        return FM_ELIMIT;
+        return r->err = FM_EDECODE;
+    if (k > room)
+        return r->err = FM_ELIMIT;
     for (uint32_t i = 0; i < k; i++) {
         const uint8_t *b;
         uint32_t blen;
-        if (fm_rd_bin(&r, &b, &blen, FM_MAX_BATCH_BYTES))
-            return r.err;
+        if (fm_rd_bin(r, &b, &blen, FM_MAX_BATCH_BYTES))
+            return r->err;
         out[i].data = (uint8_t *)b; /* borrowed; the node never writes through it */
         out[i].len = blen;
     }
     *n = k;
+    return 0;
+}
+
+int fm_proto_batches_decode(const uint8_t *p, size_t len, fm_proto_name *name, fm_bytes *out,
+                            uint32_t *n)
+{
+    fm_rd r;
+    fm_rd_init(&r, p, len);
+    if (rd_head(&r, FM_MSG_BATCHES, 3) || rd_name(&r, name) ||
+        rd_batches(&r, out, FM_PROTO_MAX_BATCHES_PER_FRAME, n))
+        return r.err;
     return fm_rd_end(&r);
+}
+
+/* MIXED and ANNOUNCE: [type, [[name, list]...]]. */
+static void groups_begin(fm_wr *w, uint64_t type, uint32_t ngroups, uint32_t max)
+{
+    FM_ASSERT(ngroups >= 1 && ngroups <= max);
+    msgpack_pack_array(FM_PK(w), 2);
+    msgpack_pack_uint64(FM_PK(w), type);
+    msgpack_pack_array(FM_PK(w), ngroups);
+}
+
+static void group_head(fm_wr *w, const uint8_t *name, uint32_t len, uint32_t n, uint32_t max)
+{
+    FM_ASSERT(n >= 1 && n <= max);
+    msgpack_pack_array(FM_PK(w), 2);
+    fm_wr_str(w, name, len);
+    msgpack_pack_array(FM_PK(w), n);
+}
+
+void fm_proto_mixed_begin(fm_wr *w, uint32_t ngroups)
+{
+    groups_begin(w, FM_MSG_MIXED, ngroups, FM_PROTO_MAX_BATCHES_PER_FRAME);
+}
+
+void fm_proto_mixed_group(fm_wr *w, const uint8_t *name, uint32_t len, uint32_t n)
+{
+    group_head(w, name, len, n, FM_PROTO_MAX_BATCHES_PER_FRAME);
+}
+
+/* [type, [[name, list]...]]: 1..max groups of non-empty lists, max items in all. Item i goes to
+ * out + i * size (read by list), its collection to names[i]. */
+static int groups_decode(uint64_t type, const uint8_t *p, size_t len, uint32_t max,
+                         fm_proto_name *names, void *out, size_t size,
+                         int (*list)(fm_rd *r, void *out, uint32_t room, uint32_t *n), uint32_t *n)
+{
+    fm_rd r;
+    uint32_t groups, total = 0;
+    fm_rd_init(&r, p, len);
+    if (rd_head(&r, type, 2) || fm_rd_array(&r, &groups))
+        return r.err;
+    if (groups == 0)
+        return FM_EDECODE;
+    if (groups > max)
+        return FM_ELIMIT;
+    for (uint32_t g = 0; g < groups; g++) {
+        fm_proto_name name;
+        uint32_t k;
+        if (total == max)
+            return FM_ELIMIT; /* another group, and no item may follow */
+        if (fm_rd_array_exact(&r, 2) || rd_name(&r, &name) ||
+            list(&r, (uint8_t *)out + total * size, max - total, &k))
+            return r.err;
+        for (uint32_t i = 0; i < k; i++)
+            names[total + i] = name;
+        total += k;
+    }
+    *n = total;
+    return fm_rd_end(&r);
+}
+
+static int rd_batches_any(fm_rd *r, void *out, uint32_t room, uint32_t *n)
+{
+    return rd_batches(r, out, room, n);
+}
+
+int fm_proto_mixed_decode(const uint8_t *p, size_t len, fm_proto_name *names, fm_bytes *out,
+                          uint32_t *n)
+{
+    return groups_decode(FM_MSG_MIXED, p, len, FM_PROTO_MAX_BATCHES_PER_FRAME, names, out,
+                         sizeof *out, rd_batches_any, n);
 }
 
 /* ---- ACK ------------------------------------------------------------------------------------ */
@@ -360,46 +439,24 @@ static int entries_decode(uint64_t type, const uint8_t *p, size_t len, fm_proto_
 
 void fm_proto_announce_begin(fm_wr *w, uint32_t ngroups)
 {
-    FM_ASSERT(ngroups >= 1 && ngroups <= FM_PROTO_MAX_IHAVE);
-    msgpack_pack_array(FM_PK(w), 2);
-    msgpack_pack_uint64(FM_PK(w), FM_MSG_ANNOUNCE);
-    msgpack_pack_array(FM_PK(w), ngroups);
+    groups_begin(w, FM_MSG_ANNOUNCE, ngroups, FM_PROTO_MAX_IHAVE);
 }
 
 void fm_proto_announce_group(fm_wr *w, const uint8_t *name, uint32_t len, uint32_t n)
 {
-    FM_ASSERT(n >= 1 && n <= FM_PROTO_MAX_IHAVE);
-    msgpack_pack_array(FM_PK(w), 2);
-    fm_wr_str(w, name, len);
-    msgpack_pack_array(FM_PK(w), n);
+    group_head(w, name, len, n, FM_PROTO_MAX_IHAVE);
+}
+
+static int rd_entries_any(fm_rd *r, void *out, uint32_t room, uint32_t *n)
+{
+    return rd_entries(r, out, room, n);
 }
 
 int fm_proto_announce_decode(const uint8_t *p, size_t len, fm_proto_name *names,
                              fm_ihave_entry *out, uint32_t *n)
 {
-    fm_rd r;
-    uint32_t groups, total = 0;
-    fm_rd_init(&r, p, len);
-    if (rd_head(&r, FM_MSG_ANNOUNCE, 2) || fm_rd_array(&r, &groups))
-        return r.err;
-    if (groups == 0)
-        return FM_EDECODE;
-    if (groups > FM_PROTO_MAX_IHAVE)
-        return FM_ELIMIT;
-    for (uint32_t g = 0; g < groups; g++) {
-        fm_proto_name name;
-        uint32_t k;
-        if (total == FM_PROTO_MAX_IHAVE)
-            return FM_ELIMIT; /* another group, and no entry may follow */
-        if (fm_rd_array_exact(&r, 2) || rd_name(&r, &name) ||
-            rd_entries(&r, out + total, FM_PROTO_MAX_IHAVE - total, &k))
-            return r.err;
-        for (uint32_t i = 0; i < k; i++)
-            names[total + i] = name;
-        total += k;
-    }
-    *n = total;
-    return fm_rd_end(&r);
+    return groups_decode(FM_MSG_ANNOUNCE, p, len, FM_PROTO_MAX_IHAVE, names, out, sizeof *out,
+                         rd_entries_any, n);
 }
 
 int fm_proto_ihave_decode(const uint8_t *p, size_t len, fm_proto_name *name, fm_ihave_entry *out,

@@ -18,7 +18,8 @@
  *   PEERS   [10, prefixes]                              the sender's established sessions:
  *                                                       8-byte device id prefixes, ascending
  *   ANNOUNCE [11, [[name, [[author, last_seq]...]]...]] IHAVE for several collections at once
- * IHAVE, PRUNE and GRAFT go only to peers with FM_CAP_LAZY, PEERS and ANNOUNCE only to
+ *   MIXED   [12, [[name, [batch...]]...]]               BATCHES for several collections at once
+ * IHAVE, PRUNE and GRAFT go only to peers with FM_CAP_LAZY, PEERS, ANNOUNCE and MIXED only to
  * FM_CAP_PEERS.
  */
 #ifndef FM_PROTO_H
@@ -33,7 +34,7 @@ enum {
     FM_PROTO_MAX = 1,
     FM_CAP_MEMBERS = 1 << 0, /* understands MEMBERS */
     FM_CAP_LAZY = 1 << 1,    /* understands IHAVE, PRUNE and GRAFT */
-    FM_CAP_PEERS = 1 << 2,   /* understands PEERS and ANNOUNCE */
+    FM_CAP_PEERS = 1 << 2,   /* understands PEERS, ANNOUNCE and MIXED */
     FM_CAPS = FM_CAP_MEMBERS | FM_CAP_LAZY | FM_CAP_PEERS,
 
     FM_MSG_HELLO = 1,
@@ -47,6 +48,7 @@ enum {
     FM_MSG_GRAFT = 9,
     FM_MSG_PEERS = 10,
     FM_MSG_ANNOUNCE = 11,
+    FM_MSG_MIXED = 12,
 
     FM_VECTOR_REPLY = 1,
 
@@ -143,6 +145,16 @@ int fm_proto_graft_decode(const uint8_t *p, size_t len, fm_proto_name *name, fm_
 int fm_proto_peers_encode(fm_buf *out, const uint8_t *prefixes, uint32_t n);
 /* *prefixes borrows from p. */
 int fm_proto_peers_decode(const uint8_t *p, size_t len, const uint8_t **prefixes, uint32_t *n);
+
+/* MIXED: begin with the number of groups (1..FM_PROTO_MAX_BATCHES_PER_FRAME), then each group's
+ * header (a collection and its batch count, >= 1) and batches (bin); at most
+ * FM_PROTO_MAX_BATCHES_PER_FRAME batches in all. */
+void fm_proto_mixed_begin(fm_wr *w, uint32_t ngroups);
+void fm_proto_mixed_group(fm_wr *w, const uint8_t *name, uint32_t len, uint32_t n);
+/* Fills out[] and names[] (at most FM_PROTO_MAX_BATCHES_PER_FRAME each) with borrowed pointers:
+ * batch i is of collection names[i], groups in frame order. */
+int fm_proto_mixed_decode(const uint8_t *p, size_t len, fm_proto_name *names, fm_bytes *out,
+                          uint32_t *n);
 
 /* ANNOUNCE: begin with the number of groups (1..FM_PROTO_MAX_IHAVE), then each group's header
  * (a collection and its entry count, >= 1) and entries (fm_proto_ihave_entry); at most

@@ -237,33 +237,46 @@ static int peers(const uint8_t *data, size_t size)
     return 0;
 }
 
-/* ANNOUNCE: a group is a run of entries whose name points at the same bytes; re-encode. */
-static int announce(const uint8_t *data, size_t size)
+/* A group of ANNOUNCE or MIXED is a run of items whose name points at the same bytes. */
+static uint32_t group_run(const fm_proto_name *names, uint32_t i, uint32_t n)
+{
+    uint32_t run = 1;
+    while (i + run < n && names[i + run].p == names[i].p)
+        run++;
+    return run;
+}
+
+/* ANNOUNCE and MIXED share a layout: decode as type, re-encode group by group, compare. */
+static int grouped(const uint8_t *data, size_t size, bool mix)
 {
     static fm_ihave_entry e[FM_PROTO_MAX_IHAVE];
-    static fm_proto_name names[FM_PROTO_MAX_IHAVE];
-    uint32_t n = 0;
-    int rc = fm_proto_announce_decode(data, size, names, e, &n);
+    static fm_bytes arr[FM_PROTO_MAX_BATCHES_PER_FRAME];
+    static fm_proto_name names[FM_PROTO_MAX_BATCHES_PER_FRAME];
+    uint32_t n = 0, max = mix ? FM_PROTO_MAX_BATCHES_PER_FRAME : FM_PROTO_MAX_IHAVE;
+    int rc = mix ? fm_proto_mixed_decode(data, size, names, arr, &n)
+                 : fm_proto_announce_decode(data, size, names, e, &n);
     if (rc)
         return rc;
-    if (n == 0 || n > FM_PROTO_MAX_IHAVE)
+    if (n == 0 || n > max)
         abort();
-    uint32_t groups = 1;
-    for (uint32_t i = 1; i < n; i++)
-        groups += names[i].p != names[i - 1].p;
+    uint32_t groups = 0;
+    for (uint32_t i = 0; i < n; i += group_run(names, i, n))
+        groups++;
     fm_buf out;
     fm_buf_init(&out);
     fm_wr w;
     fm_wr_init(&w, &out);
-    fm_proto_announce_begin(&w, groups);
+    (mix ? fm_proto_mixed_begin : fm_proto_announce_begin)(&w, groups);
     for (uint32_t i = 0, run; i < n; i += run) {
-        for (run = 1; i + run < n && names[i + run].p == names[i].p; run++)
-            ;
-        fm_proto_announce_group(&w, names[i].p, names[i].len, run);
+        run = group_run(names, i, n);
+        (mix ? fm_proto_mixed_group : fm_proto_announce_group)(&w, names[i].p, names[i].len, run);
         for (uint32_t j = i; j < i + run; j++) {
-            if (e[j].seq == 0)
+            if (mix ? arr[j].len > FM_MAX_BATCH_BYTES : e[j].seq == 0)
                 abort();
-            fm_proto_ihave_entry(&w, e[j].author, e[j].seq);
+            if (mix)
+                fm_wr_bin(&w, arr[j].data, arr[j].len);
+            else
+                fm_proto_ihave_entry(&w, e[j].author, e[j].seq);
         }
     }
     same_bytes(&out, data, size);
@@ -271,8 +284,19 @@ static int announce(const uint8_t *data, size_t size)
     return 0;
 }
 
+static int announce(const uint8_t *data, size_t size)
+{
+    return grouped(data, size, false);
+}
+
+static int mixed(const uint8_t *data, size_t size)
+{
+    return grouped(data, size, true);
+}
+
 static int (*const decoders[])(const uint8_t *, size_t) = {
-    NULL, hello, summary, vector, batches, ack, members, ihave, prune, graft, peers, announce,
+    NULL,  hello, summary, vector, batches,  ack,   members,
+    ihave, prune, graft,   peers,  announce, mixed,
 };
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
@@ -281,11 +305,11 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     uint64_t type = 0;
     int trc = fm_proto_type(data, size, &type);
     int typed = 1;
-    if (trc == 0 && type >= FM_MSG_HELLO && type <= FM_MSG_ANNOUNCE)
+    if (trc == 0 && type >= FM_MSG_HELLO && type <= FM_MSG_MIXED)
         typed = decoders[type](data, size);
     /* every decoder regardless: at most one accepts, and only a frame of its own type */
     int accepted = 0;
-    for (uint64_t t = FM_MSG_HELLO; t <= FM_MSG_ANNOUNCE; t++) {
+    for (uint64_t t = FM_MSG_HELLO; t <= FM_MSG_MIXED; t++) {
         if (decoders[t](data, size) != 0)
             continue;
         accepted++;

@@ -651,6 +651,36 @@ static uint64_t coll_ops(int node, const char *coll)
     return total;
 }
 
+static uint64_t frames_out(int node)
+{
+    fm_node_stats st;
+    fm_node_stats_get(W.n[node].node, &st);
+    return st.frames_out;
+}
+
+/* MIXED: what a push delay gathers of several collections goes to a peer in one frame, from the
+ * writer and again from the relay. */
+static void test_mixed_push(void)
+{
+    fm_node_config cfg[3];
+    for (int i = 0; i < 3; i++)
+        cfg[i] = (fm_node_config){.anti_entropy_ms = 10000, .push_delay_ms = 50};
+    world_open(3, cfg);
+    link_static(0, 1);
+    link_static(1, 2);
+    run_until(T0 + 3000);
+    uint64_t f0 = frames_out(0), f1 = frames_out(1);
+    static const char *const colls[] = {"alpha", "beta", "gamma"};
+    for (int i = 0; i < 3; i++)
+        CHECK_OK(write_n(0, colls[i], "x", 1));
+    run_until(W.now + 200);
+    for (int i = 0; i < 3; i++)
+        CHECK_EQ_INT(coll_ops(2, colls[i]), 2);
+    CHECK_EQ_INT(frames_out(0) - f0, 1);
+    CHECK_EQ_INT(frames_out(1) - f1, 1);
+    world_close();
+}
+
 /* Critical collections sync first: with a small window, the receiver holds all of its critical
  * collection while the bulk one is still coming. */
 static void test_critical_first(void)
@@ -886,6 +916,7 @@ int main(void)
     RUN(test_lazy_push);
     RUN(test_push_cover);
     RUN(test_push_cover_lost);
+    RUN(test_mixed_push);
     RUN(test_symmetric_dial);
     RUN(test_push_after_catch_up);
     RUN(test_prefers_ip_over_ble);

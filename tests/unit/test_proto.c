@@ -101,7 +101,7 @@ static int decode_as(uint64_t type, const uint8_t *p, size_t len)
     FM_ASSERT(h && arr);
     fm_ihave_entry *ih = calloc(FM_PROTO_MAX_IHAVE, sizeof *ih);
     FM_ASSERT(ih);
-    int r[12];
+    int r[13];
     r[1] = fm_proto_hello_decode(p, len, h);
     r[2] = fm_proto_summary_decode(p, len, &u, NULL, NULL);
     r[3] = fm_proto_vector_decode(p, len, &v);
@@ -117,7 +117,11 @@ static int decode_as(uint64_t type, const uint8_t *p, size_t len)
     FM_ASSERT(names);
     r[11] = fm_proto_announce_decode(p, len, names, ih, &n);
     free(names);
-    if (type >= 1 && type <= 11)
+    names = calloc(FM_PROTO_MAX_BATCHES_PER_FRAME, sizeof *names);
+    FM_ASSERT(names);
+    r[12] = fm_proto_mixed_decode(p, len, names, arr, &n);
+    free(names);
+    if (type >= 1 && type <= 12)
         rc = r[type];
     free(ih);
     fm_vv_free(&v.vv);
@@ -141,7 +145,7 @@ typedef struct samples {
     size_t cert_len, rev_len;
     /* the messages */
     fm_buf hello, hello_all, hello_none, summary, summary_empty, vector, vector_reply, batches, ack,
-        members, ihave, prune, graft, peers, announce;
+        members, ihave, prune, graft, peers, announce, mixed;
     uint8_t prefixes[2 * FM_PROTO_PEER_PREFIX]; /* of a and b, ascending */
 } samples;
 
@@ -282,6 +286,13 @@ static void make_messages(samples *s)
     fm_proto_announce_group(&w, (const uint8_t *)"alerts", 6, 2);
     fm_proto_ihave_entry(&w, s->b, 300);
     fm_proto_ihave_entry(&w, s->a, 1);
+
+    fm_wr_init(&w, &s->mixed);
+    fm_proto_mixed_begin(&w, 2);
+    fm_proto_mixed_group(&w, (const uint8_t *)"notes", 5, 1);
+    fm_wr_bin(&w, s->batch1.data, s->batch1.len);
+    fm_proto_mixed_group(&w, (const uint8_t *)"notes", 5, 1);
+    fm_wr_bin(&w, s->batch2.data, s->batch2.len);
 }
 
 static void samples_init(samples *s)
@@ -301,7 +312,7 @@ static void samples_init(samples *s)
     fm_buf *bufs[] = {&s->batch1,  &s->batch2,        &s->hello,  &s->hello_all,    &s->hello_none,
                       &s->summary, &s->summary_empty, &s->vector, &s->vector_reply, &s->batches,
                       &s->ack,     &s->members,       &s->ihave,  &s->prune,        &s->graft,
-                      &s->peers,   &s->announce};
+                      &s->peers,   &s->announce,      &s->mixed};
     for (size_t i = 0; i < FM_ARRAY_LEN(bufs); i++)
         fm_buf_init(bufs[i]);
     make_batches(s, a);
@@ -317,7 +328,7 @@ static void samples_free(samples *s)
     fm_buf *bufs[] = {&s->batch1,  &s->batch2,        &s->hello,  &s->hello_all,    &s->hello_none,
                       &s->summary, &s->summary_empty, &s->vector, &s->vector_reply, &s->batches,
                       &s->ack,     &s->members,       &s->ihave,  &s->prune,        &s->graft,
-                      &s->peers,   &s->announce};
+                      &s->peers,   &s->announce,      &s->mixed};
     for (size_t i = 0; i < FM_ARRAY_LEN(bufs); i++)
         fm_buf_free(bufs[i]);
     fm_vv_free(&s->vv_notes);
@@ -331,7 +342,7 @@ typedef struct sample_msg {
     const fm_buf *b;
 } sample_msg;
 
-static size_t sample_list(const samples *s, sample_msg out[16])
+static size_t sample_list(const samples *s, sample_msg out[24])
 {
     size_t n = 0;
     out[n++] = (sample_msg){"hello", FM_MSG_HELLO, &s->hello};
@@ -349,6 +360,7 @@ static size_t sample_list(const samples *s, sample_msg out[16])
     out[n++] = (sample_msg){"graft", FM_MSG_GRAFT, &s->graft};
     out[n++] = (sample_msg){"peers", FM_MSG_PEERS, &s->peers};
     out[n++] = (sample_msg){"announce", FM_MSG_ANNOUNCE, &s->announce};
+    out[n++] = (sample_msg){"mixed", FM_MSG_MIXED, &s->mixed};
     return n;
 }
 
@@ -358,7 +370,7 @@ static void test_type(void)
 {
     samples s;
     samples_init(&s);
-    sample_msg m[16];
+    sample_msg m[24];
     size_t n = sample_list(&s, m);
     for (size_t i = 0; i < n; i++) {
         uint64_t t = 0;
@@ -1205,7 +1217,7 @@ static void test_truncation(void)
 {
     samples s;
     samples_init(&s);
-    sample_msg m[16];
+    sample_msg m[24];
     size_t n = sample_list(&s, m);
     for (size_t i = 0; i < n; i++) {
         const fm_buf *b = m[i].b;
@@ -1239,7 +1251,7 @@ static void test_bit_flips(void)
 {
     samples s;
     samples_init(&s);
-    sample_msg m[16];
+    sample_msg m[24];
     size_t n = sample_list(&s, m);
     for (size_t i = 0; i < n; i++) {
         const fm_buf *b = m[i].b;
@@ -1388,6 +1400,57 @@ static void test_announce_message(void)
     samples_free(&s);
 }
 
+/* MIXED: groups of batches, and what it refuses. */
+static void test_mixed_message(void)
+{
+    samples s;
+    samples_init(&s);
+    fm_proto_name *names = calloc(FM_PROTO_MAX_BATCHES_PER_FRAME, sizeof *names);
+    fm_bytes *arr = calloc(FM_PROTO_MAX_BATCHES_PER_FRAME, sizeof *arr);
+    FM_ASSERT(names && arr);
+    uint32_t n = 0;
+    CHECK_OK(fm_proto_mixed_decode(s.mixed.data, s.mixed.len, names, arr, &n));
+    CHECK_EQ_INT(n, 2);
+    CHECK(name_is(names[0], "notes") && name_is(names[1], "notes"));
+    CHECK(names[0].p != names[1].p); /* two groups */
+    CHECK_BYTES(arr[0].data, arr[0].len, s.batch1.data, s.batch1.len);
+    CHECK_BYTES(arr[1].data, arr[1].len, s.batch2.data, s.batch2.len);
+    CHECK_MEM(s.mixed.data, "\x92\x0c\x92\x92\xa5notes\x91\xc4", 12);
+    CHECK_OK(lazy_hex(FM_MSG_MIXED, "92 0c 91 92 a1 6e 91 c4 01 00"));
+    CHECK_RC(lazy_hex(FM_MSG_MIXED, "92 0c 90"), FM_EDECODE);                   /* no group */
+    CHECK_RC(lazy_hex(FM_MSG_MIXED, "92 0c 91 92 a1 6e 90"), FM_EDECODE);       /* an empty one */
+    CHECK_RC(lazy_hex(FM_MSG_MIXED, "92 0c 91 92 a1 6e 91 a1 00"), FM_EDECODE); /* not bin */
+    CHECK_RC(lazy_hex(FM_MSG_MIXED, "92 0c 91 92 a0 91 c4 01 00"), FM_EDECODE); /* bad name */
+    CHECK_RC(lazy_hex(FM_MSG_MIXED, "92 0c 91 93 a1 6e 91 c4 01 00 00"), FM_EDECODE);
+    CHECK_RC(lazy_hex(FM_MSG_MIXED, "92 0c 91 92 a1 6e 91 c4 05 00"), FM_ETRUNC);
+    /* FM_PROTO_MAX_BATCHES_PER_FRAME batches in all is the bound, across groups too */
+    for (uint32_t extra = 0; extra <= 1; extra++) {
+        fm_buf big;
+        fm_buf_init(&big);
+        fm_wr w;
+        fm_wr_init(&w, &big);
+        uint32_t half = FM_PROTO_MAX_BATCHES_PER_FRAME / 2;
+        fm_proto_mixed_begin(&w, 2);
+        fm_proto_mixed_group(&w, (const uint8_t *)"a", 1, half);
+        for (uint32_t i = 0; i < half; i++)
+            fm_wr_bin(&w, "x", 1);
+        fm_proto_mixed_group(&w, (const uint8_t *)"b", 1, half + extra);
+        for (uint32_t i = 0; i < half + extra; i++)
+            fm_wr_bin(&w, "y", 1);
+        int rc = fm_proto_mixed_decode(big.data, big.len, names, arr, &n);
+        if (extra) {
+            CHECK_RC(rc, FM_ELIMIT);
+        } else {
+            CHECK_OK(rc);
+            CHECK_EQ_INT(n, FM_PROTO_MAX_BATCHES_PER_FRAME);
+        }
+        fm_buf_free(&big);
+    }
+    free(names);
+    free(arr);
+    samples_free(&s);
+}
+
 /* ---- golden vectors -------------------------------------------------------------------------- */
 
 static void vec_hex(fm_buf *b, const char *name, const uint8_t *p, size_t n)
@@ -1421,7 +1484,8 @@ static const char PROTO_VECTOR_HEADER[] =
     "#   acked 70000, \"alerts\", {}. batches: \"notes\", [batch1, batch2]. ack: 65536.\n"
     "# members: [cert, revocation]. ihave: \"notes\", [[a, 3], [b, 300]]. prune.\n"
     "# graft: \"notes\", [[b, 301]]. peers: the first 8 bytes of a and of b, ascending.\n"
-    "# announce: [[\"notes\", [[a, 3]]], [\"alerts\", [[b, 300], [a, 1]]]].\n";
+    "# announce: [[\"notes\", [[a, 3]]], [\"alerts\", [[b, 300], [a, 1]]]].\n"
+    "# mixed: [[\"notes\", [batch1]], [\"notes\", [batch2]]].\n";
 
 static void proto_vectors(fm_buf *b, const samples *s)
 {
@@ -1434,7 +1498,7 @@ static void proto_vectors(fm_buf *b, const samples *s)
     vec_hex(b, "batch2", s->batch2.data, s->batch2.len);
     vec_hex(b, "cert", s->cert, s->cert_len);
     vec_hex(b, "revocation", s->rev, s->rev_len);
-    sample_msg m[16];
+    sample_msg m[24];
     size_t n = sample_list(s, m);
     for (size_t i = 0; i < n; i++)
         vec_hex(b, m[i].name, m[i].b->data, m[i].b->len);
@@ -1491,6 +1555,7 @@ int main(void)
     RUN(test_bit_flips);
     RUN(test_peers_message);
     RUN(test_announce_message);
+    RUN(test_mixed_message);
     RUN(test_golden_vectors);
     TEST_MAIN_END();
 }
