@@ -6,7 +6,9 @@
 #include "sim/sim.h"
 
 #include <inttypes.h>
+#include <stdio.h>
 #include <stdlib.h>
+#include <unistd.h>
 
 static void usage(FILE *f)
 {
@@ -93,6 +95,13 @@ int main(int argc, char **argv)
     }
     if (status)
         fprintf(stderr, "replay: fieldmesh-sim %s\n", cfg.args);
+#if !defined(__SANITIZE_ADDRESS__) && !defined(__SANITIZE_THREAD__)
+    /* Everything is printed and written; the nodes' stores are in memory. Exit gives a thousand
+     * nodes' memory back in a fraction of the seconds that closing each one takes. A sanitizer
+     * build closes everything, for the leak check. */
+    if (fflush(stdout) == 0)
+        _exit(status);
+#endif
     fm_sim_close(s);
     return status;
 }
