@@ -875,7 +875,19 @@ static int nodes_init(fm_sim *s)
     return 0;
 }
 
-/* Certificates for every node, each joins, then every node installs them all in one call. */
+typedef struct dev_order {
+    uint8_t dev[FM_ID_BYTES];
+    uint32_t node;
+} dev_order;
+
+static int cmp_dev(const void *a, const void *b)
+{
+    return memcmp(a, b, FM_ID_BYTES);
+}
+
+/* Certificates for every node, each joins, then every node installs them all in one call. They
+ * go in device order: a membership view keeps its certificates sorted, and a thousand inserted
+ * in random order made every node's import move half its array each time. */
 static int mesh_init(fm_sim *s)
 {
     uint8_t seed[32];
@@ -889,12 +901,19 @@ static int mesh_init(fm_sim *s)
     fm_bytes *recs = calloc(s->n, sizeof *recs);
     uint8_t *enc = malloc((size_t)s->n * FM_MAX_CERT_BYTES);
     char(*text)[FM_MEMBER_TEXT_MAX] = malloc((size_t)s->n * sizeof *text);
-    uint32_t nrecs = 0;
-    rc = recs && enc && text ? 0 : FM_ENOMEM;
+    dev_order *order = malloc((size_t)s->n * sizeof *order);
+    uint32_t nrecs = 0, nids = 0;
+    rc = recs && enc && text && order ? 0 : FM_ENOMEM;
     for (uint32_t i = 0; !rc && i < s->n; i++) {
-        uint32_t o = identity_of(&s->cfg, i);
-        if (o != i)
-            continue;
+        if (identity_of(&s->cfg, i) != i)
+            continue; /* a fork clone shares its original's identity */
+        memcpy(order[nids].dev, s->nodes[i].dev, FM_ID_BYTES);
+        order[nids++].node = i;
+    }
+    if (!rc)
+        qsort(order, nids, sizeof *order, cmp_dev);
+    for (uint32_t x = 0; !rc && x < nids; x++) {
+        uint32_t i = order[x].node;
         char name[32];
         snprintf(name, sizeof name, "sim%" PRIu32, i);
         rc = fm_mesh_admit(&s->auth_env, s->authority, s->nodes[i].dev, name, 36525, 0, text[i],
@@ -918,6 +937,7 @@ static int mesh_init(fm_sim *s)
     free(recs);
     free(enc);
     free(text);
+    free(order);
     return rc;
 }
 
