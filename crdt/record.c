@@ -161,6 +161,23 @@ fm_field *fm_rec_field(const fm_rec *r, const uint8_t *name, uint32_t len)
     return found ? &r->fields[i] : NULL;
 }
 
+/* fm_grow from one slot: a node caches thousands of records, most with a field or two of one
+ * register each, and fm_grow's first four slots made a record three times its size. */
+static int rec_grow(void **arr, uint32_t n, uint32_t *cap, size_t size)
+{
+    if (n < *cap)
+        return 0;
+    if (*cap == 0) {
+        void *p = fm_reallocarray(*arr, 1, size);
+        if (!p)
+            return FM_ENOMEM;
+        *arr = p;
+        *cap = 1;
+        return 0;
+    }
+    return fm_grow(arr, n, cap, size);
+}
+
 /* Finds or inserts (keeping name order) the field. */
 static fm_field *rec_field(fm_rec *r, const uint8_t *name, uint32_t len)
 {
@@ -168,7 +185,7 @@ static fm_field *rec_field(fm_rec *r, const uint8_t *name, uint32_t len)
     uint32_t lo = field_pos(r, name, len, &found);
     if (found)
         return &r->fields[lo];
-    if (fm_grow((void **)&r->fields, r->nfields, &r->cfields, sizeof *r->fields))
+    if (rec_grow((void **)&r->fields, r->nfields, &r->cfields, sizeof *r->fields))
         return NULL;
     uint8_t *copy = malloc(len);
     if (!copy)
@@ -239,7 +256,7 @@ static int apply_reg(fm_field *f, const fm_opctx *c, const fm_op *op)
             f->regs[keep++] = f->regs[i];
     }
     f->nregs = keep;
-    if (fm_grow((void **)&f->regs, f->nregs, &f->cregs, sizeof *f->regs))
+    if (rec_grow((void **)&f->regs, f->nregs, &f->cregs, sizeof *f->regs))
         return FM_ENOMEM;
     fm_reg *g = &f->regs[f->nregs];
     *g = (fm_reg){.seq = c->seq, .hlc = c->hlc, .author = c->author, .type = op->type};
@@ -258,7 +275,7 @@ static int apply_ctr(fm_field *f, const fm_opctx *c, int64_t delta)
             return 0;
         }
     }
-    if (fm_grow((void **)&f->ctrs, f->nctrs, &f->cctrs, sizeof *f->ctrs))
+    if (rec_grow((void **)&f->ctrs, f->nctrs, &f->cctrs, sizeof *f->ctrs))
         return FM_ENOMEM;
     f->ctrs[f->nctrs++] = (fm_ctr){.author = c->author, .total = delta};
     return 0;
@@ -290,7 +307,7 @@ static int apply_set(fm_field *f, const fm_opctx *c, const fm_op *op)
         elem_drop_covered(e, c);
     if (op->type == FM_OP_ADD) {
         if (!e) {
-            if (fm_grow((void **)&f->elems, f->nelems, &f->celems, sizeof *f->elems))
+            if (rec_grow((void **)&f->elems, f->nelems, &f->celems, sizeof *f->elems))
                 return FM_ENOMEM;
             e = &f->elems[f->nelems];
             memset(e, 0, sizeof *e);
