@@ -224,7 +224,12 @@ static void net_send(fm_sim *s, uint64_t t, uint32_t slot, int side, const uint8
     sim_conn *c = sim_conn_at(s, slot);
     sim_dir *d = &c->dir[side];
     if (d->head == d->q.len) {
-        fm_buf_reset(&d->q);
+        /* Drained: a burst's big buffer goes back, for the next burst on any link. Thousands of
+         * connections each keeping its largest burst were a tenth of a big run's memory. */
+        if (d->q.cap > 16384)
+            fm_buf_free(&d->q);
+        else
+            fm_buf_reset(&d->q);
         d->head = 0;
     } else if (d->head > 65536 && d->head > d->q.len / 2) {
         memmove(d->q.data, d->q.data + d->head, d->q.len - d->head);
