@@ -726,6 +726,12 @@ static void push_end(conn *c, pump_ctx *x)
         c->err = c->err ? c->err : rc;
 }
 
+/* BLE is the slow, battery-bound link: an IP path to the same device is preferred. */
+static bool is_ble(const conn *c)
+{
+    return strncmp(c->addr, "ble:", 4) == 0;
+}
+
 /* The eager-push rule for one applied batch and one connection; x gathers the connection's
  * batches of one collection into one frame. covered: the peer that sent us the batch pushed it
  * to this one as well (covers()), so an announcement is enough. */
@@ -749,7 +755,9 @@ static void push_one(fm_node *n, conn *c, pump_ctx *x, const fm_batch *b, const 
     uint64_t have = fm_vv_get(&s->known, b->author);
     if (have >= fm_batch_last_seq(b))
         return;
-    if (c->lazy || (covered && (c->peer_caps & FM_CAP_LAZY))) {
+    /* Not over BLE, where lazy push already announces: a covering push there is slow enough
+     * that the announcement often beats it and is grafted for nothing. */
+    if (c->lazy || (covered && !is_ble(c) && (c->peer_caps & FM_CAP_LAZY))) {
         n->st.push_covered += !c->lazy;
         ihave_queue(n, c, b, c->lazy ? FM_NODE_IHAVE_MS : FM_NODE_COVER_IHAVE_MS);
         return;
@@ -1667,12 +1675,6 @@ static void learn_peer(fm_node *n, conn *c)
         if (n->mesh != n->r->mesh)
             recheck_sessions(n);
     }
-}
-
-/* BLE is the slow, battery-bound link: an IP path to the same device is preferred. */
-static bool is_ble(const conn *c)
-{
-    return strncmp(c->addr, "ble:", 4) == 0;
 }
 
 static uint64_t connect_timeout(const conn *c)

@@ -65,7 +65,8 @@ typedef struct fm_node_config {
      * FM_NODE_PUSH_AT_ONCE = no wait, at most FM_NODE_MAX_PUSH_DELAY_MS. */
     uint32_t push_delay_ms;
     /* FM_COVER_ON (0): a batch is announced, not pushed, to a peer that the peer it came from
-     * has a session with (docs/PROTOCOL.md §8.8); FM_COVER_OFF pushes it anyway. */
+     * has a session with (docs/PROTOCOL.md §8.8), except over BLE; FM_COVER_OFF pushes it
+     * anyway. */
     int push_cover;
 } fm_node_config;
 

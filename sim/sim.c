@@ -221,7 +221,9 @@ static int node_core_open(fm_sim *s, sim_node *sn)
         /* sim addresses name no transport: what AUTO would do on these links */
         .lazy_push =
             s->cfg.link.name && strcmp(s->cfg.link.name, "ble") == 0 ? FM_LAZY_ON : FM_LAZY_OFF,
-        .push_cover = s->cfg.no_cover ? FM_COVER_OFF : FM_COVER_ON};
+        .push_cover = s->cfg.no_cover || (s->cfg.link.name && strcmp(s->cfg.link.name, "ble") == 0)
+                          ? FM_COVER_OFF
+                          : FM_COVER_ON};
     int rc = fm_node_open(&nc, &sn->n);
     if (rc)
         return rc;

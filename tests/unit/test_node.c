@@ -537,6 +537,25 @@ static void test_push_cover(void)
     CHECK_EQ_INT(SUM(batches_in) - in0, 3 + 3 * 2);
     CHECK_EQ_INT(SUM(push_covered), 0);
     world_close();
+
+    /* Over BLE nothing is covered (lazy push is what saves airtime there; off here). */
+    for (int i = 0; i < 4; i++)
+        cfg[i] = (fm_node_config){.anti_entropy_ms = 10000, .lazy_push = FM_LAZY_OFF};
+    world_open(4, cfg);
+    for (int a = 0; a < 4; a++)
+        for (int b = a + 1; b < 4; b++) {
+            char addr[16];
+            snprintf(addr, sizeof addr, "ble:%d", b);
+            CHECK_OK(fm_node_peer_seen(W.n[a].node, addr, NULL, FM_PEER_STATIC));
+        }
+    run_until(T0 + 3000);
+    in0 = SUM(batches_in);
+    CHECK_OK(write_n(0, "notes", "x", 1));
+    drain();
+    CHECK_EQ_INT(SUM(batches_in) - in0, 3 + 3 * 2);
+    CHECK_EQ_INT(SUM(push_covered), 0);
+    check_same(0, 3);
+    world_close();
 }
 
 /* A covered push lost on a dying link: the announcements of the other relays make the node
