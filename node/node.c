@@ -1195,8 +1195,6 @@ out:
 
 /* ---- receiving batches ---------------------------------------------------------------------- */
 
-/* Is b exactly the batch at the head of its feed here (hash and all)? Most duplicates are: a
- * batch pushed by several neighbours at once. */
 /* The length of the group of a MIXED or ANNOUNCE frame that starts at item i of k: a run of
  * items whose names point at the same bytes of the frame. */
 static uint32_t group_run(const fm_proto_name *names, uint32_t i, uint32_t k)
