@@ -491,6 +491,27 @@ static uint64_t sum_stat(size_t off)
 }
 #define SUM(field) sum_stat(offsetof(fm_node_stats, field))
 
+/* A full mesh of 4 dialled over scheme ("n" or "ble"): a batch floods, every relay pushing it to
+ * both other peers, and nothing is covered. */
+static void check_floods(const fm_node_config *cfg, const char *scheme)
+{
+    world_open(4, cfg);
+    for (int a = 0; a < 4; a++)
+        for (int b = a + 1; b < 4; b++) {
+            char addr[16];
+            snprintf(addr, sizeof addr, "%s:%d", scheme, b);
+            CHECK_OK(fm_node_peer_seen(W.n[a].node, addr, NULL, FM_PEER_STATIC));
+        }
+    run_until(T0 + 3000);
+    uint64_t in0 = SUM(batches_in);
+    CHECK_OK(write_n(0, "notes", "x", 1));
+    drain();
+    CHECK_EQ_INT(SUM(batches_in) - in0, 3 + 3 * 2);
+    CHECK_EQ_INT(SUM(push_covered), 0);
+    check_same(0, 3);
+    world_close();
+}
+
 /* PEERS: in a full mesh, a relay announces rather than pushes to the peers its sender has a
  * session with, so a write reaches each node once, at once; the announcements then find
  * nothing missing. */
@@ -526,36 +547,11 @@ static void test_push_cover(void)
     /* The same mesh, pushing anyway: every relay pushes to both other peers. */
     for (int i = 0; i < 4; i++)
         cfg[i].push_cover = FM_COVER_OFF;
-    world_open(4, cfg);
-    for (int a = 0; a < 4; a++)
-        for (int b = a + 1; b < 4; b++)
-            link_static(a, b);
-    run_until(T0 + 3000);
-    in0 = SUM(batches_in);
-    CHECK_OK(write_n(0, "notes", "x", 1));
-    drain();
-    CHECK_EQ_INT(SUM(batches_in) - in0, 3 + 3 * 2);
-    CHECK_EQ_INT(SUM(push_covered), 0);
-    world_close();
-
+    check_floods(cfg, "n");
     /* Over BLE nothing is covered (lazy push is what saves airtime there; off here). */
     for (int i = 0; i < 4; i++)
         cfg[i] = (fm_node_config){.anti_entropy_ms = 10000, .lazy_push = FM_LAZY_OFF};
-    world_open(4, cfg);
-    for (int a = 0; a < 4; a++)
-        for (int b = a + 1; b < 4; b++) {
-            char addr[16];
-            snprintf(addr, sizeof addr, "ble:%d", b);
-            CHECK_OK(fm_node_peer_seen(W.n[a].node, addr, NULL, FM_PEER_STATIC));
-        }
-    run_until(T0 + 3000);
-    in0 = SUM(batches_in);
-    CHECK_OK(write_n(0, "notes", "x", 1));
-    drain();
-    CHECK_EQ_INT(SUM(batches_in) - in0, 3 + 3 * 2);
-    CHECK_EQ_INT(SUM(push_covered), 0);
-    check_same(0, 3);
-    world_close();
+    check_floods(cfg, "ble");
 }
 
 /* A covered push lost on a dying link: the announcements of the other relays make the node
