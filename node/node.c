@@ -690,11 +690,17 @@ static void ihave_queue(fm_node *n, conn *c, const fm_batch *b, uint32_t delay_m
         c->ihave_at = at;
 }
 
+/* BLE is the slow, battery-bound link: an IP path to the same device is preferred. */
+static bool is_ble(const conn *c)
+{
+    return strncmp(c->addr, "ble:", 4) == 0;
+}
+
 /* The peer pushed a batch we held already: from now on it announces instead. */
 static int send_prune(fm_node *n, conn *c)
 {
     if (c->pruned || !(c->peer_caps & FM_CAP_LAZY) || n->lazy_push == FM_LAZY_OFF ||
-        (n->lazy_push == FM_LAZY_AUTO && strncmp(c->addr, "ble:", 4) != 0))
+        (n->lazy_push == FM_LAZY_AUTO && !is_ble(c)))
         return 0;
     /* Keep a few peers pushing: one tree for every author's writes breaks as peers come
      * and go, and each break costs a graft's round trip. */
@@ -724,12 +730,6 @@ static void push_end(conn *c, pump_ctx *x)
     x->l.s = NULL;
     if (rc)
         c->err = c->err ? c->err : rc;
-}
-
-/* BLE is the slow, battery-bound link: an IP path to the same device is preferred. */
-static bool is_ble(const conn *c)
-{
-    return strncmp(c->addr, "ble:", 4) == 0;
 }
 
 /* The eager-push rule for one applied batch and one connection; x gathers the connection's
