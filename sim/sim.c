@@ -210,20 +210,18 @@ static int node_start(fm_sim *s, sim_node *sn)
 
 static int node_core_open(fm_sim *s, sim_node *sn)
 {
-    fm_node_config nc = {
-        .version = FM_NODE_CONFIG_VERSION,
-        .replica = sn->r,
-        .io = &sn->io,
-        .subscribe_none = sn->subscribe_none,
-        .max_conns = s->cfg.max_conns,
-        .anti_entropy_ms = s->cfg.anti_entropy_ms,
-        .push_delay_ms = s->cfg.push_delay_ms ? s->cfg.push_delay_ms : FM_NODE_PUSH_AT_ONCE,
-        /* sim addresses name no transport: what AUTO would do on these links */
-        .lazy_push =
-            s->cfg.link.name && strcmp(s->cfg.link.name, "ble") == 0 ? FM_LAZY_ON : FM_LAZY_OFF,
-        .push_cover = s->cfg.no_cover || (s->cfg.link.name && strcmp(s->cfg.link.name, "ble") == 0)
-                          ? FM_COVER_OFF
-                          : FM_COVER_ON};
+    /* sim addresses name no transport: what AUTO would do on these links */
+    bool ble = s->cfg.link.name && strcmp(s->cfg.link.name, "ble") == 0;
+    fm_node_config nc = {.version = FM_NODE_CONFIG_VERSION,
+                         .replica = sn->r,
+                         .io = &sn->io,
+                         .subscribe_none = sn->subscribe_none,
+                         .max_conns = s->cfg.max_conns,
+                         .anti_entropy_ms = s->cfg.anti_entropy_ms,
+                         .push_delay_ms =
+                             s->cfg.push_delay_ms ? s->cfg.push_delay_ms : FM_NODE_PUSH_AT_ONCE,
+                         .lazy_push = ble ? FM_LAZY_ON : FM_LAZY_OFF,
+                         .push_cover = s->cfg.no_cover || ble ? FM_COVER_OFF : FM_COVER_ON};
     int rc = fm_node_open(&nc, &sn->n);
     if (rc)
         return rc;
@@ -882,7 +880,9 @@ typedef struct dev_order {
     uint32_t node;
 } dev_order;
 
-static int cmp_dev(const void *a, const void *b)
+/* qsort order of 32-byte keys (device ids, hashes) at the start of each element. */
+_Static_assert(FM_ID_BYTES == FM_HASH_BYTES, "ids and hashes compare alike");
+static int cmp_key(const void *a, const void *b)
 {
     return memcmp(a, b, FM_ID_BYTES);
 }
@@ -913,7 +913,7 @@ static int mesh_init(fm_sim *s)
         order[nids++].node = i;
     }
     if (!rc)
-        qsort(order, nids, sizeof *order, cmp_dev);
+        qsort(order, nids, sizeof *order, cmp_key);
     for (uint32_t x = 0; !rc && x < nids; x++) {
         uint32_t i = order[x].node;
         char name[32];
@@ -1153,11 +1153,6 @@ void fm_sim_close(fm_sim *s)
 
 /* ---- the end of a run ---------------------------------------------------------------------- */
 
-static int cmp_hash(const void *a, const void *b)
-{
-    return memcmp(a, b, FM_HASH_BYTES);
-}
-
 static int cmp_write(const void *a, const void *b)
 {
     const sim_write *x = a, *y = b;
@@ -1247,7 +1242,7 @@ static void final_hashes(fm_sim *s, fm_sim_result *r)
     }
     if (!k)
         r->min_ops = r->conflicts_min = r->forked_min = 0;
-    qsort(sorted, k, FM_HASH_BYTES, cmp_hash);
+    qsort(sorted, k, FM_HASH_BYTES, cmp_key);
     for (uint32_t x = 0; x < k; x++)
         r->distinct_state_hashes += x == 0 || memcmp(sorted[x], sorted[x - 1], FM_HASH_BYTES);
     r->checked_nodes = k;
