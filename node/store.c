@@ -338,17 +338,19 @@ static int load_colls(fm_store *st, fm_state *s)
 }
 
 /* The head of every feed of c: per author, the last batch in the log. Two index seeks per feed
- * (the next author, then its last batch), not a scan of the log. */
-static int load_heads(fm_store *st, fm_state *s, fm_coll *c)
+ * (the next author, then its last batch), not a scan of the log. q is HEAD_SQL, prepared once
+ * for every collection. */
+static const char HEAD_SQL[] =
+    "SELECT author, last_seq, hash FROM batches WHERE coll = ?1 AND "
+    "author = (SELECT author FROM batches WHERE coll = ?1 AND author > ?2 "
+    "ORDER BY author LIMIT 1) ORDER BY last_seq DESC LIMIT 1";
+
+static int load_heads(sqlite3_stmt *q, fm_state *s, fm_coll *c)
 {
-    sqlite3_stmt *q;
-    int rc = prepare_feed(st,
-                          "SELECT author, last_seq, hash FROM batches WHERE coll = ?1 AND "
-                          "author = (SELECT author FROM batches WHERE coll = ?1 AND author > ?2 "
-                          "ORDER BY author LIMIT 1) ORDER BY last_seq DESC LIMIT 1",
-                          c, NULL, &q);
-    if (rc)
-        return rc;
+    FM_ASSERT(c->store_id);
+    int rc = 0;
+    sqlite3_reset(q);
+    sqlite3_bind_int64(q, 1, c->store_id);
     sqlite3_bind_blob(q, 2, "", 0, SQLITE_STATIC); /* the empty blob sorts before every author */
     int step;
     while (!rc && (step = sqlite3_step(q)) == SQLITE_ROW) {
@@ -367,15 +369,20 @@ static int load_heads(fm_store *st, fm_state *s, fm_coll *c)
     }
     if (!rc && step != SQLITE_DONE)
         rc = FM_ESTORE;
-    sqlite3_finalize(q);
     return rc;
 }
 
 int fm_store_load_state(fm_store *st, fm_state *s)
 {
     int rc = load_colls(st, s);
+    if (rc || !s->ncolls)
+        return rc;
+    sqlite3_stmt *q;
+    if (sqlite3_prepare_v2(st->db, HEAD_SQL, -1, &q, NULL) != SQLITE_OK)
+        return FM_ESTORE;
     for (uint32_t i = 0; !rc && i < s->ncolls; i++)
-        rc = load_heads(st, s, s->colls[i]);
+        rc = load_heads(q, s, s->colls[i]);
+    sqlite3_finalize(q);
     return rc;
 }
 
