@@ -639,10 +639,14 @@ static void dispatch(fm_sim *s, const fm_sim_event *e)
 /* Worker threads beyond the calling one, started at the first window that has them work. */
 typedef struct sim_pool {
     pthread_t th[SIM_MAX_THREADS];
+    struct sim_thread {
+        fm_sim *s;
+        uint32_t idx;
+    } arg[SIM_MAX_THREADS];
     uint32_t started;
     pthread_barrier_t go, done;
     bool quit;
-    uint32_t next; /* the next worker (shard of nodes) to run in this window */
+    uint8_t taken[]; /* per worker (shard of nodes): claimed in this window */
 } sim_pool;
 
 /* Runs the worker's events before its window's end. */
@@ -663,31 +667,41 @@ static void worker_run(sim_worker *w)
     cur_worker = NULL;
 }
 
-/* Threads take workers in turn until none are left: the outcome does not depend on which. */
-static void run_workers(fm_sim *s)
+static void run_claimed(fm_sim *s, uint32_t k)
 {
-    sim_pool *p = s->pool;
-    uint32_t k;
-    while ((k = __atomic_fetch_add(&p->next, 1, __ATOMIC_RELAXED)) < s->nworkers)
+    if (!__atomic_exchange_n(&s->pool->taken[k], 1, __ATOMIC_ACQ_REL))
         worker_run(&s->w[k]);
+}
+
+/* Thread t runs its own workers (t, t + nthreads, ...) first and then takes over whichever
+ * others are still unclaimed, the last first. A shard thus stays on one thread while the load
+ * is even (its memory in that thread's caches and malloc arena), and no thread idles while
+ * another has a queue. The outcome does not depend on which thread runs a worker. */
+static void run_workers(fm_sim *s, uint32_t t)
+{
+    for (uint32_t k = t; k < s->nworkers; k += s->nthreads)
+        run_claimed(s, k);
+    for (uint32_t k = s->nworkers; k-- > 0;)
+        run_claimed(s, k);
 }
 
 static void *thread_main(void *arg)
 {
-    fm_sim *s = arg;
+    const struct sim_thread *th = arg;
+    fm_sim *s = th->s;
     sim_pool *p = s->pool;
     for (;;) {
         pthread_barrier_wait(&p->go);
         if (p->quit)
             return NULL;
-        run_workers(s);
+        run_workers(s, th->idx);
         pthread_barrier_wait(&p->done);
     }
 }
 
 static int pool_start(fm_sim *s)
 {
-    sim_pool *p = calloc(1, sizeof *p);
+    sim_pool *p = calloc(1, sizeof *p + s->nworkers);
     if (!p)
         return FM_ENOMEM;
     if (pthread_barrier_init(&p->go, NULL, s->nthreads) ||
@@ -697,7 +711,8 @@ static int pool_start(fm_sim *s)
     }
     s->pool = p;
     for (uint32_t k = 1; k < s->nthreads; k++) {
-        if (pthread_create(&p->th[k], NULL, thread_main, s))
+        p->arg[k] = (struct sim_thread){.s = s, .idx = k};
+        if (pthread_create(&p->th[k], NULL, thread_main, &p->arg[k]))
             break; /* fewer threads: the calling one runs every worker itself */
         p->started = k;
     }
@@ -736,9 +751,9 @@ static void run_window(fm_sim *s, uint64_t until, uint32_t busy)
         sim_fail(s, FM_ENOMEM);
     sim_pool *p = s->pool;
     if (threads && p && p->started + 1 == s->nthreads) {
-        p->next = 0;
+        memset(p->taken, 0, s->nworkers);
         pthread_barrier_wait(&p->go);
-        run_workers(s);
+        run_workers(s, 0);
         pthread_barrier_wait(&p->done);
     } else {
         for (uint32_t k = 0; k < s->nworkers; k++)
