@@ -230,6 +230,13 @@ static int node_core_open(fm_sim *s, sim_node *sn)
     return 0;
 }
 
+static int node_open_first(fm_sim *s, uint32_t i, void *arg)
+{
+    (void)arg;
+    s->nodes[i].crashed = false;
+    return node_core_open(s, &s->nodes[i]);
+}
+
 static void stats_add(fm_node_stats *acc, const fm_node_stats *x)
 {
     acc->frames_out += x->frames_out;
@@ -667,10 +674,31 @@ static void worker_run(sim_worker *w)
     cur_worker = NULL;
 }
 
+/* Runs the setup step on the worker's nodes in order, up to the first that fails. */
+static void job_run(sim_worker *w)
+{
+    fm_sim *s = w->s;
+    cur_worker = w;
+    w->now = s->now;
+    for (uint32_t i = w->idx; i < s->n && !w->job_rc; i += s->nworkers) {
+        w->job_rc = s->job(s, i, s->job_arg);
+        w->job_node = i;
+    }
+    cur_worker = NULL;
+}
+
+static void run_one(fm_sim *s, uint32_t k)
+{
+    if (s->job)
+        job_run(&s->w[k]);
+    else
+        worker_run(&s->w[k]);
+}
+
 static void run_claimed(fm_sim *s, uint32_t k)
 {
     if (!__atomic_exchange_n(&s->pool->taken[k], 1, __ATOMIC_ACQ_REL))
-        worker_run(&s->w[k]);
+        run_one(s, k);
 }
 
 /* Thread t runs its own workers (t, t + nthreads, ...) first and then takes over whichever
@@ -740,13 +768,11 @@ static void pool_stop(fm_sim *s)
     s->pool = NULL;
 }
 
-/* Every worker runs its events before until; with threads, at once. The outcome is the same
- * either way (sim_int.h), so a small window is not worth waking threads for. */
-static void run_window(fm_sim *s, uint64_t until, uint32_t busy)
+/* Runs every worker (its events, or s->job): on the threads when asked and they all started,
+ * otherwise on the calling one. */
+static void run_all(fm_sim *s, bool threads)
 {
-    for (uint32_t k = 0; k < s->nworkers; k++)
-        s->w[k].until = until;
-    bool threads = s->nthreads > 1 && busy > 64;
+    threads = threads && s->nthreads > 1;
     if (threads && !s->pool && pool_start(s))
         sim_fail(s, FM_ENOMEM);
     sim_pool *p = s->pool;
@@ -757,8 +783,36 @@ static void run_window(fm_sim *s, uint64_t until, uint32_t busy)
         pthread_barrier_wait(&p->done);
     } else {
         for (uint32_t k = 0; k < s->nworkers; k++)
-            worker_run(&s->w[k]);
+            run_one(s, k);
     }
+}
+
+/* A setup step on every node, each on its worker's own thread, so that what a node allocates
+ * sits in the arena of the thread that runs it later. The result is that of the lowest-numbered
+ * node that failed, as if the nodes had been set up one after another. */
+static int run_nodes(fm_sim *s, int (*job)(fm_sim *s, uint32_t node, void *arg), void *arg)
+{
+    for (uint32_t k = 0; k < s->nworkers; k++)
+        s->w[k].job_rc = 0;
+    s->job = job;
+    s->job_arg = arg;
+    run_all(s, s->n > 64);
+    s->job = NULL;
+    int rc = 0;
+    uint32_t first = UINT32_MAX;
+    for (uint32_t k = 0; k < s->nworkers; k++)
+        if (s->w[k].job_rc && s->w[k].job_node < first)
+            first = s->w[k].job_node, rc = s->w[k].job_rc;
+    return rc ? rc : sim_error(s);
+}
+
+/* Every worker runs its events before until; with threads, at once. The outcome is the same
+ * either way (sim_int.h), so a small window is not worth waking threads for. */
+static void run_window(fm_sim *s, uint64_t until, uint32_t busy)
+{
+    for (uint32_t k = 0; k < s->nworkers; k++)
+        s->w[k].until = until;
+    run_all(s, busy > 64);
     for (uint32_t k = 0; k < s->nworkers; k++)
         s->now = FM_MAX(s->now, s->w[k].last_t);
 }
@@ -823,6 +877,30 @@ static uint32_t identity_of(const fm_sim_config *c, uint32_t i)
     return i;
 }
 
+/* A node's identity, its store (held open, so that a crash keeps it) and its replica. */
+static int node_init(fm_sim *s, uint32_t i, void *arg)
+{
+    (void)arg;
+    const fm_sim_config *c = &s->cfg;
+    sim_node *sn = &s->nodes[i];
+    bool revoked = false;
+    for (uint32_t x = 0; x < c->nrevoke; x++)
+        revoked |= identity_of(c, c->revoke[x].node) == identity_of(c, i);
+    sn->excluded = sn->subscribe_none || sn->fork_clone || revoked;
+    sn->ident = identity_of(c, i);
+    uint8_t seed[32];
+    seed_bytes(c->seed, "fmsim-identity", identity_of(c, i), seed);
+    int rc = fm_identity_from_seed(seed, &sn->id);
+    sodium_memzero(seed, sizeof seed);
+    if (rc)
+        return rc;
+    fm_identity_public(sn->id, sn->dev);
+    int flags = SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_URI;
+    if (sqlite3_open_v2(sn->uri, &sn->hold, flags, NULL) != SQLITE_OK)
+        return FM_ESTORE;
+    return node_start(s, sn);
+}
+
 static int nodes_init(fm_sim *s)
 {
     const fm_sim_config *c = &s->cfg;
@@ -867,27 +945,7 @@ static int nodes_init(fm_sim *s)
         s->nodes[c->subscribe_none[x]].subscribe_none = true;
     for (uint32_t x = 0; x < c->nfork; x++)
         s->nodes[c->fork[x].node].fork_clone = true;
-    for (uint32_t i = 0; i < s->n; i++) {
-        sim_node *sn = &s->nodes[i];
-        bool revoked = false;
-        for (uint32_t x = 0; x < c->nrevoke; x++)
-            revoked |= identity_of(c, c->revoke[x].node) == identity_of(c, i);
-        sn->excluded = sn->subscribe_none || sn->fork_clone || revoked;
-        sn->ident = identity_of(c, i);
-        uint8_t seed[32];
-        seed_bytes(c->seed, "fmsim-identity", identity_of(c, i), seed);
-        int rc = fm_identity_from_seed(seed, &sn->id);
-        sodium_memzero(seed, sizeof seed);
-        if (rc)
-            return rc;
-        fm_identity_public(sn->id, sn->dev);
-        int flags = SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_URI;
-        if (sqlite3_open_v2(sn->uri, &sn->hold, flags, NULL) != SQLITE_OK)
-            return FM_ESTORE;
-        if ((rc = node_start(s, sn)))
-            return rc;
-    }
-    return 0;
+    return run_nodes(s, node_init, NULL);
 }
 
 typedef struct dev_order {
@@ -905,6 +963,21 @@ static int cmp_key(const void *a, const void *b)
 /* Certificates for every node, each joins, then every node installs them all in one call. They
  * go in device order: a membership view keeps its certificates sorted, and a thousand inserted
  * in random order made every node's import move half its array each time. */
+typedef struct admit_ctx {
+    char (*text)[FM_MEMBER_TEXT_MAX];
+    const fm_bytes *recs;
+    uint32_t nrecs;
+} admit_ctx;
+
+/* A node joins the mesh with its own certificate and installs everyone's. */
+static int node_admit(fm_sim *s, uint32_t i, void *arg)
+{
+    const admit_ctx *x = arg;
+    int rc = fm_replica_join(s->nodes[i].r, x->text[identity_of(&s->cfg, i)]);
+    int got = rc ? rc : fm__replica_import_members(s->nodes[i].r, x->recs, x->nrecs);
+    return got < 0 ? got : 0;
+}
+
 static int mesh_init(fm_sim *s)
 {
     uint8_t seed[32];
@@ -945,12 +1018,9 @@ static int mesh_init(fm_sim *s)
         recs[nrecs].len = len;
         nrecs++;
     }
-    for (uint32_t i = 0; !rc && i < s->n; i++)
-        rc = fm_replica_join(s->nodes[i].r, text[identity_of(&s->cfg, i)]);
-    for (uint32_t i = 0; !rc && i < s->n; i++) {
-        int got = fm__replica_import_members(s->nodes[i].r, recs, nrecs);
-        rc = got < 0 ? got : 0;
-    }
+    admit_ctx x = {.text = text, .recs = recs, .nrecs = nrecs};
+    if (!rc)
+        rc = run_nodes(s, node_admit, &x);
     free(recs);
     free(enc);
     free(text);
@@ -1106,10 +1176,7 @@ int fm_sim_open(const fm_sim_config *cfg, fm_sim **out)
     if ((rc = nodes_init(s)) || (rc = mesh_init(s)) || (rc = sim_topo_build(s)))
         goto fail;
     schedule(s);
-    for (uint32_t i = 0; !rc && i < s->n; i++) {
-        s->nodes[i].crashed = false;
-        rc = node_core_open(s, &s->nodes[i]);
-    }
+    rc = run_nodes(s, node_open_first, NULL);
     for (uint32_t i = 0; !rc && i < s->n; i++)
         sim_topo_presence(s, i);
     if (!rc)

@@ -164,6 +164,8 @@ typedef struct sim_worker {
     fm_buf opdata;
     fm_sigcache *sigcache;
     uint64_t events, node_calls, conns_opened, connects_failed;
+    int job_rc; /* a setup step (sim.c run_nodes): its first failure, and where */
+    uint32_t job_node;
     uint64_t last_t; /* the latest event it handled */
 } sim_worker;
 
@@ -193,7 +195,10 @@ struct fm_sim {
     fm_sigcache *sigcache; /* shared: the workers' caches' parent */
     uint64_t window_us;    /* a window's length: the link's minimum one-way delay */
     struct sim_pool *pool; /* worker threads (sim.c) */
-    sim_op *allops;        /* the ops of a window, merged */
+    /* A setup step the workers run on each of their nodes instead of events (sim.c). */
+    int (*job)(fm_sim *s, uint32_t node, void *arg);
+    void *job_arg;
+    sim_op *allops; /* the ops of a window, merged */
     uint32_t callops;
     fm_sim_rng rng_topo, rng_link, rng_work, rng_churn, rng_move;
     uint32_t n;

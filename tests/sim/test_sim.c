@@ -500,10 +500,11 @@ static void test_same_seed(void)
 }
 
 /* Nodes run in parallel windows (sim_int.h): the run is the same whatever the number of threads
- * and of node shards (one thread has 8 shards, three have 24). */
+ * and of node shards (one thread has 32 shards, three have 72). Over 64 nodes the setup runs on
+ * the threads too. */
 static void test_threads(void)
 {
-    const char *flags = "--nodes 60 --topology rgg --degree 5 --churn 0.2 --loss 0.05 --crash 0.1 "
+    const char *flags = "--nodes 72 --topology rgg --degree 5 --churn 0.2 --loss 0.05 --crash 0.1 "
                         "--partition 3:6:2 --writes 400 --seed 5";
     int before = fm_test_failures;
     run x[3];
