@@ -157,11 +157,13 @@ fail:
     return rc;
 }
 
-/* sqlite's in-memory VFS: the data already lives in memory, shared by every connection to the
- * same name, so a big page cache would only hold it twice. */
+/* An in-memory database that other connections to the same name share: the memdb VFS (whose
+ * buffer holds the data, so a big page cache would hold it twice) or a shared-cache
+ * mode=memory one (whose pages are the cache, never evicted). */
 static bool is_memdb_uri(const char *path)
 {
-    return path && strncmp(path, "file:", 5) == 0 && strstr(path, "vfs=memdb") != NULL;
+    return path && strncmp(path, "file:", 5) == 0 &&
+           (strstr(path, "vfs=memdb") != NULL || strstr(path, "mode=memory") != NULL);
 }
 
 int fm_store_open(const char *path, fm_store **out)

@@ -115,7 +115,7 @@ typedef struct sim_node {
     fm_identity *id;
     uint8_t dev[FM_ID_BYTES];
     char uri[112];
-    sqlite3 *hold; /* keeps the memdb store alive across a crash */
+    sqlite3 *hold; /* keeps the in-memory store alive across a crash */
     fm_replica *r;
     fm_node *n;
     fm_node_io io;

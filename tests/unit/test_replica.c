@@ -2458,12 +2458,13 @@ static void test_import_members(void)
 /* ---- in-memory stores shared within a process -------------------------------------------------
  */
 
-/* A replica on a memdb URI survives close and reopen (a simulated crash) while another
- * connection holds the database; with none left, the database is gone. Nothing touches disk. */
-static void test_memdb_uri_reopen(void)
+/* A replica on an in-memory URI (the memdb VFS, or a shared-cache mode=memory database as the
+ * simulator uses) survives close and reopen (a simulated crash) while another connection holds
+ * the database; with none left, the database is gone. Nothing touches disk. */
+static void memory_uri_reopen(const char *fmt)
 {
     char uri[128], disk[64];
-    snprintf(uri, sizeof uri, "file:/fm-test-replica-%d?vfs=memdb", (int)getpid());
+    snprintf(uri, sizeof uri, fmt, (int)getpid());
     snprintf(disk, sizeof disk, "/fm-test-replica-%d", (int)getpid());
     sqlite3 *hold = NULL;
     CHECK_EQ_INT(sqlite3_open_v2(uri, &hold,
@@ -2496,6 +2497,18 @@ static void test_memdb_uri_reopen(void)
     CHECK_EQ_INT(status_of(a.r).batches, 0);
     node_close(&a);
     node_close(&b);
+    CHECK(stat(disk, &sb) != 0);
+    CHECK(stat(disk + 1, &sb) != 0);
+}
+
+static void test_memdb_uri_reopen(void)
+{
+    memory_uri_reopen("file:/fm-test-replica-%d?vfs=memdb");
+}
+
+static void test_shared_memory_uri_reopen(void)
+{
+    memory_uri_reopen("file:fm-test-replica-%d?mode=memory&cache=shared");
 }
 
 /* A few batches lacking early in a long log: export walks their feeds, not the log. */
@@ -2648,6 +2661,7 @@ int main(void)
     RUN(test_compact_context_equivalence);
     RUN(test_import_members);
     RUN(test_memdb_uri_reopen);
+    RUN(test_shared_memory_uri_reopen);
     RUN(test_group_commit);
     RUN(test_export_merge);
     if (fm_test_failures)
