@@ -135,7 +135,7 @@ static int rd_ops(fm_rd *r, fm_batch *b)
     return rd_ops_count(r, b, &n) ? r->err : rd_op_list(r, b, n);
 }
 
-int fm_batch_decode(const uint8_t *p, size_t len, fm_batch *b)
+static int decode_unhashed(const uint8_t *p, size_t len, fm_batch *b)
 {
     b->ctx.n = 0; /* its room is kept for the next batch */
     b->nops = 0;
@@ -148,11 +148,27 @@ int fm_batch_decode(const uint8_t *p, size_t len, fm_batch *b)
     b->signed_len = (size_t)(r.p - p);
     if (fm_rd_bin_fixed(&r, b->sig, FM_SIG_BYTES) || fm_rd_end(&r))
         goto fail;
-    crypto_generichash(b->hash, FM_HASH_BYTES, p, len, NULL, 0);
     return 0;
 fail:
     b->nops = 0;
     return r.err;
+}
+
+int fm_batch_decode(const uint8_t *p, size_t len, fm_batch *b)
+{
+    int rc = decode_unhashed(p, len, b);
+    if (!rc)
+        crypto_generichash(b->hash, FM_HASH_BYTES, p, len, NULL, 0);
+    return rc;
+}
+
+int fm_batch_decode_hashed(const uint8_t *p, size_t len, const uint8_t hash[FM_HASH_BYTES],
+                           fm_batch *b)
+{
+    int rc = decode_unhashed(p, len, b);
+    if (!rc)
+        memcpy(b->hash, hash, FM_HASH_BYTES);
+    return rc;
 }
 
 int fm_batch_peek(const uint8_t *p, size_t len, fm_batch *b, bool hash)

@@ -68,6 +68,10 @@ void fm_batch_free(fm_batch *b);
 /* Strict decode of one batch (exactly len bytes); b's pointers borrow p. Does not verify the
  * signature. Errors: FM_EDECODE, FM_ETRUNC, FM_ENONCANON, FM_ELIMIT, FM_EVERSION, FM_ENOMEM. */
 int fm_batch_decode(const uint8_t *p, size_t len, fm_batch *b);
+/* fm_batch_decode for a caller that has already hashed exactly these bytes (a peek with hash):
+ * b->hash is copied from hash, not computed again. */
+int fm_batch_decode_hashed(const uint8_t *p, size_t len, const uint8_t hash[FM_HASH_BYTES],
+                           fm_batch *b);
 /* The header of a batch only: author, collection, first_seq, prev, ctx, hlc and the op count
  * (b->nops, so fm_batch_last_seq works), the ops themselves neither read nor checked (b->ops is
  * not for use), and b->hash only if hash. For decisions about bytes that are stored already or

@@ -151,9 +151,10 @@ struct fm_node {
     fm_bytes *barr;        /* a received BATCHES frame */
     fm_proto_name *bnames; /* the collection of each batch in barr (MIXED) */
     int *bres;
-    uint32_t *bops;  /* ops of each batch in barr */
-    int depth;       /* > 0 while inside a node entry point */
-    int active_conn; /* conn whose fm_session_input is running, or -1 */
+    uint32_t *bops;                  /* ops of each batch in barr */
+    uint8_t (*bhash)[FM_HASH_BYTES]; /* hash of each batch in barr, from its peek */
+    int depth;                       /* > 0 while inside a node entry point */
+    int active_conn;                 /* conn whose fm_session_input is running, or -1 */
     uint64_t connect_at;
 };
 
@@ -1237,6 +1238,7 @@ static int batches_in(fm_node *n, conn *c, const fm_proto_name *pname, fm_bytes 
             continue;
         }
         n->bops[keep] = n->b.nops;
+        memcpy(n->bhash[keep], n->b.hash, FM_HASH_BYTES);
         arr[keep++] = arr[i];
     }
     /* Nothing new, all of it held and recent: another peer pushes the same to us first. */
@@ -1246,7 +1248,7 @@ static int batches_in(fm_node *n, conn *c, const fm_proto_name *pname, fm_bytes 
     n->src_arr = arr;
     n->src_n = keep;
     n->src_next = 0;
-    int applied = keep ? fm_replica_ingest(n->r, arr, keep, res) : 0;
+    int applied = keep ? fm__replica_ingest_hashed(n->r, arr, n->bhash, keep, res) : 0;
     n->src_id = NULL;
     n->src_n = 0;
     if (applied < 0) {
@@ -2386,7 +2388,8 @@ int fm_node_open(const fm_node_config *cfg, fm_node **out)
                 !(n->bnames = calloc(FM_PROTO_MAX_BATCHES_PER_FRAME, sizeof *n->bnames)) ||
                 !(n->graft_authors = calloc(FM_PROTO_MAX_IHAVE, sizeof *n->graft_authors)) ||
                 !(n->bres = calloc(FM_PROTO_MAX_BATCHES_PER_FRAME, sizeof *n->bres)) ||
-                !(n->bops = calloc(FM_PROTO_MAX_BATCHES_PER_FRAME, sizeof *n->bops))))
+                !(n->bops = calloc(FM_PROTO_MAX_BATCHES_PER_FRAME, sizeof *n->bops)) ||
+                !(n->bhash = calloc(FM_PROTO_MAX_BATCHES_PER_FRAME, sizeof *n->bhash))))
         rc = FM_ENOMEM;
     if (rc) {
         fm_node_close(n);
@@ -2425,6 +2428,7 @@ void fm_node_close(fm_node *n)
     free(n->bnames);
     free(n->bres);
     free(n->bops);
+    free(n->bhash);
     free(n->subs);
     free(n->sub_names);
     fm_buf_free(&n->applied);

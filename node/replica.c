@@ -594,12 +594,13 @@ static int vv_room(fm_replica *r, const fm_batch *b)
  * applied, held or kept as fork proof unless verified (verified: the caller already did), while
  * a duplicate of what we hold costs no verification (and the head batch, the common case of
  * gossip, no store read either). */
-static int ingest_one(fm_replica *r, const uint8_t *data, size_t len, bool verified, bool *fatal)
+static int ingest_one(fm_replica *r, const uint8_t *data, size_t len, const uint8_t *hash,
+                      bool verified, bool *fatal)
 {
     fm_batch *b = &r->batch;
     bool partial = false;
     *fatal = false;
-    int rc = fm_batch_decode(data, len, b);
+    int rc = hash ? fm_batch_decode_hashed(data, len, hash, b) : fm_batch_decode(data, len, b);
     if (!rc && fm__replica_holds(r, b))
         return FM_EDUP;
     if (!rc)
@@ -648,7 +649,7 @@ static int pending_drain(fm_replica *r, int *applied)
             r->pending_bytes -= p.len;
             bool fatal;
             /* Held batches passed verification on arrival: the same bytes need not again. */
-            int rc = ingest_one(r, p.data, p.len, true, &fatal);
+            int rc = ingest_one(r, p.data, p.len, NULL, true, &fatal);
             free(p.data);
             fm_batch_free(&p.hdr);
             if (fatal)
@@ -663,6 +664,12 @@ static int pending_drain(fm_replica *r, int *applied)
 
 int fm_replica_ingest(fm_replica *r, const fm_bytes *batches, size_t n, int *results)
 {
+    return fm__replica_ingest_hashed(r, batches, NULL, n, results);
+}
+
+int fm__replica_ingest_hashed(fm_replica *r, const fm_bytes *batches,
+                              const uint8_t (*hashes)[FM_HASH_BYTES], size_t n, int *results)
+{
     if (!r || (n && !batches))
         return FM_EINVAL;
     if (r->in_hook)
@@ -673,7 +680,8 @@ int fm_replica_ingest(fm_replica *r, const fm_bytes *batches, size_t n, int *res
         return rc;
     for (size_t i = 0; i < n && !rc; i++) {
         bool fatal;
-        int one = ingest_one(r, batches[i].data, batches[i].len, false, &fatal);
+        int one = ingest_one(r, batches[i].data, batches[i].len, hashes ? hashes[i] : NULL, false,
+                             &fatal);
         if (fatal)
             rc = one;
         else if (results)

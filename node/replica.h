@@ -22,6 +22,11 @@
 typedef void (*fm_applied_fn)(void *arg, const uint8_t *batch, size_t len);
 void fm__replica_set_applied_hook(fm_replica *r, fm_applied_fn fn, void *arg);
 
+/* fm_replica_ingest for a caller that has hashed every batch already (hashes[i] over exactly
+ * batches[i]), so that ingest does not hash them again. */
+int fm__replica_ingest_hashed(fm_replica *r, const fm_bytes *batches,
+                              const uint8_t (*hashes)[FM_HASH_BYTES], size_t n, int *results);
+
 /* Calls fn for each stored batch of the collection that theirs lacks (last seq beyond theirs for
  * its author), in log (causal) order; fn returning non-zero stops, and that value is returned.
  * Reads only from the first batch any author's lacking part starts at; nothing lacking reads

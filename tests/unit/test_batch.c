@@ -211,6 +211,22 @@ static void test_roundtrip(void)
     /* A failed decode leaves no ops behind. */
     CHECK(fm_batch_decode(enc.data, enc.len - 1, &b) < 0);
     CHECK_EQ_INT(b.nops, 0);
+    /* With the hash a peek computed: the same batch, the hash taken as given; the same checks. */
+    fm_batch peeked, full;
+    fm_batch_init(&peeked);
+    fm_batch_init(&full);
+    CHECK_OK(fm_batch_peek(enc.data, enc.len, &peeked, true));
+    CHECK_OK(fm_batch_decode(enc.data, enc.len, &full));
+    CHECK_OK(fm_batch_decode_hashed(enc.data, enc.len, peeked.hash, &b));
+    CHECK_MEM(b.hash, full.hash, 32);
+    CHECK_EQ_INT(b.nops, full.nops);
+    CHECK_EQ_INT(b.signed_len, full.signed_len);
+    CHECK_MEM(b.sig, full.sig, FM_SIG_BYTES);
+    CHECK_OK(fm_batch_verify(&b, enc.data, enc.len));
+    CHECK(fm_batch_decode_hashed(enc.data, enc.len - 1, peeked.hash, &b) < 0);
+    CHECK_EQ_INT(b.nops, 0);
+    fm_batch_free(&peeked);
+    fm_batch_free(&full);
     fm_batch_free(&b);
     fm_buf_free(&enc);
     fm_identity_free(a);
