@@ -15,7 +15,9 @@
  * run every node event earlier than min(next node event + window_us, next global event) at
  * once. What crosses nodes (bytes sent, closes, connects, freed slots) is only recorded as an op
  * during a window, then applied after it in (time, node, per-node seq) order: the same run for
- * any number of workers. The trace hash is per node for the same reason.
+ * any number of workers. The trace hash is per node for the same reason. Setting the nodes up
+ * (stores, replicas, certificates, node cores) runs the same way: each node on its worker's
+ * thread, nothing shared between nodes.
  */
 #ifndef FM_SIM_INT_H
 #define FM_SIM_INT_H
