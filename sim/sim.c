@@ -1,8 +1,8 @@
 /*
- * sim.c — the simulator's core: building the mesh (identities, in-memory stores, certificates, node
- * cores), the event loop over virtual time, the workload and its ledger of acknowledged writes,
- * crashes and restarts, and the end-of-run checks (convergence per connected component, lost
- * writes).
+ * sim.c — the simulator's core: building the mesh (identities, in-memory stores, certificates,
+ * node cores), the event loop over virtual time, the workload and its ledger of acknowledged
+ * writes, crashes and restarts, and the end-of-run checks (convergence per connected component,
+ * lost writes).
  *
  * Every call into a node goes through one pattern: trace the event, call, then sim_after_call
  * (count it, mark the node's cached digest stale, re-read its next deadline and schedule its
