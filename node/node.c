@@ -612,26 +612,22 @@ static uint32_t ihave_run(const conn *c, uint32_t i)
 /* ANNOUNCE to a peer that takes it: many collections' announcements in one frame. */
 static int announce_flush(fm_node *n, conn *c)
 {
-    uint32_t i = 0;
+    uint32_t i = 0, run[FM_PROTO_MAX_IHAVE]; /* each group's entries, for the frame's head */
     while (i < c->nihave) {
         uint32_t groups = 0, total = 0;
-        for (uint32_t j = i; j < c->nihave && total < FM_PROTO_MAX_IHAVE; groups++) {
-            uint32_t k = FM_MIN(ihave_run(c, j), FM_PROTO_MAX_IHAVE - total);
-            total += k;
-            j += k;
+        for (uint32_t j = i; j < c->nihave && total < FM_PROTO_MAX_IHAVE; j += run[groups++]) {
+            run[groups] = FM_MIN(ihave_run(c, j), FM_PROTO_MAX_IHAVE - total);
+            total += run[groups];
         }
         fm_buf *msg = &n->scratch;
         fm_buf_reset(msg);
         fm_wr w;
         fm_wr_init(&w, msg);
         fm_proto_announce_begin(&w, groups);
-        for (uint32_t g = 0, left = total; g < groups; g++) {
-            uint32_t k = FM_MIN(ihave_run(c, i), left);
-            fm_proto_announce_group(&w, c->ihave[i].coll, c->ihave[i].len, k);
-            for (uint32_t j = 0; j < k; j++)
+        for (uint32_t g = 0; g < groups; i += run[g++]) {
+            fm_proto_announce_group(&w, c->ihave[i].coll, c->ihave[i].len, run[g]);
+            for (uint32_t j = 0; j < run[g]; j++)
                 fm_proto_ihave_entry(&w, c->ihave[i + j].author, c->ihave[i + j].seq);
-            i += k;
-            left -= k;
         }
         int rc = conn_send(n, c, msg);
         if (rc) {

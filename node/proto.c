@@ -216,16 +216,24 @@ void fm_proto_batches_begin(fm_wr *w, const uint8_t *name, uint32_t len, uint32_
     msgpack_pack_array(FM_PK(w), n);
 }
 
+/* The length of a list that must hold 1..room items: 0 is FM_EDECODE, more is FM_ELIMIT. */
+static int rd_list(fm_rd *r, uint32_t room, uint32_t *k)
+{
+    if (fm_rd_array(r, k))
+        return r->err;
+    if (*k == 0)
+        return r->err = FM_EDECODE;
+    if (*k > room)
+        return r->err = FM_ELIMIT;
+    return 0;
+}
+
 /* One list of batches, 1..room (more is FM_ELIMIT), into out. */
 static int rd_batches(fm_rd *r, fm_bytes *out, uint32_t room, uint32_t *n)
 {
     uint32_t k;
-    if (fm_rd_array(r, &k))
+    if (rd_list(r, room, &k))
         return r->err;
-    if (k == 0)
-        return r->err = FM_EDECODE;
-    if (k > room)
-        return r->err = FM_ELIMIT;
     for (uint32_t i = 0; i < k; i++) {
         const uint8_t *b;
         uint32_t blen;
@@ -285,12 +293,8 @@ static int groups_decode(uint64_t type, const uint8_t *p, size_t len, uint32_t m
     fm_rd r;
     uint32_t groups, total = 0;
     fm_rd_init(&r, p, len);
-    if (rd_head(&r, type, 2) || fm_rd_array(&r, &groups))
+    if (rd_head(&r, type, 2) || rd_list(&r, max, &groups))
         return r.err;
-    if (groups == 0)
-        return FM_EDECODE;
-    if (groups > max)
-        return FM_ELIMIT;
     for (uint32_t g = 0; g < groups; g++) {
         fm_proto_name name;
         uint32_t k;
@@ -407,12 +411,8 @@ void fm_proto_ihave_entry(fm_wr *w, const uint8_t author[FM_ID_BYTES], uint64_t 
 static int rd_entries(fm_rd *r, fm_ihave_entry *out, uint32_t room, uint32_t *n)
 {
     uint32_t k;
-    if (fm_rd_array(r, &k))
+    if (rd_list(r, room, &k))
         return r->err;
-    if (k == 0)
-        return r->err = FM_EDECODE;
-    if (k > room)
-        return r->err = FM_ELIMIT;
     for (uint32_t i = 0; i < k; i++) {
         const uint8_t *a;
         uint32_t alen;

@@ -160,7 +160,7 @@ fail:
 /* An in-memory database that other connections to the same name share: the memdb VFS (whose
  * buffer holds the data, so a big page cache would hold it twice) or a shared-cache
  * mode=memory one (whose pages are the cache, never evicted). */
-static bool is_memdb_uri(const char *path)
+static bool is_memory_uri(const char *path)
 {
     return path && strncmp(path, "file:", 5) == 0 &&
            (strstr(path, "vfs=memdb") != NULL || strstr(path, "mode=memory") != NULL);
@@ -196,14 +196,14 @@ int fm_store_open(const char *path, fm_store **out)
      * records all over the table, and a smaller cache re-reads pages and spills dirty ones. An
      * in-memory database gets 512 KiB: its pages are in memory anyway, and a simulator runs a
      * thousand of them in one process. */
-    const char *cache = is_memdb_uri(path) ? "PRAGMA cache_size=-512" : "PRAGMA cache_size=-16384";
+    const char *cache = is_memory_uri(path) ? "PRAGMA cache_size=-512" : "PRAGMA cache_size=-16384";
     if ((rc = exec(st, "PRAGMA synchronous=FULL")) || (rc = exec(st, cache)) || (rc = migrate(st)))
         goto fail;
     /* An in-memory database has nothing to sync and one writer: its rollback journal stays in
      * memory too, and its lock is taken once rather than per transaction. */
-    if (is_memdb_uri(path) && ((rc = exec(st, "PRAGMA journal_mode=MEMORY")) ||
-                               (rc = exec(st, "PRAGMA synchronous=OFF")) ||
-                               (rc = exec(st, "PRAGMA locking_mode=EXCLUSIVE"))))
+    if (is_memory_uri(path) && ((rc = exec(st, "PRAGMA journal_mode=MEMORY")) ||
+                                (rc = exec(st, "PRAGMA synchronous=OFF")) ||
+                                (rc = exec(st, "PRAGMA locking_mode=EXCLUSIVE"))))
         goto fail;
     for (int i = 0; i < S__COUNT; i++) {
         if (sqlite3_prepare_v3(st->db, SQL[i], -1, SQLITE_PREPARE_PERSISTENT, &st->stmt[i], NULL) !=
