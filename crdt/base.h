@@ -52,6 +52,26 @@ static inline int fm_id_cmp(const uint8_t *a, const uint8_t *b)
     return memcmp(a + sizeof x, b + sizeof y, FM_ID_BYTES - sizeof x);
 }
 
+/* Hash for in-memory maps (record ids, collection names): 8 bytes at a time with a
+ * multiply-xorshift mix. Not keyed: the maps only place keys, nothing is ever ordered by it,
+ * and the keys it takes are short and capped. */
+static inline uint32_t fm_hash32(const uint8_t *p, uint32_t len)
+{
+    uint64_t h = 0x9e3779b97f4a7c15ull ^ len;
+    uint32_t i = 0;
+    for (; i + 8 <= len; i += 8) {
+        uint64_t w;
+        memcpy(&w, p + i, 8);
+        h = (h ^ w) * 0xff51afd7ed558ccdull;
+        h ^= h >> 32;
+    }
+    uint64_t tail = 0;
+    memcpy(&tail, p + i, len - i);
+    h = (h ^ tail) * 0xc4ceb9fe1a85ec53ull;
+    h ^= h >> 29;
+    return (uint32_t)h;
+}
+
 void fm_buf_init(fm_buf *b);
 void fm_buf_free(fm_buf *b);
 void fm_buf_reset(fm_buf *b); /* len = 0, keeps capacity, clears oom */

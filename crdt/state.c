@@ -34,6 +34,8 @@ void fm_state_reset(fm_state *s)
     for (uint32_t i = 0; i < s->ncolls; i++)
         coll_free(s->colls[i]);
     s->ncolls = 0;
+    if (s->cmap)
+        memset(s->cmap, 0, s->cmap_cap * sizeof *s->cmap);
     s->ndirty = 0;
     s->ops = s->batches = 0;
     s->gen++;
@@ -43,6 +45,7 @@ void fm_state_free(fm_state *s)
 {
     fm_state_reset(s);
     free(s->colls);
+    free(s->cmap);
     free(s->dirty);
     free(s->dirty_coll);
     free(s->recs);
@@ -72,23 +75,57 @@ static uint32_t coll_find(const fm_state *s, const uint8_t *name, uint32_t len, 
     return lo;
 }
 
+/* The slot of name in cmap: the collection's, or the empty one where it would go. */
+static fm_coll **cmap_slot(const fm_state *s, const uint8_t *name, uint32_t len, uint32_t h)
+{
+    for (uint32_t i = h & (s->cmap_cap - 1);; i = (i + 1) & (s->cmap_cap - 1)) {
+        fm_coll *c = s->cmap[i];
+        if (!c || (c->name_hash == h && c->name_len == len && memcmp(c->name, name, len) == 0))
+            return &s->cmap[i];
+    }
+}
+
+/* Refills cmap from colls, at least twice as large as the collections need. */
+static int cmap_build(fm_state *s, uint32_t need)
+{
+    uint32_t cap = s->cmap_cap ? s->cmap_cap : 16;
+    while (cap < need * 2)
+        cap *= 2;
+    if (cap != s->cmap_cap) {
+        fm_coll **m = fm_calloc(cap, sizeof *m);
+        if (!m)
+            return FM_ENOMEM;
+        free(s->cmap);
+        s->cmap = m;
+        s->cmap_cap = cap;
+    } else {
+        memset(s->cmap, 0, cap * sizeof *s->cmap);
+    }
+    for (uint32_t i = 0; i < s->ncolls; i++) {
+        fm_coll *c = s->colls[i];
+        *cmap_slot(s, (const uint8_t *)c->name, c->name_len, c->name_hash) = c;
+    }
+    return 0;
+}
+
 fm_coll *fm_state_coll(fm_state *s, const uint8_t *name, uint32_t len)
 {
-    bool found;
-    uint32_t i = coll_find(s, name, len, &found);
-    return found ? s->colls[i] : NULL;
+    if (!s->ncolls)
+        return NULL;
+    return *cmap_slot(s, name, len, fm_hash32(name, len));
 }
 
 int fm_state_coll_add(fm_state *s, const uint8_t *name, uint32_t len, fm_coll **out)
 {
+    if ((*out = fm_state_coll(s, name, len)))
+        return 0;
     bool found;
     uint32_t i = coll_find(s, name, len, &found);
-    if (found) {
-        *out = s->colls[i];
-        return 0;
-    }
+    FM_ASSERT(!found);
     if (s->ncolls >= FM_MAX_COLLECTIONS)
         return FM_ELIMIT;
+    if ((s->ncolls + 1) * 2 > s->cmap_cap && cmap_build(s, s->ncolls + 1))
+        return FM_ENOMEM;
     if (fm_grow((void **)&s->colls, s->ncolls, &s->ccolls, sizeof *s->colls))
         return FM_ENOMEM;
     fm_coll *c = calloc(1, sizeof *c);
@@ -97,10 +134,12 @@ int fm_state_coll_add(fm_state *s, const uint8_t *name, uint32_t len, fm_coll **
         return FM_ENOMEM;
     }
     c->name_len = len;
+    c->name_hash = fm_hash32(name, len);
     fm_vv_init(&c->vv);
     memmove(&s->colls[i + 1], &s->colls[i], (s->ncolls - i) * sizeof *s->colls);
     s->colls[i] = c;
     s->ncolls++;
+    *cmap_slot(s, name, len, c->name_hash) = c;
     s->gen++;
     *out = c;
     return 0;
@@ -118,6 +157,10 @@ void fm_state_coll_drop(fm_state *s, fm_coll *c)
     s->ncolls--;
     s->gen++;
     coll_free(c);
+    /* Rare (a collection rebuilt or forgotten): refilling beats tombstones on every probe. The
+     * table keeps its size, so this cannot fail. */
+    int rc = cmap_build(s, s->ncolls);
+    FM_ASSERT(rc == 0);
 }
 
 static fm_feed *feed_find(const fm_coll *c, uint32_t author, uint32_t *pos)
@@ -282,25 +325,6 @@ int fm_state_context(fm_state *s, const uint8_t *coll, uint32_t coll_len,
 
 /* ---- the record map ------------------------------------------------------------------------ */
 
-/* Map hash of a record id: 8 bytes at a time with a multiply-xorshift mix. Not keyed: the map
- * only places records, nothing is ever ordered by it, and ids are capped at 128 bytes. */
-static uint32_t id_hash(const uint8_t *id, uint32_t len)
-{
-    uint64_t h = 0x9e3779b97f4a7c15ull ^ len;
-    uint32_t i = 0;
-    for (; i + 8 <= len; i += 8) {
-        uint64_t w;
-        memcpy(&w, id + i, 8);
-        h = (h ^ w) * 0xff51afd7ed558ccdull;
-        h ^= h >> 32;
-    }
-    uint64_t tail = 0;
-    memcpy(&tail, id + i, len - i);
-    h = (h ^ tail) * 0xc4ceb9fe1a85ec53ull;
-    h ^= h >> 29;
-    return (uint32_t)h;
-}
-
 static fm_rec **map_slot(fm_coll *c, const uint8_t *id, uint32_t len, uint32_t h)
 {
     for (uint32_t i = h & (c->cap - 1);; i = (i + 1) & (c->cap - 1)) {
@@ -351,7 +375,7 @@ static fm_rec *get_rec(fm_state *s, fm_coll *c, const uint8_t *id, uint32_t len,
     *rc = 0;
     if ((c->nmap + 1) * 4 > c->cap * 3 && (*rc = map_grow(c)))
         return NULL;
-    uint32_t h = id_hash(id, len);
+    uint32_t h = fm_hash32(id, len);
     fm_rec **slot = map_slot(c, id, len, h);
     if (*slot)
         return *slot;

@@ -24,8 +24,9 @@ typedef struct fm_feed {
 typedef struct fm_coll {
     char *name; /* NUL-terminated */
     uint32_t name_len;
-    int64_t store_id; /* the store's key for this collection; 0 = not stored yet */
-    fm_feed *feeds;   /* sorted by author index */
+    uint32_t name_hash; /* fm_hash32 of the name: its place in fm_state.cmap */
+    int64_t store_id;   /* the store's key for this collection; 0 = not stored yet */
+    fm_feed *feeds;     /* sorted by author index */
     uint32_t nfeeds, cfeeds;
     fm_vv vv;     /* same content as feeds, by author key */
     fm_rec **map; /* open addressing by id hash */
@@ -48,6 +49,10 @@ typedef struct fm_state {
     fm_authors authors;
     fm_coll **colls; /* sorted by name */
     uint32_t ncolls, ccolls;
+    /* The same collections by name hash (open addressing, at most half full): a lookup per
+     * batch per connection was a binary search of pointer-chasing name compares. */
+    fm_coll **cmap;
+    uint32_t cmap_cap;
     fm_state_io io;
     fm_rec **dirty;       /* in apply order */
     fm_coll **dirty_coll; /* the collection of each dirty record */

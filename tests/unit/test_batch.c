@@ -712,6 +712,56 @@ static void test_feed_bound(void)
     fm_state_free(&st);
 }
 
+/* ---- the collection index ------------------------------------------------------------------
+ * fm_state finds collections by name through a hash table beside the sorted array: both must
+ * agree through growth, drops (which refill the table) and a reset. */
+
+static void coll_name(uint32_t i, char *out, size_t cap)
+{
+    snprintf(out, cap, "c%u", i);
+}
+
+static void test_coll_index(void)
+{
+    fm_state st;
+    fm_state_init(&st, NULL);
+    char name[16];
+    fm_coll *first = NULL, *c;
+    CHECK(fm_state_coll(&st, (const uint8_t *)"c0", 2) == NULL);
+    for (uint32_t i = 0; i < FM_MAX_COLLECTIONS; i++) {
+        coll_name(i, name, sizeof name);
+        CHECK_OK(fm_state_coll_add(&st, (const uint8_t *)name, (uint32_t)strlen(name), &c));
+        first = i == 0 ? c : first;
+    }
+    CHECK_EQ_INT(st.ncolls, FM_MAX_COLLECTIONS);
+    CHECK_RC(fm_state_coll_add(&st, (const uint8_t *)"full", 4, &c), FM_ELIMIT);
+    CHECK_OK(fm_state_coll_add(&st, (const uint8_t *)"c0", 2, &c)); /* present: no limit */
+    CHECK(c == first);
+    for (uint32_t i = 1; i < st.ncolls; i++)
+        CHECK(strcmp(st.colls[i - 1]->name, st.colls[i]->name) < 0);
+    /* Drop every third: the rest are still found, the dropped are not. */
+    for (uint32_t i = 0; i < FM_MAX_COLLECTIONS; i += 3) {
+        coll_name(i, name, sizeof name);
+        c = fm_state_coll(&st, (const uint8_t *)name, (uint32_t)strlen(name));
+        CHECK(c && strcmp(c->name, name) == 0);
+        if (c)
+            fm_state_coll_drop(&st, c);
+    }
+    for (uint32_t i = 0; i < FM_MAX_COLLECTIONS; i++) {
+        coll_name(i, name, sizeof name);
+        c = fm_state_coll(&st, (const uint8_t *)name, (uint32_t)strlen(name));
+        CHECK(i % 3 == 0 ? c == NULL : c != NULL && strcmp(c->name, name) == 0);
+    }
+    CHECK(fm_state_coll(&st, (const uint8_t *)"c1x", 3) == NULL); /* a prefix's longer name */
+    CHECK(fm_state_coll(&st, (const uint8_t *)"c", 1) == NULL);
+    fm_state_reset(&st);
+    CHECK_EQ_INT(st.ncolls, 0);
+    CHECK(fm_state_coll(&st, (const uint8_t *)"c1", 2) == NULL);
+    CHECK_OK(fm_state_coll_add(&st, (const uint8_t *)"c1", 2, &c));
+    CHECK(fm_state_coll(&st, (const uint8_t *)"c1", 2) == c);
+    fm_state_free(&st);
+}
+
 /* ---- a record wider than any per-record bound ----------------------------------------------
  * FM_MAX_FIELDS_PER_RECORD is enforced on local writes only: remote batches (several authors each
  * at the bound, or one author ignoring it) make records as wide as they like, and every replica
@@ -922,6 +972,7 @@ int main(int argc, char **argv)
     RUN(test_structure);
     RUN(test_state_check);
     RUN(test_feed_bound);
+    RUN(test_coll_index);
     RUN(test_wide_record_reloads);
     RUN(test_golden_vector);
     TEST_MAIN_END();
