@@ -33,6 +33,9 @@ typedef struct csync {
     bool known_valid; /* known reflects a VECTOR, an equal SUMMARY, or the peer's lack of it */
     bool dirty;       /* the peer may lack batches we hold */
     bool vec_sent;    /* our VECTOR went out in this exchange: no reply needed */
+    bool vec_defer;   /* our VECTOR waits while another peer sends us what we lack */
+    bool vec_defer_reply;
+    uint64_t vec_defer_due;
     fm_vv known;
 } csync;
 
@@ -77,6 +80,7 @@ typedef struct conn {
     uint64_t recv_bytes, acked_sent; /* what we processed, what we acknowledged */
     csync *cs;
     uint32_t ncs, ccs;
+    uint32_t ndefer; /* csyncs whose VECTOR waits (vec_defer) */
     /* cs by name hash: index + 1, 0 empty (open addressing, at most half full). A thousand
      * collections made the scan per batch per connection a walk of ~100 KB. */
     uint16_t *csmap;
@@ -147,6 +151,11 @@ struct fm_node {
     const fm_bytes *src_arr;
     uint32_t src_n, src_next;
     bool peers_changed; /* our established sessions changed: PEERS is due */
+    /* Deferred VECTORs (csync.vec_defer) on all connections; when the first falls due, and
+     * whether a feeding connection went (every deferral is looked at again). */
+    uint32_t ndefer;
+    uint64_t defer_at;
+    bool defer_scan;
     uint64_t push_at;
     uint32_t push_delay_ms;
     pump_ctx *px; /* per connection: its frame of pushed batches */
@@ -298,6 +307,9 @@ static void conn_drop(fm_node *n, conn *c, bool failed)
     fm_session_free(c->s);
     fm_buf_free(&c->out);
     free(c->ihave);
+    FM_ASSERT(n->ndefer >= c->ndefer);
+    n->ndefer -= c->ndefer;
+    n->defer_scan |= n->ndefer > 0; /* it may have been what they waited for */
     csync_free_all(c);
     free(c->peer_subs);
     free(c->peer_prio);
@@ -1017,6 +1029,8 @@ static void enter(fm_node *n)
     n->depth++;
 }
 
+static void vdefer_scan(fm_node *n, uint64_t t);
+
 static void leave(fm_node *n)
 {
     if (n->depth == 1 && n->r->rollbacks != n->rollbacks) {
@@ -1031,6 +1045,8 @@ static void leave(fm_node *n)
             if (n->conns[i].used)
                 conn_close(n, &n->conns[i], FM_ESTORE);
     }
+    if (n->depth == 1 && n->ndefer && (n->defer_scan || (n->defer_at && now_ms(n) >= n->defer_at)))
+        vdefer_scan(n, now_ms(n));
     if (n->depth == 1) {
         if (n->peers_changed)
             send_peers(n); /* before the push: peers judge it by what we say here */
@@ -1086,6 +1102,111 @@ static int send_vector(fm_node *n, conn *c, const uint8_t *name, uint32_t len, u
     return rc ? rc : conn_send(n, c, msg);
 }
 
+/* ---- one feeder per collection --------------------------------------------------------------
+ * Every peer that has our VECTOR of a collection sends us what we lack of it, the same batches
+ * in the same order: a node back from a while offline got its backlog once from each of its
+ * peers. So while one peer feeds us a collection, our VECTOR of it to the others waits, until
+ * that peer has sent what it holds, goes, or FM_NODE_VECTOR_DEFER_MS pass. The others hold back
+ * their pushes of it to us meanwhile (they have no vector of ours), and send what the feeder
+ * lacked once the vector comes. */
+
+/* c is expected to send us what we lack of the collection: it has our VECTOR of this exchange,
+ * and either its own has not come yet or it holds something we do not. */
+static bool feeding(const conn *c, const uint8_t *name, uint32_t len, const fm_vv *ours)
+{
+    if (!c->used || c->closing || c->err || !c->hello_rcvd)
+        return false;
+    csync *s = csync_get((conn *)c, name, len, false);
+    return s && s->vec_sent && (!s->known_valid || !fm_vv_leq(&s->known, ours));
+}
+
+static bool fed_elsewhere(fm_node *n, const conn *except, const uint8_t *name, uint32_t len)
+{
+    const fm_coll *coll = coll_of(n, name, len);
+    fm_vv empty;
+    fm_vv_init(&empty);
+    for (uint32_t i = 0; i < n->max_total; i++)
+        if (&n->conns[i] != except && feeding(&n->conns[i], name, len, coll ? &coll->vv : &empty))
+            return true;
+    return false;
+}
+
+/* Our VECTOR of a collection to c: now, or later if another peer feeds us it. */
+static void vdefer_clear(fm_node *n, conn *c, csync *s);
+
+static int want_vector(fm_node *n, conn *c, const uint8_t *name, uint32_t len, uint64_t flags)
+{
+    csync *s = csync_get(c, name, len, true);
+    if (!s)
+        return FM_ENOMEM;
+    if (!fed_elsewhere(n, c, name, len)) {
+        if (s->vec_defer)
+            vdefer_clear(n, c, s);
+        return send_vector(n, c, name, len, flags);
+    }
+    if (!s->vec_defer) {
+        s->vec_defer = true;
+        c->ndefer++;
+        n->ndefer++;
+        s->vec_defer_due = now_ms(n) + FM_NODE_VECTOR_DEFER_MS;
+        n->defer_at = n->defer_at ? FM_MIN(n->defer_at, s->vec_defer_due) : s->vec_defer_due;
+    }
+    s->vec_defer_reply = (flags & FM_VECTOR_REPLY) != 0;
+    n->st.vectors_deferred++;
+    return 0;
+}
+
+static void vdefer_clear(fm_node *n, conn *c, csync *s)
+{
+    FM_ASSERT(s->vec_defer && c->ndefer > 0 && n->ndefer > 0);
+    s->vec_defer = false;
+    c->ndefer--;
+    n->ndefer--;
+}
+
+static void vdefer_send(fm_node *n, conn *c, csync *s)
+{
+    vdefer_clear(n, c, s);
+    int rc = send_vector(n, c, (const uint8_t *)s->name, s->len,
+                         s->vec_defer_reply ? FM_VECTOR_REPLY : 0);
+    if (rc)
+        conn_close(n, c, rc);
+}
+
+/* Our vector of the collection grew, or a feeder's did: the VECTORs that waited for it go if
+ * no peer feeds it any more. */
+static void vdefer_release(fm_node *n, const uint8_t *name, uint32_t len)
+{
+    if (!n->ndefer || fed_elsewhere(n, NULL, name, len))
+        return;
+    for (uint32_t i = 0; i < n->max_total; i++) {
+        conn *c = &n->conns[i];
+        csync *s = c->used && c->ndefer ? csync_get(c, name, len, false) : NULL;
+        if (s && s->vec_defer)
+            vdefer_send(n, c, s);
+    }
+}
+
+/* Every deferred VECTOR again: those due, or no longer fed, go. */
+static void vdefer_scan(fm_node *n, uint64_t t)
+{
+    n->defer_scan = false;
+    n->defer_at = 0;
+    for (uint32_t i = 0; i < n->max_total && n->ndefer; i++) {
+        conn *c = &n->conns[i];
+        for (uint32_t k = 0; c->used && k < c->ncs && c->ndefer; k++) {
+            csync *s = &c->cs[k];
+            if (!s->vec_defer)
+                continue;
+            if (t >= s->vec_defer_due || !fed_elsewhere(n, c, (const uint8_t *)s->name, s->len))
+                vdefer_send(n, c, s); /* may drop c: the loop ends with c->used false */
+            else
+                n->defer_at =
+                    n->defer_at ? FM_MIN(n->defer_at, s->vec_defer_due) : s->vec_defer_due;
+        }
+    }
+}
+
 typedef struct summary_ctx {
     fm_node *n;
     conn *c;
@@ -1119,6 +1240,8 @@ static int summary_entry(void *arg, const fm_summary_entry *e)
         s->known_valid = false; /* the peer holds some of it: wait for its VECTOR */
     s->vec_sent = false;        /* a new exchange */
     if (sodium_memcmp(d, e->digest, FM_HASH_BYTES) == 0) {
+        if (s->vec_defer)
+            vdefer_clear(n, x->c, s); /* nothing to ask for */
         if ((rc = fm_vv_copy(&s->known, coll ? &coll->vv : &empty)))
             return rc;
         s->known_valid = true;
@@ -1126,7 +1249,7 @@ static int summary_entry(void *arg, const fm_summary_entry *e)
     }
     x->equal = false;
     /* Our vector lets the peer send what we lack; a collection we only offer needs none. */
-    return accept ? send_vector(n, x->c, e->name.p, e->name.len, 0) : 0;
+    return accept ? want_vector(n, x->c, e->name.p, e->name.len, 0) : 0;
 }
 
 /* Marks the connection synced when, as far as we can tell, neither side lacks anything: every
@@ -1167,18 +1290,26 @@ static int on_summary(fm_node *n, conn *c, const uint8_t *p, size_t len)
      * nothing from us for half an interval gets our summary back. */
     if (elapsed(now_ms(n), c->last_tx_ms) >= n->ae_ms / 2 && (rc = send_summary(n, c)))
         return rc;
-    /* Collections we offer that the peer wants but did not name: it holds none of them. */
+    /* Collections we offer that the peer wants but did not name: it holds none of them. Our
+     * VECTOR asks for its own in answer, and the stream waits for that: the answer may wait
+     * while another peer feeds it the collection (want_vector). */
     for (uint32_t i = 0; i < n->r->st.ncolls; i++) {
         fm_coll *coll = n->r->st.colls[i];
-        if (seen[i] || !offers(n, coll) ||
-            peer_prio(c, (const uint8_t *)coll->name, coll->name_len) < 0)
+        const uint8_t *name = (const uint8_t *)coll->name;
+        if (seen[i] || !offers(n, coll) || peer_prio(c, name, coll->name_len) < 0)
             continue;
-        csync *s = csync_get(c, (const uint8_t *)coll->name, coll->name_len, true);
+        uint32_t before = c->ncs;
+        csync *s = csync_get(c, name, coll->name_len, true);
         if (!s)
             return FM_ENOMEM;
-        s->known_valid = true; /* it held none of it when it wrote the summary */
-        s->dirty = true;
         x.equal = false;
+        if (c->ncs == before && s->known_valid) {
+            s->dirty = true; /* streaming already: it goes on */
+            continue;
+        }
+        s->known_valid = false;
+        if (!s->vec_sent && (rc = send_vector(n, c, name, coll->name_len, 0)))
+            return rc;
     }
     if (x.equal) {
         c->last_synced_ms = now_ms(n);
@@ -1205,7 +1336,10 @@ static int on_vector(fm_node *n, conn *c, const uint8_t *p, size_t len)
     }
     fm_coll *coll = coll_of(n, m.name.p, m.name.len);
     bool offered = coll && offers(n, coll) && peer_prio(c, m.name.p, m.name.len) >= 0;
-    if (offered) {
+    /* Of a collection we take and hold none of yet, the peer's vector is worth keeping too:
+     * once its batches come, what we write to it is pushed to the peer at once. */
+    if (offered || (!coll && my_prio(n, m.name.p, m.name.len) >= 0 &&
+                    peer_prio(c, m.name.p, m.name.len) >= 0)) {
         csync *s = csync_get(c, m.name.p, m.name.len, true);
         if (!s) {
             rc = FM_ENOMEM;
@@ -1225,7 +1359,10 @@ static int on_vector(fm_node *n, conn *c, const uint8_t *p, size_t len)
     csync *mine = csync_get(c, m.name.p, m.name.len, false);
     if (!(m.flags & FM_VECTOR_REPLY) && my_prio(n, m.name.p, m.name.len) >= 0 &&
         !(mine && mine->vec_sent))
-        rc = send_vector(n, c, m.name.p, m.name.len, FM_VECTOR_REPLY);
+        rc = want_vector(n, c, m.name.p, m.name.len, FM_VECTOR_REPLY);
+    /* This peer's vector shows what it can feed us: perhaps nothing. */
+    if (!rc && n->ndefer)
+        vdefer_release(n, m.name.p, m.name.len);
     if (!rc)
         pump(n, c);
     if (!rc)
@@ -1306,6 +1443,8 @@ static int batches_in(fm_node *n, conn *c, const fm_proto_name *pname, fm_bytes 
             n->st.batches_refused++;
     }
     n->st.batches_dup += dups;
+    if (applied > 0 && n->ndefer)
+        vdefer_release(n, name.p, name.len);
     /* Comparing vectors costs O(authors): not after every message of a long sync, where it
      * dominated. The next SUMMARY notes equal digests anyway. */
     if (elapsed(now_ms(n), c->synced_checked_ms) >= FM_NODE_SYNC_CHECK_MS)
@@ -2221,6 +2360,8 @@ uint64_t fm_node_next_deadline(const fm_node *n)
     }
     if (n->missing_head < n->nmissing)
         d = FM_MIN(d, n->missing[n->missing_head].due);
+    if (n->ndefer && n->defer_at)
+        d = FM_MIN(d, n->defer_at);
     return d;
 }
 

@@ -105,6 +105,9 @@ enum {
     FM_NODE_MAX_MISSING = 4096,  /* announced batches awaited at once */
     FM_NODE_EAGER_MIN = 3,       /* peers never pruned: they push to us */
     FM_NODE_GRAFT_BATCHES = 256, /* batches of one feed a GRAFT sends at once */
+    /* While one peer sends us what we lack of a collection, our VECTOR of it to the others
+     * waits (node.c, "one feeder per collection") at most this long. */
+    FM_NODE_VECTOR_DEFER_MS = 2000,
     /* Group commit of relayed batches (replica.h): at most this many, this long. A relayed
      * batch lost in a crash before its commit comes again from the peers (local writes commit at
      * once); each commit rewrites every page the group touched and every record it changed, so
@@ -205,6 +208,8 @@ typedef struct fm_node_stats {
     /* batches not pushed to a peer because the peer that sent them to us has a session with it
      * (its PEERS said so): that peer pushed them there itself */
     uint64_t push_covered;
+    /* our VECTORs held back while another peer sent us what we lacked of the collection */
+    uint64_t vectors_deferred;
     uint32_t conns; /* open connections */
 } fm_node_stats;
 void fm_node_stats_get(const fm_node *n, fm_node_stats *out);

@@ -52,13 +52,14 @@ void fm_sim_print_json(const fm_sim *s, const fm_sim_result *r, FILE *f)
             ",\"connects_failed\":%" PRIu64 ",\"batches_in\":%" PRIu64 ",\"batches_out\":%" PRIu64
             ",\"batches_dup\":%" PRIu64 ",\"batches_refused\":%" PRIu64 ",\"ihave\":%" PRIu64
             ",\"prunes\":%" PRIu64 ",\"grafts\":%" PRIu64 ",\"covered\":%" PRIu64
-            ",\"frames\":%" PRIu64 ",\"segments\":%" PRIu64 ",\"retransmits\":%" PRIu64
-            ",\"events\":%" PRIu64 ",\"node_calls\":%" PRIu64 ",\"crashes\":%" PRIu64
-            ",\"wall_ms\":%" PRIu64 ",\"setup_wall_ms\":%" PRIu64 ",\"trace_hash\":\"%s\"}\n",
+            ",\"vectors_deferred\":%" PRIu64 ",\"frames\":%" PRIu64 ",\"segments\":%" PRIu64
+            ",\"retransmits\":%" PRIu64 ",\"events\":%" PRIu64 ",\"node_calls\":%" PRIu64
+            ",\"crashes\":%" PRIu64 ",\"wall_ms\":%" PRIu64 ",\"setup_wall_ms\":%" PRIu64
+            ",\"trace_hash\":\"%s\"}\n",
             r->sessions_ok, r->sessions_failed, r->conns_opened, r->connects_failed, r->batches_in,
             r->batches_out, r->batches_dup, r->batches_refused, r->ihave, r->prunes, r->grafts,
-            r->covered, r->frames, r->segments, r->retransmits, r->events, r->node_calls,
-            r->crashes, r->wall_ms, r->setup_wall_ms, trace);
+            r->covered, r->deferred, r->frames, r->segments, r->retransmits, r->events,
+            r->node_calls, r->crashes, r->wall_ms, r->setup_wall_ms, trace);
 }
 
 void fm_sim_print_summary(const fm_sim *s, const fm_sim_result *r, FILE *f)

@@ -253,6 +253,7 @@ static void stats_add(fm_node_stats *acc, const fm_node_stats *x)
     acc->prunes_out += x->prunes_out;
     acc->grafts_out += x->grafts_out;
     acc->push_covered += x->push_covered;
+    acc->vectors_deferred += x->vectors_deferred;
 }
 
 /* Closes node and replica. A crash: peers see their connections drop, the node is told nothing
@@ -1357,6 +1358,7 @@ static void collect_stats(fm_sim *s, fm_sim_result *r)
         r->prunes += st.prunes_out;
         r->grafts += st.grafts_out;
         r->covered += st.push_covered;
+        r->deferred += st.vectors_deferred;
     }
 }
 

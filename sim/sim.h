@@ -118,7 +118,8 @@ typedef struct fm_sim_result {
     uint64_t sessions_ok, sessions_failed, conns_opened, connects_failed;
     uint64_t batches_in, batches_out, batches_dup, batches_refused, frames;
     uint64_t ihave, prunes, grafts; /* lazy push: batches announced, peers pruned, grafted */
-    uint64_t covered; /* pushes left out: the batch's sender has a session with that peer */
+    uint64_t covered;  /* pushes left out: the batch's sender has a session with that peer */
+    uint64_t deferred; /* VECTORs held back while another peer fed the collection */
     uint64_t conflicts_min, conflicts_max, forked_min, forked_max;
     uint64_t events, node_calls, crashes;
     double coverage;

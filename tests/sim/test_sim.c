@@ -303,6 +303,35 @@ static void test_long_offline(void)
     run_close(&x, before);
 }
 
+static void test_catch_up_once(void)
+{
+    /* Node 5 is out of range while the others write. Back, it has five peers that hold all it
+     * lacks: one of them feeds it each collection while its VECTORs to the others wait, so the
+     * backlog comes about once, not once from every peer. */
+    int before = fm_test_failures;
+    run x;
+    CHECK_OK(run_open(&x, "--nodes 6 --topology full --writes 300 --write-phase 5 "
+                          "--offline 5:0:10 --duration 60 --seed 10"));
+    if (!x.s)
+        return;
+    CHECK_OK(fm_sim_run_until(x.s, 9500));
+    fm_node_stats a, b;
+    fm_node_stats_get(fm_sim_node(x.s, 5), &a);
+    CHECK_OK(run_finish(&x));
+    check_healthy(&x);
+    CHECK_EQ_INT(x.r.distinct_state_hashes, 1);
+    CHECK_EQ_INT(x.r.min_ops, x.r.ops);
+    fm_node_stats_get(fm_sim_node(x.s, 5), &b);
+    uint64_t in = b.batches_in - a.batches_in, dup = b.batches_dup - a.batches_dup;
+    printf("# node 5 back: %" PRIu64 " batches in, %" PRIu64 " held already; %" PRIu64
+           " VECTORs deferred\n",
+           in, dup, x.r.deferred);
+    CHECK(b.vectors_deferred > 0);
+    CHECK(in > 200);     /* the backlog came... */
+    CHECK(dup * 2 < in); /* ...mostly once */
+    run_close(&x, before);
+}
+
 static void test_ble(void)
 {
     scenario("--nodes 6 --topology line --link ble --writes 30 --seed 9", true);
@@ -546,6 +575,7 @@ static const test TESTS[] = {
     {"crash", test_crash},
     {"skew", test_skew},
     {"long_offline", test_long_offline},
+    {"catch_up_once", test_catch_up_once},
     {"ble", test_ble},
     {"subscribe_none", test_subscribe_none},
     {"revoke", test_revoke},
