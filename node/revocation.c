@@ -410,7 +410,7 @@ static int enforce_coll(fm_replica *r, fm_coll *c, const uint8_t device[FM_ID_BY
 {
     cut x = {.r = r};
     fm_batch_init(&x.b);
-    int rc = fm_store_each_feed_batch(r->store, c, device, find_cut, &x);
+    int rc = fm_store_each_feed_batch(r->store, c, device, 0, find_cut, &x);
     fm_batch_free(&x.b);
     if (rc < 0 || x.seq == 0)
         return rc < 0 ? rc : 0;

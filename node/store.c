@@ -24,6 +24,7 @@ enum {
     S_MEMBER_PUT,
     S_BATCHES_FROM,
     S_FEED_NEXT,
+    S_FEED_FROM,
     S_MAX_BATCH_ID,
     S__COUNT
 };
@@ -55,6 +56,8 @@ static const char *const SQL[S__COUNT] = {
      * on batches_feed) also has the feed's smallest log position beyond seq. */
     [S_FEED_NEXT] = "SELECT id, last_seq, data FROM batches WHERE coll = ?1 AND author = ?2 "
                     "AND last_seq > ?3 ORDER BY last_seq LIMIT 1",
+    [S_FEED_FROM] = "SELECT last_seq, data FROM batches WHERE coll = ?1 AND author = ?2 "
+                    "AND last_seq > ?3 ORDER BY last_seq",
     [S_MAX_BATCH_ID] = "SELECT max(id) FROM batches",
 };
 
@@ -539,6 +542,29 @@ int fm_store_each_batch_from(fm_store *st, const fm_coll *c, int64_t from_id, fm
     return rc;
 }
 
+int fm_store_each_feed_batch(fm_store *st, const fm_coll *c, const uint8_t author[FM_ID_BYTES],
+                             uint64_t seq, fm_store_batch_fn fn, void *arg)
+{
+    sqlite3_stmt *q = st->stmt[S_FEED_FROM];
+    bool own = sqlite3_stmt_busy(q);
+    if (own && sqlite3_prepare_v2(st->db, SQL[S_FEED_FROM], -1, &q, NULL) != SQLITE_OK)
+        return FM_ESTORE;
+    bind_feed_pos(q, c, author, seq);
+    int rc = 0, step;
+    while (!rc && (step = sqlite3_step(q)) == SQLITE_ROW) {
+        st->batch_rows++;
+        rc = fn(arg, author, (uint64_t)sqlite3_column_int64(q, 0), sqlite3_column_blob(q, 1),
+                (size_t)sqlite3_column_bytes(q, 1));
+    }
+    if (!rc && step != SQLITE_DONE)
+        rc = FM_ESTORE;
+    if (own)
+        sqlite3_finalize(q);
+    else
+        done(q);
+    return rc;
+}
+
 int fm_store_feed_next(fm_store *st, const fm_coll *c, const uint8_t author[FM_ID_BYTES],
                        uint64_t seq, int64_t *id, uint64_t *last_seq, fm_buf *data)
 {
@@ -640,26 +666,6 @@ void fm_store_release_memory(fm_store *st)
 }
 
 /* ---- rebuilding a collection --------------------------------------------------------------- */
-
-int fm_store_each_feed_batch(fm_store *st, const fm_coll *c, const uint8_t author[FM_ID_BYTES],
-                             fm_store_batch_fn fn, void *arg)
-{
-    sqlite3_stmt *q;
-    int rc = prepare_feed(st,
-                          "SELECT last_seq, data FROM batches WHERE coll = ?1 AND author = ?2 "
-                          "ORDER BY last_seq",
-                          c, author, &q);
-    if (rc)
-        return rc;
-    int step;
-    while (!rc && (step = sqlite3_step(q)) == SQLITE_ROW)
-        rc = fn(arg, author, (uint64_t)sqlite3_column_int64(q, 0), sqlite3_column_blob(q, 1),
-                (size_t)sqlite3_column_bytes(q, 1));
-    if (!rc && step != SQLITE_DONE)
-        rc = FM_ESTORE;
-    sqlite3_finalize(q);
-    return rc;
-}
 
 int fm_store_drop_feed_from(fm_store *st, const fm_coll *c, const uint8_t author[FM_ID_BYTES],
                             uint64_t seq)

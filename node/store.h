@@ -60,7 +60,11 @@ int fm_store_each_batch(fm_store *st, const fm_coll *c, fm_store_batch_fn fn, vo
  * other collections after it are, without their data). */
 int fm_store_each_batch_from(fm_store *st, const fm_coll *c, int64_t from_id, fm_store_batch_fn fn,
                              void *arg);
-/* The log position of the feed's first batch whose last seq is beyond seq; FM_ENOTFOUND. */
+/* A feed's batches whose last seq is beyond seq (0: all of them), in seq order, read by one
+ * statement (one index seek for them all); fn returning non-zero stops, and is returned. Each
+ * counts as one row read. */
+int fm_store_each_feed_batch(fm_store *st, const fm_coll *c, const uint8_t author[FM_ID_BYTES],
+                             uint64_t seq, fm_store_batch_fn fn, void *arg);
 /* A feed's first batch whose last seq is beyond seq: its log position, last seq and encoding
  * (into data). FM_ENOTFOUND if none. Counts as one row read. */
 int fm_store_feed_next(fm_store *st, const fm_coll *c, const uint8_t author[FM_ID_BYTES],
@@ -83,9 +87,6 @@ void fm_store_release_memory(fm_store *st);
 /* ---- rebuilding a collection (node/revocation.c): rare, so statements are prepared per call ----
  */
 
-/* Every stored batch of one feed, in seq order; fn returning non-zero stops. */
-int fm_store_each_feed_batch(fm_store *st, const fm_coll *c, const uint8_t author[FM_ID_BYTES],
-                             fm_store_batch_fn fn, void *arg);
 /* Deletes the feed's batches from first seq `seq` on; returns how many (>= 0). */
 int fm_store_drop_feed_from(fm_store *st, const fm_coll *c, const uint8_t author[FM_ID_BYTES],
                             uint64_t seq);

@@ -2512,6 +2512,12 @@ static void test_shared_memory_uri_reopen(void)
 }
 
 /* A few batches lacking early in a long log: export walks their feeds, not the log. */
+static int stop_at_third(void *arg, const uint8_t *batch, size_t len)
+{
+    (void)batch, (void)len;
+    return ++*(int *)arg == 3 ? 7 : 0;
+}
+
 static void test_export_merge(void)
 {
     node a, b, d;
@@ -2551,6 +2557,23 @@ static void test_export_merge(void)
     CHECK_OK(fm__replica_export_vv(d.r, (const uint8_t *)"c", 1, &theirs, blist_collect, &got));
     CHECK_EQ_INT(got.n, 1 + 38);
     blist_free(&got);
+    /* One feed lacking: streamed in order by one statement, a row read per batch and no more. */
+    CHECK_OK(fm_vv_set(&theirs, a.pk, 1));
+    CHECK_OK(fm_vv_set(&theirs, b.pk, 30));
+    r0 = fm_store_batch_rows_read(d.r->store);
+    CHECK_OK(fm__replica_export_vv(d.r, (const uint8_t *)"c", 1, &theirs, blist_collect, &got));
+    CHECK_EQ_INT(fm_store_batch_rows_read(d.r->store) - r0, 10);
+    CHECK_EQ_INT(got.n, 10);
+    for (size_t i = 0; i < got.n && got.n == 10; i++)
+        CHECK_MEM(got.b[i].data, lb.b[30 + i].data, lb.b[30 + i].len);
+    blist_free(&got);
+    /* A callback that stops: what it returns comes back, nothing after it is read. */
+    r0 = fm_store_batch_rows_read(d.r->store);
+    int calls = 0;
+    CHECK_RC(fm__replica_export_vv(d.r, (const uint8_t *)"c", 1, &theirs, stop_at_third, &calls),
+             7);
+    CHECK_EQ_INT(calls, 3);
+    CHECK_EQ_INT(fm_store_batch_rows_read(d.r->store) - r0, 3);
     fm_vv_free(&theirs);
     blist_free(&la);
     blist_free(&lb);
