@@ -377,13 +377,20 @@ static bool csmap_grow(conn *c)
     return true;
 }
 
-static csync *csync_get(conn *c, const uint8_t *name, uint32_t len, bool create)
+static csync *csync_find(const conn *c, const uint8_t *name, uint32_t len)
+{
+    uint16_t *slot = c->csmap_cap ? csmap_slot(c, name, len, fm_hash32(name, len)) : NULL;
+    return slot && *slot ? &c->cs[*slot - 1] : NULL;
+}
+
+/* The connection's csync of a collection, made if it has none (NULL: no memory, or the limit). */
+static csync *csync_get(conn *c, const uint8_t *name, uint32_t len)
 {
     uint32_t h = fm_hash32(name, len);
     uint16_t *slot = c->csmap_cap ? csmap_slot(c, name, len, h) : NULL;
     if (slot && *slot)
         return &c->cs[*slot - 1];
-    if (!create || c->ncs >= FM_MAX_COLLECTIONS)
+    if (c->ncs >= FM_MAX_COLLECTIONS)
         return NULL;
     if ((c->ncs + 1) * 2 > c->csmap_cap) {
         if (!csmap_grow(c))
@@ -800,7 +807,7 @@ static void push_one(fm_node *n, conn *c, pump_ctx *x, const fm_batch *b, const 
     /* Another collection's frame goes first: csync_get may move the connection's csyncs. */
     if (x->l.s && (x->l.s->len != b->coll_len || memcmp(x->l.s->name, b->coll, b->coll_len) != 0))
         push_end(c, x);
-    csync *s = csync_get(c, b->coll, b->coll_len, true);
+    csync *s = csync_get(c, b->coll, b->coll_len);
     if (!s) {
         c->err = FM_ENOMEM;
         return;
@@ -1089,7 +1096,7 @@ static int send_summary(fm_node *n, conn *c)
 static int send_vector(fm_node *n, conn *c, const uint8_t *name, uint32_t len, uint64_t flags)
 {
     fm_coll *coll = coll_of(n, name, len);
-    csync *s = csync_get(c, name, len, true);
+    csync *s = csync_get(c, name, len);
     if (!s)
         return FM_ENOMEM;
     s->vec_sent = true;
@@ -1116,7 +1123,7 @@ static bool feeding(const conn *c, const uint8_t *name, uint32_t len, const fm_v
 {
     if (!c->used || c->closing || c->err || !c->hello_rcvd)
         return false;
-    csync *s = csync_get((conn *)c, name, len, false);
+    const csync *s = csync_find(c, name, len);
     return s && s->vec_sent && (!s->known_valid || !fm_vv_leq(&s->known, ours));
 }
 
@@ -1131,12 +1138,18 @@ static bool fed_elsewhere(fm_node *n, const conn *except, const uint8_t *name, u
     return false;
 }
 
-/* Our VECTOR of a collection to c: now, or later if another peer feeds us it. */
-static void vdefer_clear(fm_node *n, conn *c, csync *s);
+static void vdefer_clear(fm_node *n, conn *c, csync *s)
+{
+    FM_ASSERT(s->vec_defer && c->ndefer > 0 && n->ndefer > 0);
+    s->vec_defer = false;
+    c->ndefer--;
+    n->ndefer--;
+}
 
+/* Our VECTOR of a collection to c: now, or later if another peer feeds us it. */
 static int want_vector(fm_node *n, conn *c, const uint8_t *name, uint32_t len, uint64_t flags)
 {
-    csync *s = csync_get(c, name, len, true);
+    csync *s = csync_get(c, name, len);
     if (!s)
         return FM_ENOMEM;
     if (!fed_elsewhere(n, c, name, len)) {
@@ -1156,14 +1169,6 @@ static int want_vector(fm_node *n, conn *c, const uint8_t *name, uint32_t len, u
     return 0;
 }
 
-static void vdefer_clear(fm_node *n, conn *c, csync *s)
-{
-    FM_ASSERT(s->vec_defer && c->ndefer > 0 && n->ndefer > 0);
-    s->vec_defer = false;
-    c->ndefer--;
-    n->ndefer--;
-}
-
 static void vdefer_send(fm_node *n, conn *c, csync *s)
 {
     vdefer_clear(n, c, s);
@@ -1181,7 +1186,7 @@ static void vdefer_release(fm_node *n, const uint8_t *name, uint32_t len)
         return;
     for (uint32_t i = 0; i < n->max_total; i++) {
         conn *c = &n->conns[i];
-        csync *s = c->used && c->ndefer ? csync_get(c, name, len, false) : NULL;
+        csync *s = c->used && c->ndefer ? csync_find(c, name, len) : NULL;
         if (s && s->vec_defer)
             vdefer_send(n, c, s);
     }
@@ -1194,12 +1199,12 @@ static void vdefer_scan(fm_node *n, uint64_t t)
     n->defer_at = 0;
     for (uint32_t i = 0; i < n->max_total && n->ndefer; i++) {
         conn *c = &n->conns[i];
-        for (uint32_t k = 0; c->used && k < c->ncs && c->ndefer; k++) {
+        for (uint32_t k = 0; c->used && !c->err && k < c->ncs && c->ndefer; k++) {
             csync *s = &c->cs[k];
             if (!s->vec_defer)
                 continue;
             if (t >= s->vec_defer_due || !fed_elsewhere(n, c, (const uint8_t *)s->name, s->len))
-                vdefer_send(n, c, s); /* may drop c: the loop ends with c->used false */
+                vdefer_send(n, c, s); /* may end c: then the loop does */
             else
                 n->defer_at =
                     n->defer_at ? FM_MIN(n->defer_at, s->vec_defer_due) : s->vec_defer_due;
@@ -1233,7 +1238,7 @@ static int summary_entry(void *arg, const fm_summary_entry *e)
     if (rc)
         return rc;
     uint32_t before = x->c->ncs;
-    csync *s = csync_get(x->c, e->name.p, e->name.len, true);
+    csync *s = csync_get(x->c, e->name.p, e->name.len);
     if (!s)
         return FM_ENOMEM;
     if (x->c->ncs != before)
@@ -1261,7 +1266,7 @@ static void note_synced(fm_node *n, conn *c)
         const fm_coll *coll = n->r->st.colls[i];
         if (!offers(n, coll) || peer_prio(c, (const uint8_t *)coll->name, coll->name_len) < 0)
             continue;
-        csync *s = csync_get(c, (const uint8_t *)coll->name, coll->name_len, false);
+        csync *s = csync_find(c, (const uint8_t *)coll->name, coll->name_len);
         if (!s || !s->known_valid || s->dirty || fm_vv_compare(&s->known, &coll->vv) != FM_VV_EQUAL)
             return;
     }
@@ -1299,7 +1304,7 @@ static int on_summary(fm_node *n, conn *c, const uint8_t *p, size_t len)
         if (seen[i] || !offers(n, coll) || peer_prio(c, name, coll->name_len) < 0)
             continue;
         uint32_t before = c->ncs;
-        csync *s = csync_get(c, name, coll->name_len, true);
+        csync *s = csync_get(c, name, coll->name_len);
         if (!s)
             return FM_ENOMEM;
         x.equal = false;
@@ -1340,7 +1345,7 @@ static int on_vector(fm_node *n, conn *c, const uint8_t *p, size_t len)
      * once its batches come, what we write to it is pushed to the peer at once. */
     if (offered || (!coll && my_prio(n, m.name.p, m.name.len) >= 0 &&
                     peer_prio(c, m.name.p, m.name.len) >= 0)) {
-        csync *s = csync_get(c, m.name.p, m.name.len, true);
+        csync *s = csync_get(c, m.name.p, m.name.len);
         if (!s) {
             rc = FM_ENOMEM;
             goto out;
@@ -1356,7 +1361,7 @@ static int on_vector(fm_node *n, conn *c, const uint8_t *p, size_t len)
     }
     /* Our vector in return, once per exchange: the peer needs it to send what we lack, and
      * to push to us at once from now on (whatever it holds that we do not). */
-    csync *mine = csync_get(c, m.name.p, m.name.len, false);
+    csync *mine = csync_find(c, m.name.p, m.name.len);
     if (!(m.flags & FM_VECTOR_REPLY) && my_prio(n, m.name.p, m.name.len) >= 0 &&
         !(mine && mine->vec_sent))
         rc = want_vector(n, c, m.name.p, m.name.len, FM_VECTOR_REPLY);
@@ -1396,7 +1401,7 @@ static int batches_in(fm_node *n, conn *c, const fm_proto_name *pname, fm_bytes 
         return 0;
     }
     /* The peer holds what it sends: never send it back. */
-    csync *s = csync_get(c, name.p, name.len, true);
+    csync *s = csync_get(c, name.p, name.len);
     if (!s)
         return FM_ENOMEM;
     uint32_t keep = 0, dups = 0;
@@ -1498,7 +1503,7 @@ static int on_graft(fm_node *n, conn *c, const uint8_t *p, size_t len)
     fm_coll *coll = coll_of(n, name.p, name.len);
     if (!coll || !offers(n, coll) || peer_prio(c, name.p, name.len) < 0)
         return 0;
-    csync *s = csync_get(c, name.p, name.len, true);
+    csync *s = csync_get(c, name.p, name.len);
     if (!s)
         return FM_ENOMEM;
     /* Just the feeds it names, from where it says it is: a pump would resend everything the
@@ -1558,7 +1563,7 @@ static int ihave_apply(fm_node *n, conn *c, const fm_proto_name *name, const fm_
 {
     if (my_prio(n, name->p, name->len) < 0)
         return 0;
-    csync *s = csync_get(c, name->p, name->len, true);
+    csync *s = csync_get(c, name->p, name->len);
     if (!s)
         return FM_ENOMEM;
     fm_coll *coll = coll_of(n, name->p, name->len);
@@ -1601,7 +1606,7 @@ static conn *holder_of(fm_node *n, const lazy_ent *m)
         conn *c = &n->conns[i];
         if (!c->used || !c->hello_rcvd || c->closing || !(c->peer_caps & FM_CAP_LAZY))
             continue;
-        csync *s = csync_get(c, m->coll, m->len, false);
+        csync *s = csync_find(c, m->coll, m->len);
         if (s && fm_vv_covers(&s->known, m->author, m->seq))
             return c;
     }
