@@ -766,6 +766,15 @@ static void cursors_free(feed_cursor *cur, uint32_t n)
     free(cur);
 }
 
+/* What theirs holds of author's feed; *j walks theirs along with the caller's walk of a vector
+ * sorted the same way (by author). */
+static uint64_t theirs_seq(const fm_vv *theirs, uint32_t *j, const uint8_t *author)
+{
+    while (*j < theirs->n && fm_id_cmp(theirs->e[*j].author, author) < 0)
+        (*j)++;
+    return *j < theirs->n && fm_id_cmp(theirs->e[*j].author, author) == 0 ? theirs->e[*j].seq : 0;
+}
+
 /* Yields what theirs lacks by walking the lacking feeds together in log order: one index
  * lookup per batch sent, none for the batches between. *scan > 0: not worth it (much of the
  * log from the first lacking batch on is lacking: a scan from log position *scan reads it
@@ -783,10 +792,7 @@ static int export_merge(fm_replica *r, const fm_coll *c, const fm_vv *theirs, fm
     uint32_t j = 0;
     for (uint32_t i = 0; i < c->vv.n && !rc; i++) {
         const fm_vv_entry *e = &c->vv.e[i];
-        while (j < theirs->n && fm_id_cmp(theirs->e[j].author, e->author) < 0)
-            j++;
-        uint64_t have =
-            j < theirs->n && fm_id_cmp(theirs->e[j].author, e->author) == 0 ? theirs->e[j].seq : 0;
+        uint64_t have = theirs_seq(theirs, &j, e->author);
         if (e->seq <= have)
             continue;
         if (fm_grow((void **)&cur, n, &cap, sizeof *cur)) {
@@ -832,10 +838,7 @@ static const fm_vv_entry *only_lacking(const fm_coll *c, const fm_vv *theirs, ui
     const fm_vv_entry *only = NULL;
     for (uint32_t i = 0, j = 0; i < c->vv.n; i++) {
         const fm_vv_entry *e = &c->vv.e[i];
-        while (j < theirs->n && fm_id_cmp(theirs->e[j].author, e->author) < 0)
-            j++;
-        uint64_t h =
-            j < theirs->n && fm_id_cmp(theirs->e[j].author, e->author) == 0 ? theirs->e[j].seq : 0;
+        uint64_t h = theirs_seq(theirs, &j, e->author);
         if (e->seq <= h)
             continue;
         if (only)

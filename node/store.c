@@ -512,13 +512,35 @@ int fm_store_each_batch(fm_store *st, const fm_coll *c, fm_store_batch_fn fn, vo
     return fm_store_each_batch_from(st, c, 1, fn, arg);
 }
 
+/* A walk's statement: the prepared one, or a fresh one (*own) if the walk's callback re-entered
+ * us while the prepared one is stepping. NULL if none could be made. */
+static sqlite3_stmt *walk_begin(fm_store *st, int which, bool *own)
+{
+    sqlite3_stmt *q = st->stmt[which];
+    *own = sqlite3_stmt_busy(q);
+    if (*own && sqlite3_prepare_v2(st->db, SQL[which], -1, &q, NULL) != SQLITE_OK)
+        return NULL;
+    return q;
+}
+
+/* Ends a walk: rc, or FM_ESTORE if its last step failed. */
+static int walk_end(sqlite3_stmt *q, bool own, int rc, int step)
+{
+    if (!rc && step != SQLITE_DONE)
+        rc = FM_ESTORE;
+    if (own)
+        sqlite3_finalize(q);
+    else
+        done(q);
+    return rc;
+}
+
 int fm_store_each_batch_from(fm_store *st, const fm_coll *c, int64_t from_id, fm_store_batch_fn fn,
                              void *arg)
 {
-    /* The prepared statement, unless fn re-entered us while it is stepping (then a fresh one). */
-    sqlite3_stmt *q = st->stmt[S_BATCHES_FROM];
-    bool own = sqlite3_stmt_busy(q);
-    if (own && sqlite3_prepare_v2(st->db, SQL[S_BATCHES_FROM], -1, &q, NULL) != SQLITE_OK)
+    bool own;
+    sqlite3_stmt *q = walk_begin(st, S_BATCHES_FROM, &own);
+    if (!q)
         return FM_ESTORE;
     sqlite3_bind_int64(q, 1, from_id);
     int rc = 0, step;
@@ -533,21 +555,15 @@ int fm_store_each_batch_from(fm_store *st, const fm_coll *c, int64_t from_id, fm
         rc = fn(arg, sqlite3_column_blob(q, 1), (uint64_t)sqlite3_column_int64(q, 2),
                 sqlite3_column_blob(q, 3), (size_t)sqlite3_column_bytes(q, 3));
     }
-    if (!rc && step != SQLITE_DONE)
-        rc = FM_ESTORE;
-    if (own)
-        sqlite3_finalize(q);
-    else
-        done(q);
-    return rc;
+    return walk_end(q, own, rc, step);
 }
 
 int fm_store_each_feed_batch(fm_store *st, const fm_coll *c, const uint8_t author[FM_ID_BYTES],
                              uint64_t seq, fm_store_batch_fn fn, void *arg)
 {
-    sqlite3_stmt *q = st->stmt[S_FEED_FROM];
-    bool own = sqlite3_stmt_busy(q);
-    if (own && sqlite3_prepare_v2(st->db, SQL[S_FEED_FROM], -1, &q, NULL) != SQLITE_OK)
+    bool own;
+    sqlite3_stmt *q = walk_begin(st, S_FEED_FROM, &own);
+    if (!q)
         return FM_ESTORE;
     bind_feed_pos(q, c, author, seq);
     int rc = 0, step;
@@ -556,13 +572,7 @@ int fm_store_each_feed_batch(fm_store *st, const fm_coll *c, const uint8_t autho
         rc = fn(arg, author, (uint64_t)sqlite3_column_int64(q, 0), sqlite3_column_blob(q, 1),
                 (size_t)sqlite3_column_bytes(q, 1));
     }
-    if (!rc && step != SQLITE_DONE)
-        rc = FM_ESTORE;
-    if (own)
-        sqlite3_finalize(q);
-    else
-        done(q);
-    return rc;
+    return walk_end(q, own, rc, step);
 }
 
 int fm_store_feed_next(fm_store *st, const fm_coll *c, const uint8_t author[FM_ID_BYTES],
