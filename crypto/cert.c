@@ -602,7 +602,7 @@ static int verify_cached(const fm_membership *m, const char *domain, const uint8
     return rc;
 }
 
-static int member_cert_verify(const fm_membership *m, const fm_cert *c)
+int fm_membership_cert_verify(const fm_membership *m, const fm_cert *c)
 {
     uint8_t enc[FM_MAX_CERT_BYTES];
     size_t len;
@@ -708,7 +708,7 @@ static const fm_revocation *find_rev(const fm_membership *m, const uint8_t id[FM
 
 int fm_membership_add_cert(fm_membership *m, const fm_cert *c)
 {
-    int rc = member_cert_verify(m, c);
+    int rc = fm_membership_cert_verify(m, c);
     if (rc)
         return rc;
     size_t i;
@@ -768,7 +768,7 @@ int fm_membership_check(const fm_membership *m, const uint8_t device_id[FM_ID_BY
 int fm_membership_check_cert(const fm_membership *m, const fm_cert *presented, uint64_t now_ms,
                              fm_cert *effective)
 {
-    int rc = member_cert_verify(m, presented);
+    int rc = fm_membership_cert_verify(m, presented);
     if (rc)
         return rc;
     if (is_revoked(m, presented->device_id, now_ms))

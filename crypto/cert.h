@@ -124,6 +124,9 @@ struct fm_sigcache;
  * verified before is not verified again. NULL: verify every time. */
 void fm_membership_set_sigcache(fm_membership *m, struct fm_sigcache *c);
 void fm_membership_mesh_id(const fm_membership *m, uint8_t out[FM_ID_BYTES]);
+/* fm_cert_verify_signature against this view's mesh, through its signature cache if it has one:
+ * a session checks its own certificate each time one starts. */
+int fm_membership_cert_verify(const fm_membership *m, const fm_cert *c);
 /* Verifies mesh and signature (FM_EMESH, FM_ESIG), then keeps the newest certificate per device.
  * An older or equal certificate is ignored and still returns 0, so gossip may repeat itself.
  * FM_ELIMIT past FM_MAX_MEMBERS devices. */

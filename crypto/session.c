@@ -488,7 +488,7 @@ static int session_create(const fm_env *env, const fm_identity *id, const uint8_
         return rc;
     fm_membership_mesh_id(m, mesh);
     fm_identity_public(id, pk);
-    if (check && (rc = fm_cert_verify_signature(&c, mesh)) != 0)
+    if (check && (rc = fm_membership_cert_verify(m, &c)) != 0)
         return rc;
     if (check && !fm_cert_is_for(&c, pk))
         return FM_EINVAL;
