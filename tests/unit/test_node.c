@@ -742,6 +742,83 @@ static void test_nothing_differs(void)
     world_close();
 }
 
+/* A node that comes back to three peers holding what it lacks takes it from one of them: its
+ * VECTORs to the others wait (docs/PROTOCOL.md §8.4.1). A cut at any byte of that catch-up
+ * still leaves it complete with no timer run: a feeder that goes lets the waiting VECTORs go. */
+static void test_one_feeder(void)
+{
+    static const long cuts[] = {-1,    0,     300,   2000,  5000,  9000,
+                                15000, 30000, 45000, 60000, 80000, 100000};
+    for (size_t k = 0; k < FM_ARRAY_LEN(cuts); k++) {
+        world_open(4, NULL);
+        for (int a = 0; a < 3; a++)
+            for (int b = a + 1; b < 3; b++)
+                link_static(a, b);
+        CHECK_OK(write_n(0, "notes", "a", 200));
+        run_until(T0 + 2000);
+        check_same(0, 1);
+        check_same(0, 2);
+        fm_node_stats before, after;
+        fm_node_stats_get(W.n[3].node, &before);
+        if (cuts[k] >= 0)
+            W.cut_after = (long)W.delivered + cuts[k];
+        for (int a = 0; a < 3; a++)
+            link_static(3, a);
+        drain();
+        check_same(0, 3);
+        fm_node_stats_get(W.n[3].node, &after);
+        if (cuts[k] < 0) {
+            CHECK(after.vectors_deferred > 0);
+            CHECK_EQ_INT(after.batches_in - before.batches_in, 200); /* each batch once */
+            CHECK_EQ_INT(after.batches_dup, before.batches_dup);
+        }
+        world_close();
+    }
+}
+
+/* Node 3 catches up from three peers. Its feeder's stream is cut halfway, and a second peer goes
+ * too, with no time passing: the last peer, whose VECTOR from node 3 waited for the feeder,
+ * streams the rest at once. */
+static void test_feeder_lost(void)
+{
+    world_open(4, NULL);
+    for (int a = 0; a < 3; a++)
+        for (int b = a + 1; b < 3; b++)
+            link_static(a, b);
+    CHECK_OK(write_n(0, "notes", "a", 1000));
+    run_until(T0 + 2000);
+    check_same(0, 2);
+    for (int a = 0; a < 3; a++)
+        link_static(3, a);
+    fm_node_tick(W.n[3].node); /* the dials; then one event at a time */
+    /* The stream comes last, after the other peers' VECTORs; then it is cut halfway. */
+    int feeder = -1;
+    bool held = false;
+    while (W.qhead < W.qtail && feeder < 0) {
+        ev e = W.q[W.qhead++ % MAXQ];
+        if (e.kind == 1 && e.to == 3 && e.len > 10000) {
+            if (!held) {
+                held = true;
+                push_ev(e);
+                continue;
+            }
+            feeder = W.ends[W.ends[e.conn].peer].node;
+            W.cut_after = (long)(W.delivered + e.len / 2);
+        }
+        deliver(&e);
+    }
+    CHECK(feeder >= 0);
+    uint64_t ops = status_of(3).ops;
+    CHECK(ops > 0 && ops < status_of(0).ops);
+    cut_link(3, feeder == 0 ? 1 : 0);
+    drain();
+    check_same(0, 3);
+    fm_node_stats st;
+    fm_node_stats_get(W.n[3].node, &st);
+    CHECK(st.vectors_deferred > 0);
+    world_close();
+}
+
 /* A connection cut at any byte loses nothing and applies nothing twice. */
 static void test_resume_after_cut(void)
 {
@@ -937,6 +1014,8 @@ int main(void)
     RUN(test_prefers_ip_over_ble);
     RUN(test_critical_first);
     RUN(test_nothing_differs);
+    RUN(test_one_feeder);
+    RUN(test_feeder_lost);
     RUN(test_resume_after_cut);
     RUN(test_subscriptions);
     RUN(test_hostile_bytes);
