@@ -1138,6 +1138,12 @@ static bool fed_elsewhere(fm_node *n, const conn *except, const uint8_t *name, u
     return false;
 }
 
+/* The node's next look at its deferred VECTORs is no later than due. */
+static void vdefer_due(fm_node *n, uint64_t due)
+{
+    n->defer_at = n->defer_at ? FM_MIN(n->defer_at, due) : due;
+}
+
 static void vdefer_clear(fm_node *n, conn *c, csync *s)
 {
     FM_ASSERT(s->vec_defer && c->ndefer > 0 && n->ndefer > 0);
@@ -1162,7 +1168,7 @@ static int want_vector(fm_node *n, conn *c, const uint8_t *name, uint32_t len, u
         c->ndefer++;
         n->ndefer++;
         s->vec_defer_due = now_ms(n) + FM_NODE_VECTOR_DEFER_MS;
-        n->defer_at = n->defer_at ? FM_MIN(n->defer_at, s->vec_defer_due) : s->vec_defer_due;
+        vdefer_due(n, s->vec_defer_due);
     }
     s->vec_defer_reply = (flags & FM_VECTOR_REPLY) != 0;
     n->st.vectors_deferred++;
@@ -1206,8 +1212,7 @@ static void vdefer_scan(fm_node *n, uint64_t t)
             if (t >= s->vec_defer_due || !fed_elsewhere(n, c, (const uint8_t *)s->name, s->len))
                 vdefer_send(n, c, s); /* may end c: then the loop does */
             else
-                n->defer_at =
-                    n->defer_at ? FM_MIN(n->defer_at, s->vec_defer_due) : s->vec_defer_due;
+                vdefer_due(n, s->vec_defer_due);
         }
     }
 }

@@ -742,6 +742,20 @@ static void test_nothing_differs(void)
     world_close();
 }
 
+/* Four nodes: 0, 1 and 2 linked and holding `writes` batches of node 0's; node 3 holds none and
+ * is linked to nobody yet. */
+static void three_holders(int writes)
+{
+    world_open(4, NULL);
+    for (int a = 0; a < 3; a++)
+        for (int b = a + 1; b < 3; b++)
+            link_static(a, b);
+    CHECK_OK(write_n(0, "notes", "a", writes));
+    run_until(T0 + 2000);
+    check_same(0, 1);
+    check_same(0, 2);
+}
+
 /* A node that comes back to three peers holding what it lacks takes it from one of them: its
  * VECTORs to the others wait (docs/PROTOCOL.md §8.4.1). A cut at any byte of that catch-up
  * still leaves it complete with no timer run: a feeder that goes lets the waiting VECTORs go. */
@@ -750,14 +764,7 @@ static void test_one_feeder(void)
     static const long cuts[] = {-1,    0,     300,   2000,  5000,  9000,
                                 15000, 30000, 45000, 60000, 80000, 100000};
     for (size_t k = 0; k < FM_ARRAY_LEN(cuts); k++) {
-        world_open(4, NULL);
-        for (int a = 0; a < 3; a++)
-            for (int b = a + 1; b < 3; b++)
-                link_static(a, b);
-        CHECK_OK(write_n(0, "notes", "a", 200));
-        run_until(T0 + 2000);
-        check_same(0, 1);
-        check_same(0, 2);
+        three_holders(200);
         fm_node_stats before, after;
         fm_node_stats_get(W.n[3].node, &before);
         if (cuts[k] >= 0)
@@ -781,13 +788,7 @@ static void test_one_feeder(void)
  * streams the rest at once. */
 static void test_feeder_lost(void)
 {
-    world_open(4, NULL);
-    for (int a = 0; a < 3; a++)
-        for (int b = a + 1; b < 3; b++)
-            link_static(a, b);
-    CHECK_OK(write_n(0, "notes", "a", 1000));
-    run_until(T0 + 2000);
-    check_same(0, 2);
+    three_holders(1000);
     for (int a = 0; a < 3; a++)
         link_static(3, a);
     fm_node_tick(W.n[3].node); /* the dials; then one event at a time */
