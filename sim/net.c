@@ -49,6 +49,102 @@ static sim_conn *conn_ev(fm_sim *s, uint64_t slot, uint64_t genside, int *side)
     return c;
 }
 
+/* ---- bytes in flight ------------------------------------------------------------------------ */
+
+static void chunks_free(sim_chunk *ch)
+{
+    while (ch) {
+        sim_chunk *next = ch->next;
+        free(ch);
+        ch = next;
+    }
+}
+
+/* A chunk the worker's nodes are done with: kept for the next sends, up to SIM_SPARE_MAX. */
+static void chunk_put(sim_worker *w, sim_chunk *ch)
+{
+    if (w->nspare >= SIM_SPARE_MAX) {
+        free(ch);
+        return;
+    }
+    ch->next = w->spare;
+    w->spare = ch;
+    w->nspare++;
+}
+
+/* The worker whose spares a direction read by node reader takes from and gives to. */
+static sim_worker *reader_worker(fm_sim *s, uint32_t reader)
+{
+    return &s->w[reader < s->n ? s->nodes[reader].worker : 0];
+}
+
+/* Between windows: an empty chunk, from the spares of the worker that will read it. */
+static sim_chunk *chunk_get(fm_sim *s, sim_worker *w)
+{
+    sim_chunk *ch = w->spare;
+    if (ch) {
+        w->spare = ch->next;
+        w->nspare--;
+    } else if (!(ch = malloc(sizeof *ch + s->chunk_cap))) {
+        return NULL;
+    }
+    ch->next = NULL;
+    ch->used = 0;
+    return ch;
+}
+
+/* Between windows: gives back whatever a direction still holds. */
+static void dir_clear(fm_sim *s, sim_dir *d, uint32_t reader)
+{
+    sim_worker *w = reader_worker(s, reader);
+    while (d->head) {
+        sim_chunk *next = d->head->next;
+        chunk_put(w, d->head);
+        d->head = next;
+    }
+    d->tail = NULL;
+    d->off = 0;
+}
+
+/* Between windows: room for one segment of m bytes at the direction's end (NULL: no memory). */
+static uint8_t *dir_room(fm_sim *s, sim_dir *d, uint32_t reader, uint32_t m)
+{
+    FM_ASSERT(m <= s->chunk_cap);
+    if (d->head && d->head == d->tail && d->off == d->tail->used)
+        d->off = d->tail->used = 0; /* drained: start the chunk over */
+    if (!d->tail || s->chunk_cap - d->tail->used < m) {
+        sim_chunk *ch = chunk_get(s, reader_worker(s, reader));
+        if (!ch)
+            return NULL;
+        if (d->tail)
+            d->tail->next = ch;
+        else
+            d->head = ch;
+        d->tail = ch;
+    }
+    uint8_t *p = d->tail->data + d->tail->used;
+    d->tail->used += m;
+    return p;
+}
+
+/* Inside the reader's window: the next m bytes, whole in one chunk; a chunk left behind goes
+ * to the reading worker's spares (the writer never looks behind its tail). */
+static const uint8_t *dir_read(fm_sim *s, sim_dir *d, uint32_t m)
+{
+    FM_ASSERT(d->head);
+    if (d->off == d->head->used) {
+        sim_chunk *done = d->head;
+        FM_ASSERT(done->next);
+        d->head = done->next;
+        d->off = 0;
+        chunk_put(sim_cur(s), done);
+    }
+    FM_ASSERT(d->head->used - d->off >= m);
+    const uint8_t *p = d->head->data + d->off;
+    d->off += m;
+    return p;
+}
+
 void sim_net_free(fm_sim *s)
 {
     for (uint32_t i = 0; s->nodes && i < s->n; i++) {
@@ -56,12 +152,17 @@ void sim_net_free(fm_sim *s)
         for (uint32_t k = 0; k < SIM_SLOT_CHUNKS && sn->chunk[k]; k++) {
             for (uint32_t j = 0; j < SIM_SLOT_CHUNK; j++)
                 for (int d = 0; d < 2; d++)
-                    fm_buf_free(&sn->chunk[k][j].dir[d].q);
+                    chunks_free(sn->chunk[k][j].dir[d].head);
             free(sn->chunk[k]);
             sn->chunk[k] = NULL;
         }
         free(sn->freec);
         sn->freec = NULL;
+    }
+    for (uint32_t k = 0; s->w && k < s->nworkers; k++) {
+        chunks_free(s->w[k].spare);
+        s->w[k].spare = NULL;
+        s->w[k].nspare = 0;
     }
     free(s->scratch_u32);
     free(s->allops);
@@ -101,11 +202,8 @@ static int conn_new(fm_sim *s, uint32_t a, uint32_t b, uint32_t *slot_out)
             sim_conn *c = calloc(SIM_SLOT_CHUNK, sizeof *c);
             if (!c)
                 return FM_ENOMEM;
-            for (uint32_t j = 0; j < SIM_SLOT_CHUNK; j++) {
-                fm_buf_init(&c[j].dir[0].q);
-                fm_buf_init(&c[j].dir[1].q);
+            for (uint32_t j = 0; j < SIM_SLOT_CHUNK; j++)
                 c[j].gen = 1;
-            }
             sn->chunk[ch] = c;
         }
         k = sn->nslots;
@@ -126,8 +224,7 @@ static int conn_new(fm_sim *s, uint32_t a, uint32_t b, uint32_t *slot_out)
     c->end[0] = END_NONE;
     c->end[1] = b == UINT32_MAX ? END_GONE : END_NONE;
     for (int d = 0; d < 2; d++) {
-        fm_buf_reset(&c->dir[d].q);
-        c->dir[d].head = 0;
+        FM_ASSERT(!c->dir[d].head && !c->dir[d].tail); /* conn_free cleared them */
         c->dir[d].busy_until = c->dir[d].last_arrival = now;
     }
     *slot_out = slot;
@@ -145,13 +242,8 @@ static void conn_free(fm_sim *s, uint32_t slot)
     c->used = false;
     c->listed = false;
     c->gen++;
-    for (int d = 0; d < 2; d++) {
-        /* Keep small buffers for reuse; give back big ones. */
-        if (c->dir[d].q.cap > (1u << 20))
-            fm_buf_free(&c->dir[d].q);
-        fm_buf_reset(&c->dir[d].q);
-        c->dir[d].head = 0;
-    }
+    for (int d = 0; d < 2; d++)
+        dir_clear(s, &c->dir[d], c->node[1 - d]);
     sim_node *owner = &s->nodes[slot / SIM_NODE_SLOTS];
     FM_ASSERT(owner->nfree < owner->cfree);
     owner->freec[owner->nfree++] = slot % SIM_NODE_SLOTS;
@@ -223,23 +315,6 @@ static void net_send(fm_sim *s, uint64_t t, uint32_t slot, int side, const uint8
 {
     sim_conn *c = sim_conn_at(s, slot);
     sim_dir *d = &c->dir[side];
-    if (d->head == d->q.len) {
-        /* Drained: a burst's big buffer goes back, for the next burst on any link. Thousands of
-         * connections each keeping its largest burst were a tenth of a big run's memory. */
-        if (d->q.cap > 16384)
-            fm_buf_free(&d->q);
-        else
-            fm_buf_reset(&d->q);
-        d->head = 0;
-    } else if (d->head > 65536 && d->head > d->q.len / 2) {
-        memmove(d->q.data, d->q.data + d->head, d->q.len - d->head);
-        d->q.len -= d->head;
-        d->head = 0;
-    }
-    if (fm_buf_append(&d->q, data, len)) {
-        sim_fail(s, FM_ENOMEM);
-        return;
-    }
     int recv = 1 - side;
     uint64_t genside = (uint64_t)c->gen << 1 | (uint64_t)recv;
     uint32_t to = c->node[recv];
@@ -247,6 +322,12 @@ static void net_send(fm_sim *s, uint64_t t, uint32_t slot, int side, const uint8
     s->bytes += len;
     for (size_t off = 0; off < len;) {
         size_t m = FM_MIN((size_t)s->link.mtu, len - off);
+        uint8_t *room = dir_room(s, d, to, (uint32_t)m);
+        if (!room) {
+            sim_fail(s, FM_ENOMEM);
+            return;
+        }
+        memcpy(room, data + off, m);
         uint64_t start = FM_MAX(t, d->busy_until);
         d->busy_until = start + serialise_us(s, m);
         uint64_t arrive = d->busy_until + delay_us(s) + loss_us(s);
@@ -459,24 +540,14 @@ static void ev_open(fm_sim *s, uint32_t slot, sim_conn *c, int side)
 
 static void ev_data(fm_sim *s, uint32_t slot, sim_conn *c, int side, size_t len)
 {
-    sim_dir *d = &c->dir[1 - side];
-    FM_ASSERT(d->q.len - d->head >= len);
+    /* Nothing writes this direction's chunks during the window: the node reads them in place. */
+    const uint8_t *data = dir_read(s, &c->dir[1 - side], (uint32_t)len);
     sim_node *sn = &s->nodes[c->node[side]];
     fm_conn_id id = conn_id(slot, c->gen, side);
-    bool deliver = c->end[side] == END_OPEN && sim_running(sn);
-    fm_buf *rx = &sim_cur(s)->rx;
-    if (deliver) {
-        fm_buf_reset(rx);
-        if (fm_buf_append(rx, d->q.data + d->head, len)) {
-            sim_fail(s, FM_ENOMEM);
-            return;
-        }
-    }
-    d->head += len;
-    if (!deliver)
+    if (c->end[side] != END_OPEN || !sim_running(sn))
         return;
-    sim_trace(s, TR_DATA, sn->idx, id, rx->data, len);
-    fm_node_conn_data(sn->n, id, rx->data, len);
+    sim_trace(s, TR_DATA, sn->idx, id, data, len);
+    fm_node_conn_data(sn->n, id, data, len);
     sim_after_call(s, sn);
 }
 

@@ -1123,6 +1123,7 @@ int fm_sim_open(const fm_sim_config *cfg, fm_sim **out)
     s->loss = cfg->loss >= 0 ? cfg->loss : cfg->link.loss;
     s->rto_us = 3 * s->link.latency_us + 200000;
     s->connect_timeout_us = 1000000 + 2 * s->link.latency_us;
+    s->chunk_cap = FM_MAX((uint32_t)(SIM_CHUNK_BYTES - sizeof(sim_chunk)), s->link.mtu);
     s->converged_at = SIM_NEVER;
     fm_sim_heap_init(&s->heap);
     fm_sim_rng_seed(&s->rng_topo, cfg->seed, 1);
@@ -1163,7 +1164,6 @@ int fm_sim_open(const fm_sim_config *cfg, fm_sim **out)
         w->s = s;
         w->idx = k;
         fm_sim_heap_init(&w->heap);
-        fm_buf_init(&w->rx);
         fm_buf_init(&w->opdata);
         if ((rc = fm_sigcache_new(own, &w->sigcache)))
             goto fail;
@@ -1221,7 +1221,6 @@ void fm_sim_close(fm_sim *s)
     sim_topo_free(s);
     for (uint32_t k = 0; s->w && k < s->nworkers; k++) {
         fm_sim_heap_free(&s->w[k].heap);
-        fm_buf_free(&s->w[k].rx);
         fm_buf_free(&s->w[k].opdata);
         free(s->w[k].ops);
         fm_sigcache_free(s->w[k].sigcache);

@@ -71,9 +71,19 @@ enum sim_tr {
 
 enum { END_NONE = 0, END_OPEN = 1, END_GONE = 2 };
 
+/* Bytes in flight in one direction: a list of fixed-size chunks, each segment whole in one.
+ * Appended to between windows only; read, and each chunk left behind handed to the reading
+ * worker's spares, only by the receiver's worker inside one. Growing one buffer per direction
+ * by realloc, and freeing it when drained, was most of the serial part of a 1000-node run. */
+typedef struct sim_chunk {
+    struct sim_chunk *next;
+    uint32_t used; /* bytes of data[] holding segments */
+    uint8_t data[];
+} sim_chunk;
+
 typedef struct sim_dir {
-    fm_buf q; /* bytes sent in this direction, not yet delivered: q.data[head, len) */
-    size_t head;
+    sim_chunk *head, *tail; /* both NULL, or the unread segments start at head->data[off] */
+    uint32_t off;
     uint64_t busy_until, last_arrival;
 } sim_dir;
 
@@ -86,6 +96,8 @@ enum {
     SIM_NODE_SLOTS = SIM_SLOT_CHUNK * SIM_SLOT_CHUNKS,
     SIM_MAX_THREADS = 16,
     SIM_WORKERS_PER_THREAD = 32, /* small shards: a window waits less for its slowest */
+    SIM_CHUNK_BYTES = 16384,     /* a sim_chunk's allocation, unless the MTU needs more */
+    SIM_SPARE_MAX = 256,         /* spare chunks a worker keeps; more go back to malloc */
 };
 
 typedef struct sim_conn {
@@ -160,7 +172,8 @@ typedef struct sim_worker {
     fm_sim_heap heap; /* events of its nodes */
     uint64_t now;     /* virtual time of the event being handled, inside a window */
     uint64_t until;   /* the window: events before this */
-    fm_buf rx;        /* the bytes of the segment being delivered */
+    sim_chunk *spare; /* chunks its nodes have read, for the next sends (sim_chunk) */
+    uint32_t nspare;
     sim_op *ops;
     uint32_t nops, cops;
     fm_buf opdata;
@@ -190,8 +203,9 @@ struct fm_sim {
     fm_sim_link_profile link;
     double loss;
     uint64_t rto_us, connect_timeout_us;
-    uint64_t now;     /* virtual microseconds (outside windows; sim_now inside) */
-    fm_sim_heap heap; /* global events */
+    uint32_t chunk_cap; /* data bytes of a sim_chunk: at least one segment */
+    uint64_t now;       /* virtual microseconds (outside windows; sim_now inside) */
+    fm_sim_heap heap;   /* global events */
     sim_worker *w;
     uint32_t nworkers, nthreads;
     fm_sigcache *sigcache; /* shared: the workers' caches' parent */
