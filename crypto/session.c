@@ -8,15 +8,16 @@
  *   hs_*     = H_key=base_*("fm-hs-*"  || th after msg2's ephemeral)
  *   app_*    = H_key=base_*("fm-app-*" || th after msg3)
  * Handshake AEAD keys are used once each, so a zero nonce is safe; the ciphertext's associated
- * data is the transcript so far. Secrets live in one sodium_malloc'd block: `cur` holds what is
- * committed, `tmp` the work in progress of one message, wiped on every exit. A message handler
- * changes the session only after every check passed.
+ * data is the transcript so far. Secrets live in one block of sodium_malloc'd memory (a slot of
+ * a slab, below): `cur` holds what is committed, `tmp` the work in progress of one message, wiped
+ * on every exit. A message handler changes the session only after every check passed.
  */
 #include "crypto/session.h"
 
 #include "crypto/frame.h"
 #include "crypto/identity.h"
 
+#include <pthread.h>
 #include <sodium.h>
 #include <stdlib.h>
 #include <string.h>
@@ -65,6 +66,52 @@ typedef struct secrets {
     keys tmp;
 } secrets;
 
+/* Sessions' secrets come from slabs of sodium_malloc'd memory (locked, between guard pages),
+ * SLAB_SLOTS at a time, and go back wiped to a free list shared by every thread. A sodium_malloc
+ * and sodium_free per session were seven system calls, and their mprotect and munmap flushed
+ * the TLB of every thread of the process (1000 simulated nodes: 4 % of the CPU). The guard pages
+ * are around a slab, not each slot: what a session writes there has a fixed size. Slabs last as
+ * long as the process. */
+enum { SLAB_SLOTS = 32 };
+
+typedef union slot {
+    secrets sec;
+    union slot *next; /* on the free list */
+} slot;
+
+static pthread_mutex_t slots_lock = PTHREAD_MUTEX_INITIALIZER;
+static slot *slots_free;
+
+static secrets *secrets_new(void)
+{
+    pthread_mutex_lock(&slots_lock);
+    slot *sl = slots_free;
+    if (!sl && (sl = sodium_malloc(SLAB_SLOTS * sizeof *sl)) != NULL)
+        for (uint32_t i = 1; i < SLAB_SLOTS; i++) {
+            sl[i].next = slots_free;
+            slots_free = &sl[i];
+        }
+    else if (sl)
+        slots_free = sl->next;
+    pthread_mutex_unlock(&slots_lock);
+    if (!sl)
+        return NULL;
+    sodium_memzero(sl, sizeof *sl);
+    return &sl->sec;
+}
+
+static void secrets_free(secrets *sec)
+{
+    if (!sec)
+        return;
+    slot *sl = (slot *)sec;
+    sodium_memzero(sl, sizeof *sl);
+    pthread_mutex_lock(&slots_lock);
+    sl->next = slots_free;
+    slots_free = sl;
+    pthread_mutex_unlock(&slots_lock);
+}
+
 struct fm_session {
     const fm_env *env;
     const fm_identity *id;
@@ -81,7 +128,7 @@ struct fm_session {
     fm_cert peer; /* valid once state >= WAIT_STREAM */
     fm_frame_reader rd;
     fm_buf plain; /* a received frame, wiped after delivery */
-    secrets *sec; /* sodium_malloc'd */
+    secrets *sec; /* a slot of a slab (secrets_new) */
 };
 
 static const uint8_t ZERO_NONCE[crypto_aead_xchacha20poly1305_ietf_NPUBBYTES];
@@ -493,13 +540,12 @@ static int session_create(const fm_env *env, const fm_identity *id, const uint8_
     if (check && !fm_cert_is_for(&c, pk))
         return FM_EINVAL;
     fm_session *s = fm_calloc(1, sizeof *s);
-    secrets *sec = sodium_malloc(sizeof *sec);
+    secrets *sec = secrets_new();
     if (!s || !sec) {
         free(s);
-        sodium_free(sec);
+        secrets_free(sec);
         return FM_ENOMEM;
     }
-    sodium_memzero(sec, sizeof *sec);
     *s = (fm_session){.env = env, .id = id, .m = m, .role = role, .sec = sec};
     memcpy(s->mesh_id, mesh, FM_ID_BYTES);
     memcpy(s->my_cert, cert, cert_len);
@@ -530,7 +576,7 @@ void fm_session_free(fm_session *s)
     if (!s)
         return;
     wipe(s);
-    sodium_free(s->sec);
+    secrets_free(s->sec);
     free(s);
 }
 
