@@ -63,6 +63,14 @@ void fm_buf_reset(fm_buf *b)
     b->oom = false;
 }
 
+void fm_buf_recycle(fm_buf *b, size_t keep)
+{
+    if (b->cap > keep)
+        fm_buf_free(b);
+    else
+        fm_buf_reset(b);
+}
+
 int fm_buf_reserve(fm_buf *b, size_t extra)
 {
     if (b->oom)

@@ -75,6 +75,10 @@ static inline uint32_t fm_hash32(const uint8_t *p, uint32_t len)
 void fm_buf_init(fm_buf *b);
 void fm_buf_free(fm_buf *b);
 void fm_buf_reset(fm_buf *b); /* len = 0, keeps capacity, clears oom */
+/* Reset for reuse, keeping the allocation only if it is at most keep bytes: a buffer grown from
+ * nothing again for every burst costs a chain of reallocs, one kept at its largest burst costs
+ * memory. */
+void fm_buf_recycle(fm_buf *b, size_t keep);
 int fm_buf_reserve(fm_buf *b, size_t extra);
 int fm_buf__append_slow(fm_buf *b, const void *p, size_t n);
 /* Inline fast path: the codec appends a few bytes at a time. */

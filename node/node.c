@@ -795,14 +795,11 @@ static void push_end(conn *c, pump_ctx *x)
 
 /* The eager-push rule for one applied batch and one connection; x gathers the connection's
  * batches of one collection into one frame. covered: the peer that sent us the batch pushed it
- * to this one as well (covers()), so an announcement is enough. */
-static void push_one(fm_node *n, conn *c, pump_ctx *x, const fm_batch *b, const uint8_t *data,
-                     size_t len, bool covered)
+ * to this one as well (covers()), so an announcement is enough. coll is b's, one we offer. */
+static void push_one(fm_node *n, conn *c, pump_ctx *x, fm_coll *coll, const fm_batch *b,
+                     const uint8_t *data, size_t len, bool covered)
 {
     if (!c->hello_rcvd || c->closing || c->err || peer_prio(c, b->coll, b->coll_len) < 0)
-        return;
-    fm_coll *coll = coll_of(n, b->coll, b->coll_len);
-    if (!coll || !offers(n, coll))
         return;
     /* Another collection's frame goes first: csync_get may move the connection's csyncs. */
     if (x->l.s && (x->l.s->len != b->coll_len || memcmp(x->l.s->name, b->coll, b->coll_len) != 0))
@@ -934,9 +931,13 @@ static bool covers(const conn *from, const conn *c)
 static void process_applied(fm_node *n)
 {
     n->push_at = 0;
-    for (uint32_t i = 0; i < n->max_total; i++)
-        n->px[i] = (pump_ctx){.l = {.n = n, .c = &n->conns[i]},
+    for (uint32_t i = 0; i < n->max_total; i++) {
+        /* Each connection's frame buffers stay from one push to the next (they are empty). */
+        fm_buf body = n->px[i].l.body, mixed = n->px[i].mixed;
+        n->px[i] = (pump_ctx){.l = {.n = n, .c = &n->conns[i], .body = body},
+                              .mixed = mixed,
                               .mix = (n->conns[i].peer_caps & FM_CAP_PEERS) != 0};
+    }
     size_t off = 0;
     while (off < n->applied.len) {
         uint32_t len;
@@ -946,11 +947,15 @@ static void process_applied(fm_node *n)
         off += sizeof len + FM_PROTO_PEER_PREFIX + len;
         if (fm_batch_peek(data, len, &n->b, false))
             continue; /* cannot happen: the replica applied it */
+        fm_coll *coll = coll_of(n, n->b.coll, n->b.coll_len);
+        if (!coll || !offers(n, coll))
+            continue;
         const conn *from = n->push_cover == FM_COVER_ON ? sender_conn(n, src) : NULL;
         for (uint32_t i = 0; i < n->max_total; i++) {
             conn *c = &n->conns[i];
             if (c->used)
-                push_one(n, c, &n->px[i], &n->b, data, len, from && c != from && covers(from, c));
+                push_one(n, c, &n->px[i], coll, &n->b, data, len,
+                         from && c != from && covers(from, c));
         }
     }
     for (uint32_t i = 0; i < n->max_total; i++) {
@@ -961,12 +966,10 @@ static void process_applied(fm_node *n)
         int rc = c->used && x->mix && !c->err ? mixed_flush(x) : 0;
         if (rc && !c->err)
             c->err = rc;
-        fm_buf_free(&x->l.body);
-        fm_buf_free(&x->mixed);
+        fm_buf_recycle(&x->l.body, FM_NODE_KEEP_BUF_BYTES);
+        fm_buf_recycle(&x->mixed, FM_NODE_KEEP_BUF_BYTES);
     }
-    fm_buf_reset(&n->applied);
-    if (n->applied.cap > FM_NODE_PUSH_HOLD_BYTES * 2)
-        fm_buf_free(&n->applied); /* a burst's buffer is not kept for an idle node */
+    fm_buf_recycle(&n->applied, FM_NODE_PUSH_HOLD_BYTES * 2);
     /* Our digest changed: peers not worth a connection before may be now. */
     uint64_t t = now_ms(n);
     for (uint32_t i = 0; i < n->npeers && n->connect_at > t; i++)
@@ -2614,6 +2617,10 @@ void fm_node_close(fm_node *n)
         fm__replica_set_group_commit(n->r, 0);
     }
     free(n->conns);
+    for (uint32_t i = 0; n->px && i < n->max_total; i++) {
+        fm_buf_free(&n->px[i].l.body);
+        fm_buf_free(&n->px[i].mixed);
+    }
     free(n->px);
     free(n->peers);
     free(n->barr);

@@ -121,6 +121,7 @@ enum {
     FM_NODE_DEFAULT_PUSH_DELAY_MS = 5,
     FM_NODE_MAX_PUSH_DELAY_MS = 1000,
     FM_NODE_PUSH_HOLD_BYTES = 64 * 1024,
+    FM_NODE_KEEP_BUF_BYTES = 16 * 1024, /* a connection's push buffers kept up to this size */
 };
 #define FM_NODE_PUSH_AT_ONCE UINT32_MAX
 
