@@ -69,3 +69,19 @@ const fm_sim_event *fm_sim_heap_top(const fm_sim_heap *h)
 {
     return h->n ? &h->ev[0] : NULL;
 }
+
+static uint64_t weigh(const fm_sim_heap *h, uint32_t i, uint64_t until,
+                      uint64_t (*weight)(const fm_sim_event *e))
+{
+    /* A child is never due before its parent: recursion as deep as the heap, at most 32. */
+    if (i >= h->n || h->ev[i].t >= until)
+        return 0;
+    return weight(&h->ev[i]) + weigh(h, 2 * i + 1, until, weight) +
+           weigh(h, 2 * i + 2, until, weight);
+}
+
+uint64_t fm_sim_heap_weigh(const fm_sim_heap *h, uint64_t until,
+                           uint64_t (*weight)(const fm_sim_event *e))
+{
+    return weigh(h, 0, until, weight);
+}

@@ -29,6 +29,10 @@ int fm_sim_heap_push(fm_sim_heap *h, uint64_t t, uint32_t kind, uint32_t node, u
                      uint64_t b);
 /* Removes the earliest event into *out; false when empty. */
 bool fm_sim_heap_pop(fm_sim_heap *h, fm_sim_event *out);
+/* The sum of weight(e) over the events due before until: O(those events), the heap's order
+ * bounds the walk. */
+uint64_t fm_sim_heap_weigh(const fm_sim_heap *h, uint64_t until,
+                           uint64_t (*weight)(const fm_sim_event *e));
 /* The earliest event, or NULL; valid until the next push or pop. */
 const fm_sim_event *fm_sim_heap_top(const fm_sim_heap *h);
 

@@ -81,11 +81,11 @@ static void reexec_for_big_run(char **argv)
     if (old && strstr(old, "glibc.malloc."))
         return;
     char val[1024];
-    int k = snprintf(val, sizeof val,
-                     "%s%sglibc.malloc.trim_threshold=4294967296:"
-                     "glibc.malloc.mmap_threshold=33554432%s",
-                     old ? old : "", old && *old ? ":" : "",
-                     madvise ? ":glibc.malloc.hugetlb=1" : "");
+    int k =
+        snprintf(val, sizeof val,
+                 "%s%sglibc.malloc.trim_threshold=4294967296:"
+                 "glibc.malloc.mmap_threshold=33554432%s",
+                 old ? old : "", old && *old ? ":" : "", madvise ? ":glibc.malloc.hugetlb=1" : "");
     if (k < 0 || (size_t)k >= sizeof val || setenv("GLIBC_TUNABLES", val, 1))
         return;
     execv("/proc/self/exe", argv);

@@ -647,14 +647,12 @@ static void dispatch(fm_sim *s, const fm_sim_event *e)
 /* Worker threads beyond the calling one, started at the first window that has them work. */
 typedef struct sim_pool {
     pthread_t th[SIM_MAX_THREADS];
-    struct sim_thread {
-        fm_sim *s;
-        uint32_t idx;
-    } arg[SIM_MAX_THREADS];
     uint32_t started;
     pthread_barrier_t go, done;
     bool quit;
-    uint8_t taken[]; /* per worker (shard of nodes): claimed in this window */
+    uint32_t next;   /* the next of order[] to take, in this window */
+    uint32_t *order; /* the workers, the most work first */
+    uint64_t *load;  /* scratch: each worker's work in the window, estimated */
 } sim_pool;
 
 /* Runs the worker's events before its window's end. */
@@ -696,52 +694,51 @@ static void run_one(fm_sim *s, uint32_t k)
         worker_run(&s->w[k]);
 }
 
-static void run_claimed(fm_sim *s, uint32_t k)
+/* Every thread takes the next worker of the window's order until none is left: the biggest
+ * first, so that what ends a window is small and no thread waits long for another. (Each thread
+ * running its own shards first kept a shard's memory in one thread's caches and malloc arena, but
+ * a busy shard that came last held the other thread idle.) The outcome does not depend on which
+ * thread runs a worker. */
+static void run_workers(fm_sim *s)
 {
-    if (!__atomic_exchange_n(&s->pool->taken[k], 1, __ATOMIC_ACQ_REL))
-        run_one(s, k);
-}
-
-/* Thread t runs its own workers (t, t + nthreads, ...) first and then takes over whichever
- * others are still unclaimed, the last first. A shard thus stays on one thread while the load
- * is even (its memory in that thread's caches and malloc arena), and no thread idles while
- * another has a queue. The outcome does not depend on which thread runs a worker. */
-static void run_workers(fm_sim *s, uint32_t t)
-{
-    for (uint32_t k = t; k < s->nworkers; k += s->nthreads)
-        run_claimed(s, k);
-    for (uint32_t k = s->nworkers; k-- > 0;)
-        run_claimed(s, k);
+    sim_pool *p = s->pool;
+    for (uint32_t k; (k = __atomic_fetch_add(&p->next, 1, __ATOMIC_RELAXED)) < s->nworkers;)
+        run_one(s, p->order[k]);
 }
 
 static void *thread_main(void *arg)
 {
-    const struct sim_thread *th = arg;
-    fm_sim *s = th->s;
+    fm_sim *s = arg;
     sim_pool *p = s->pool;
     for (;;) {
         pthread_barrier_wait(&p->go);
         if (p->quit)
             return NULL;
-        run_workers(s, th->idx);
+        run_workers(s);
         pthread_barrier_wait(&p->done);
     }
 }
 
 static int pool_start(fm_sim *s)
 {
-    sim_pool *p = calloc(1, sizeof *p + s->nworkers);
+    sim_pool *p = calloc(1, sizeof *p);
     if (!p)
         return FM_ENOMEM;
-    if (pthread_barrier_init(&p->go, NULL, s->nthreads) ||
+    p->order = calloc(s->nworkers, sizeof *p->order);
+    p->load = calloc(s->nworkers, sizeof *p->load);
+    bool go = false;
+    if (!p->order || !p->load || !(go = !pthread_barrier_init(&p->go, NULL, s->nthreads)) ||
         pthread_barrier_init(&p->done, NULL, s->nthreads)) {
-        free(p);
+        if (go)
+            pthread_barrier_destroy(&p->go);
+        free(p->order), free(p->load), free(p);
         return FM_ENOMEM;
     }
+    for (uint32_t k = 0; k < s->nworkers; k++)
+        p->order[k] = k;
     s->pool = p;
     for (uint32_t k = 1; k < s->nthreads; k++) {
-        p->arg[k] = (struct sim_thread){.s = s, .idx = k};
-        if (pthread_create(&p->th[k], NULL, thread_main, &p->arg[k]))
+        if (pthread_create(&p->th[k], NULL, thread_main, s))
             break; /* fewer threads: the calling one runs every worker itself */
         p->started = k;
     }
@@ -765,6 +762,8 @@ static void pool_stop(fm_sim *s)
     }
     pthread_barrier_destroy(&p->go);
     pthread_barrier_destroy(&p->done);
+    free(p->order);
+    free(p->load);
     free(p);
     s->pool = NULL;
 }
@@ -778,9 +777,9 @@ static void run_all(fm_sim *s, bool threads)
         sim_fail(s, FM_ENOMEM);
     sim_pool *p = s->pool;
     if (threads && p && p->started + 1 == s->nthreads) {
-        memset(p->taken, 0, s->nworkers);
+        p->next = 0;
         pthread_barrier_wait(&p->go);
-        run_workers(s, 0);
+        run_workers(s);
         pthread_barrier_wait(&p->done);
     } else {
         for (uint32_t k = 0; k < s->nworkers; k++)
@@ -788,9 +787,8 @@ static void run_all(fm_sim *s, bool threads)
     }
 }
 
-/* A setup step on every node, each on its worker's own thread, so that what a node allocates
- * sits in the arena of the thread that runs it later. The result is that of the lowest-numbered
- * node that failed, as if the nodes had been set up one after another. */
+/* A setup step on every node, on the threads when there are many. The result is that of the
+ * lowest-numbered node that failed, as if the nodes had been set up one after another. */
 static int run_nodes(fm_sim *s, int (*job)(fm_sim *s, uint32_t node, void *arg), void *arg)
 {
     for (uint32_t k = 0; k < s->nworkers; k++)
@@ -809,11 +807,46 @@ static int run_nodes(fm_sim *s, int (*job)(fm_sim *s, uint32_t node, void *arg),
 
 /* Every worker runs its events before until; with threads, at once. The outcome is the same
  * either way (sim_int.h), so a small window is not worth waking threads for. */
+/* An event's work, roughly: a segment's bytes, or a fixed cost (what a node does with 64 bytes
+ * of batches is about what a timer or a connection event costs it). */
+static uint64_t event_weight(const fm_sim_event *e)
+{
+    return 64 + (e->kind == EV_DATA ? e->a >> 32 : 0);
+}
+
+static const uint64_t *order_load; /* by_load's keys, set around one qsort by the calling thread */
+
+static int by_load(const void *a, const void *b)
+{
+    uint32_t x = *(const uint32_t *)a, y = *(const uint32_t *)b;
+    if (order_load[x] != order_load[y])
+        return order_load[x] > order_load[y] ? -1 : 1;
+    return x < y ? -1 : x > y;
+}
+
+/* The window's workers, the most work first (run_workers). */
+static void order_workers(fm_sim *s, uint64_t until)
+{
+    sim_pool *p = s->pool;
+    for (uint32_t k = 0; k < s->nworkers; k++) {
+        p->load[k] = fm_sim_heap_weigh(&s->w[k].heap, until, event_weight);
+        p->order[k] = k;
+    }
+    order_load = p->load;
+    qsort(p->order, s->nworkers, sizeof *p->order, by_load);
+    order_load = NULL;
+}
+
 static void run_window(fm_sim *s, uint64_t until, uint32_t busy)
 {
     for (uint32_t k = 0; k < s->nworkers; k++)
         s->w[k].until = until;
-    run_all(s, busy > 64);
+    bool threads = busy > 64 && s->nthreads > 1;
+    if (threads && !s->pool && pool_start(s))
+        sim_fail(s, FM_ENOMEM);
+    if (threads && s->pool)
+        order_workers(s, until);
+    run_all(s, threads);
     for (uint32_t k = 0; k < s->nworkers; k++)
         s->now = FM_MAX(s->now, s->w[k].last_t);
 }

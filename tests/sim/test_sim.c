@@ -84,6 +84,11 @@ static void scenario(const char *flags, bool everyone_has_all)
 /* ---- engine pieces -----------------------------------------------------------------------------
  */
 
+static uint64_t event_a_weight(const fm_sim_event *e)
+{
+    return 1 + e->a % 7;
+}
+
 static void test_heap(void)
 {
     fm_sim_heap h;
@@ -91,8 +96,15 @@ static void test_heap(void)
     fm_sim_rng rng;
     fm_sim_rng_seed(&rng, 42, 0);
     enum { N = 5000 };
-    for (uint32_t i = 0; i < N; i++)
-        CHECK_OK(fm_sim_heap_push(&h, fm_sim_rng_below(&rng, 50), 1, i, i, 0));
+    uint64_t before[51] = {0}; /* before[t]: the weight of the events due before t */
+    for (uint32_t i = 0; i < N; i++) {
+        uint64_t t = fm_sim_rng_below(&rng, 50);
+        CHECK_OK(fm_sim_heap_push(&h, t, 1, i, i, 0));
+        for (uint64_t u = t + 1; u <= 50; u++)
+            before[u] += event_a_weight(&(fm_sim_event){.a = i});
+    }
+    for (uint64_t u = 0; u <= 50; u++)
+        CHECK(fm_sim_heap_weigh(&h, u, event_a_weight) == before[u]);
     fm_sim_event prev = {0}, e;
     uint32_t n = 0;
     while (fm_sim_heap_pop(&h, &e)) {
