@@ -655,7 +655,7 @@ typedef struct sim_pool {
     pthread_barrier_t go, done;
     bool quit;
     uint32_t *order; /* the workers, the most work first */
-    uint64_t *load;  /* scratch: each worker's work in the window, estimated */
+    uint64_t *load;  /* scratch: sort keys of the workers' work in the window (order_workers) */
     uint8_t taken[]; /* per worker (shard of nodes): claimed in this window */
 } sim_pool;
 
@@ -830,27 +830,27 @@ static uint64_t event_weight(const fm_sim_event *e)
     return 64 + (e->kind == EV_DATA ? e->a >> 32 : 0);
 }
 
-static const uint64_t *order_load; /* by_load's keys, set around one qsort by the calling thread */
-
-static int by_load(const void *a, const void *b)
+static int key_cmp(const void *a, const void *b)
 {
-    uint32_t x = *(const uint32_t *)a, y = *(const uint32_t *)b;
-    if (order_load[x] != order_load[y])
-        return order_load[x] > order_load[y] ? -1 : 1;
+    uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
     return x < y ? -1 : x > y;
 }
 
-/* The window's workers, the most work first (run_workers). */
+/* The window's workers, the most work first (run_workers): sorted by a key of the load's
+ * complement above the worker's index (ties in index order). */
 static void order_workers(fm_sim *s, uint64_t until)
 {
+    enum { IDX_BITS = 24 };
+    _Static_assert(SIM_MAX_THREADS * SIM_WORKERS_PER_THREAD < 1u << IDX_BITS, "index fits");
+    const uint64_t cap = (1ull << (64 - IDX_BITS)) - 1;
     sim_pool *p = s->pool;
     for (uint32_t k = 0; k < s->nworkers; k++) {
-        p->load[k] = fm_sim_heap_weigh(&s->w[k].heap, until, event_weight);
-        p->order[k] = k;
+        uint64_t load = FM_MIN(fm_sim_heap_weigh(&s->w[k].heap, until, event_weight), cap);
+        p->load[k] = (cap - load) << IDX_BITS | k;
     }
-    order_load = p->load;
-    qsort(p->order, s->nworkers, sizeof *p->order, by_load);
-    order_load = NULL;
+    qsort(p->load, s->nworkers, sizeof *p->load, key_cmp);
+    for (uint32_t k = 0; k < s->nworkers; k++)
+        p->order[k] = (uint32_t)(p->load[k] & ((1u << IDX_BITS) - 1));
 }
 
 static void run_window(fm_sim *s, uint64_t until, uint32_t busy)
