@@ -803,8 +803,9 @@ static void run_all(fm_sim *s, bool threads)
     }
 }
 
-/* A setup step on every node, on the threads when there are many. The result is that of the
- * lowest-numbered node that failed, as if the nodes had been set up one after another. */
+/* A setup step on every node, each on its worker's own thread while the load is even, so that
+ * what a node allocates sits in the arena of the thread that runs it later. The result is that
+ * of the lowest-numbered node that failed, as if the nodes had been set up one after another. */
 static int run_nodes(fm_sim *s, int (*job)(fm_sim *s, uint32_t node, void *arg), void *arg)
 {
     for (uint32_t k = 0; k < s->nworkers; k++)
