@@ -654,8 +654,9 @@ typedef struct sim_pool {
     uint32_t started;
     pthread_barrier_t go, done;
     bool quit;
-    uint32_t *order; /* the workers, the most work first */
-    uint64_t *load;  /* scratch: sort keys of the workers' work in the window (order_workers) */
+    /* The workers, the most work first: sort keys, (cap - load) << ORDER_IDX_BITS | worker
+     * (order_workers); worker_at reads one. */
+    uint64_t *order;
     uint8_t taken[]; /* per worker (shard of nodes): claimed in this window */
 } sim_pool;
 
@@ -698,6 +699,15 @@ static void run_one(fm_sim *s, uint32_t k)
         worker_run(&s->w[k]);
 }
 
+enum { ORDER_IDX_BITS = 24 };
+_Static_assert(SIM_MAX_THREADS *SIM_WORKERS_PER_THREAD < 1u << ORDER_IDX_BITS, "index fits");
+
+/* The worker i-th in the window's order. */
+static uint32_t worker_at(const sim_pool *p, uint32_t i)
+{
+    return (uint32_t)(p->order[i] & ((1u << ORDER_IDX_BITS) - 1));
+}
+
 static void run_claimed(fm_sim *s, uint32_t k)
 {
     if (!__atomic_exchange_n(&s->pool->taken[k], 1, __ATOMIC_ACQ_REL))
@@ -712,12 +722,12 @@ static void run_claimed(fm_sim *s, uint32_t k)
  * worker. */
 static void run_workers(fm_sim *s, uint32_t t)
 {
-    const uint32_t *order = s->pool->order;
+    const sim_pool *p = s->pool;
     for (uint32_t i = 0; i < s->nworkers; i++)
-        if (order[i] % s->nthreads == t)
-            run_claimed(s, order[i]);
+        if (worker_at(p, i) % s->nthreads == t)
+            run_claimed(s, worker_at(p, i));
     for (uint32_t i = s->nworkers; i-- > 0;)
-        run_claimed(s, order[i]);
+        run_claimed(s, worker_at(p, i));
 }
 
 static void *thread_main(void *arg)
@@ -740,13 +750,12 @@ static int pool_start(fm_sim *s)
     if (!p)
         return FM_ENOMEM;
     p->order = calloc(s->nworkers, sizeof *p->order);
-    p->load = calloc(s->nworkers, sizeof *p->load);
     bool go = false;
-    if (!p->order || !p->load || !(go = !pthread_barrier_init(&p->go, NULL, s->nthreads)) ||
+    if (!p->order || !(go = !pthread_barrier_init(&p->go, NULL, s->nthreads)) ||
         pthread_barrier_init(&p->done, NULL, s->nthreads)) {
         if (go)
             pthread_barrier_destroy(&p->go);
-        free(p->order), free(p->load), free(p);
+        free(p->order), free(p);
         return FM_ENOMEM;
     }
     for (uint32_t k = 0; k < s->nworkers; k++)
@@ -779,7 +788,6 @@ static void pool_stop(fm_sim *s)
     pthread_barrier_destroy(&p->go);
     pthread_barrier_destroy(&p->done);
     free(p->order);
-    free(p->load);
     free(p);
     s->pool = NULL;
 }
@@ -837,21 +845,16 @@ static int key_cmp(const void *a, const void *b)
     return x < y ? -1 : x > y;
 }
 
-/* The window's workers, the most work first (run_workers): sorted by a key of the load's
- * complement above the worker's index (ties in index order). */
+/* The window's workers, the most work first (run_workers); equal loads in worker order. */
 static void order_workers(fm_sim *s, uint64_t until)
 {
-    enum { IDX_BITS = 24 };
-    _Static_assert(SIM_MAX_THREADS * SIM_WORKERS_PER_THREAD < 1u << IDX_BITS, "index fits");
-    const uint64_t cap = (1ull << (64 - IDX_BITS)) - 1;
+    const uint64_t cap = (1ull << (64 - ORDER_IDX_BITS)) - 1;
     sim_pool *p = s->pool;
     for (uint32_t k = 0; k < s->nworkers; k++) {
         uint64_t load = FM_MIN(fm_sim_heap_weigh(&s->w[k].heap, until, event_weight), cap);
-        p->load[k] = (cap - load) << IDX_BITS | k;
+        p->order[k] = (cap - load) << ORDER_IDX_BITS | k;
     }
-    qsort(p->load, s->nworkers, sizeof *p->load, key_cmp);
-    for (uint32_t k = 0; k < s->nworkers; k++)
-        p->order[k] = (uint32_t)(p->load[k] & ((1u << IDX_BITS) - 1));
+    qsort(p->order, s->nworkers, sizeof *p->order, key_cmp);
 }
 
 static void run_window(fm_sim *s, uint64_t until, uint32_t busy)
