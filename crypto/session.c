@@ -85,13 +85,13 @@ static slot *slots_free;
 static secrets *secrets_new(void)
 {
     pthread_mutex_lock(&slots_lock);
+    slot *slab = slots_free ? NULL : sodium_malloc(SLAB_SLOTS * sizeof *slab);
+    for (uint32_t i = 0; slab && i < SLAB_SLOTS; i++) {
+        slab[i].next = slots_free;
+        slots_free = &slab[i];
+    }
     slot *sl = slots_free;
-    if (!sl && (sl = sodium_malloc(SLAB_SLOTS * sizeof *sl)) != NULL)
-        for (uint32_t i = 1; i < SLAB_SLOTS; i++) {
-            sl[i].next = slots_free;
-            slots_free = &sl[i];
-        }
-    else if (sl)
+    if (sl)
         slots_free = sl->next;
     pthread_mutex_unlock(&slots_lock);
     if (!sl)
