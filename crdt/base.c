@@ -139,19 +139,29 @@ char *fm_buf_take_str(fm_buf *b)
     return s;
 }
 
-int fm_grow(void **arr, uint32_t n, uint32_t *cap, size_t size)
+static int grow(void **arr, uint32_t n, uint32_t *cap, size_t size, uint32_t first)
 {
     if (n < *cap)
         return 0;
     if (*cap > UINT32_MAX / 2)
         return FM_ENOMEM;
-    uint32_t c = *cap ? *cap * 2 : 4;
+    uint32_t c = *cap ? *cap * 2 : first;
     void *p = fm_reallocarray(*arr, c, size);
     if (!p)
         return FM_ENOMEM;
     *arr = p;
     *cap = c;
     return 0;
+}
+
+int fm_grow(void **arr, uint32_t n, uint32_t *cap, size_t size)
+{
+    return grow(arr, n, cap, size, 4);
+}
+
+int fm_grow_from1(void **arr, uint32_t n, uint32_t *cap, size_t size)
+{
+    return grow(arr, n, cap, size, 1);
 }
 
 void *fm_calloc(size_t n, size_t size)

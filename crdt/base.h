@@ -98,8 +98,11 @@ int fm_buf_printf(fm_buf *b, const char *fmt, ...) __attribute__((format(printf,
 char *fm_buf_take_str(fm_buf *b);
 
 /* Grows an array of n used elements and *cap allocated ones (of size bytes each) so one more
- * fits, doubling. On failure the array is unchanged. */
+ * fits, doubling (from 4). On failure the array is unchanged. */
 int fm_grow(void **arr, uint32_t n, uint32_t *cap, size_t size);
+/* As fm_grow, from room for one: for arrays that most often hold a single element, of which
+ * there are very many (a vector per collection per connection). */
+int fm_grow_from1(void **arr, uint32_t n, uint32_t *cap, size_t size);
 
 /* Checked allocation helpers: NULL on overflow or failure. */
 void *fm_calloc(size_t n, size_t size);

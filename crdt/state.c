@@ -193,7 +193,7 @@ int fm_state_set_feed(fm_state *s, fm_coll *c, const uint8_t author[FM_ID_BYTES]
     if (fm_authors_intern(&s->authors, author, &a))
         return FM_ENOMEM;
     fm_feed *f = feed_find(c, a, &pos);
-    if (!f && fm_grow((void **)&c->feeds, c->nfeeds, &c->cfeeds, sizeof *c->feeds))
+    if (!f && fm_grow_from1((void **)&c->feeds, c->nfeeds, &c->cfeeds, sizeof *c->feeds))
         return FM_ENOMEM;
     /* The vector can refuse (FM_ELIMIT): set it before adding the feed, so a failed call adds no
      * feed with an unset seq and head. */

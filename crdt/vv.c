@@ -73,7 +73,7 @@ int fm_vv_set(fm_vv *v, const uint8_t author[FM_ID_BYTES], uint64_t seq)
         return 0;
     if (v->n >= FM_MAX_VV_ENTRIES)
         return FM_ELIMIT;
-    if (fm_grow((void **)&v->e, v->n, &v->cap, sizeof *v->e))
+    if (fm_grow_from1((void **)&v->e, v->n, &v->cap, sizeof *v->e))
         return FM_ENOMEM;
     memmove(&v->e[i + 1], &v->e[i], (v->n - i) * sizeof *v->e);
     memcpy(v->e[i].author, author, FM_ID_BYTES);

@@ -57,7 +57,7 @@ void fm_frame_reader_next(fm_frame_reader *r)
 {
     r->hdr_have = 0;
     r->need = 0;
-    fm_buf_reset(&r->body);
+    fm_buf_recycle(&r->body, FM_FRAME_KEEP_BYTES);
 }
 
 size_t fm_frame_reader_pending(const fm_frame_reader *r)

@@ -9,7 +9,13 @@
 
 #include "crdt/base.h"
 
-enum { FM_RECORD_HEADER_BYTES = 4 };
+enum {
+    FM_RECORD_HEADER_BYTES = 4,
+    /* A record buffer bigger than this is freed once its record is taken: a connection keeps
+     * little between bursts, and a thousand simulated nodes' connections do not each hold
+     * their largest record ever. */
+    FM_FRAME_KEEP_BYTES = 16 * 1024,
+};
 
 typedef struct fm_frame_reader {
     uint8_t hdr[FM_RECORD_HEADER_BYTES];

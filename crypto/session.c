@@ -477,6 +477,7 @@ static int step_frame(fm_session *s, const uint8_t *c, size_t len, fm_frame_fn f
     if (s->state == FM_SESSION_FAILED || s->state == FM_SESSION_CLOSED)
         return s->state == FM_SESSION_FAILED ? s->err : 0;
     sodium_memzero(s->plain.data, (size_t)mlen);
+    fm_buf_recycle(&s->plain, FM_FRAME_KEEP_BYTES);
     return 0;
 }
 

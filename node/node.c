@@ -249,7 +249,7 @@ static void conn_flush(fm_node *n, conn *c)
     n->st.bytes_out += c->out.len;
     c->last_tx_ms = now_ms(n);
     n->io.send(n->io.ctx, c->id, c->out.data, c->out.len);
-    fm_buf_reset(&c->out);
+    fm_buf_recycle(&c->out, FM_NODE_KEEP_BUF_BYTES); /* io.send copied the bytes */
 }
 
 /* Encrypts one message into the connection's output; flushed at once unless the connection's
@@ -673,6 +673,17 @@ static uint32_t ihave_run(const conn *c, uint32_t i)
     return k;
 }
 
+/* Announcements went out (or the connection failed): a burst's room is not kept for good. */
+static void ihave_clear(conn *c)
+{
+    c->nihave = 0;
+    if (c->cihave > FM_NODE_KEEP_IHAVE) {
+        free(c->ihave);
+        c->ihave = NULL;
+        c->cihave = 0;
+    }
+}
+
 /* ANNOUNCE to a peer that takes it: many collections' announcements in one frame. */
 static int announce_flush(fm_node *n, conn *c)
 {
@@ -695,12 +706,12 @@ static int announce_flush(fm_node *n, conn *c)
         }
         int rc = conn_send(n, c, msg);
         if (rc) {
-            c->nihave = 0;
+            ihave_clear(c);
             return rc;
         }
         n->st.ihave_out += total;
     }
-    c->nihave = 0;
+    ihave_clear(c);
     return 0;
 }
 
@@ -722,13 +733,13 @@ static int ihave_flush(fm_node *n, conn *c)
             fm_proto_ihave_entry(&w, c->ihave[i + j].author, c->ihave[i + j].seq);
         int rc = conn_send(n, c, msg);
         if (rc) {
-            c->nihave = 0;
+            ihave_clear(c);
             return rc;
         }
         n->st.ihave_out += k;
         i += k;
     }
-    c->nihave = 0;
+    ihave_clear(c);
     return 0;
 }
 

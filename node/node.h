@@ -122,6 +122,7 @@ enum {
     FM_NODE_MAX_PUSH_DELAY_MS = 1000,
     FM_NODE_PUSH_HOLD_BYTES = 64 * 1024,
     FM_NODE_KEEP_BUF_BYTES = 16 * 1024, /* a connection's push buffers kept up to this size */
+    FM_NODE_KEEP_IHAVE = 64,            /* announcements a connection keeps room for */
 };
 #define FM_NODE_PUSH_AT_ONCE UINT32_MAX
 

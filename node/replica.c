@@ -149,9 +149,13 @@ void fm__replica_set_applied_hook(fm_replica *r, fm_applied_fn fn, void *arg)
 static void applied_reset(fm_replica *r)
 {
     r->napplied = 0;
-    if (r->applied.cap > FM_MAX_BATCH_BYTES)
-        fm_buf_free(&r->applied);
-    fm_buf_reset(&r->applied);
+    fm_buf_recycle(&r->applied, FM_MAX_BATCH_BYTES);
+    /* A catch-up applies thousands of batches in one group: their ends are not kept. */
+    if (r->capplied > FM_REPLICA_KEEP_APPLIED) {
+        free(r->applied_end);
+        r->applied_end = NULL;
+        r->capplied = 0;
+    }
 }
 
 /* Keeps a copy of an applied batch for the hook (only when there is one). */

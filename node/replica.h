@@ -144,6 +144,7 @@ struct fm_replica {
 
 /* Slots of fm_replica.recent (256 KiB, given back by fm__replica_release_memory). */
 #define FM_REPLICA_RECENT_SLOTS 8192u
+#define FM_REPLICA_KEEP_APPLIED 1024u /* applied batches whose ends stay allocated */
 
 /* Mesh membership (membership.c): load at open (and after a failed install: the view and the
  * record hashes are rebuilt from the store); may this batch's author write (at the batch's

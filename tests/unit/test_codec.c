@@ -797,6 +797,7 @@ static void test_vv_basics(void)
     key(k1, 1), key(k2, 2), key(k3, 3);
     CHECK_EQ_INT(fm_vv_get(&a, k1), 0);
     CHECK_OK(fm_vv_set(&a, k3, 5));
+    CHECK_EQ_INT(a.cap, 1); /* most vectors name one author: room for one, then doubling */
     CHECK_OK(fm_vv_set(&a, k1, 2));
     CHECK_OK(fm_vv_set(&a, k2, 9));
     CHECK_EQ_INT(a.n, 3);

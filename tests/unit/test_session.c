@@ -1,3 +1,4 @@
+#include "crypto/frame.h"
 #include "crypto/identity.h"
 #include "crypto/session.h"
 #include "fm_test.h"
@@ -671,6 +672,32 @@ static void test_frame_size_bounds(void)
     free(big);
 }
 
+/* The reader holds one record at a time, and after a big one keeps only a small buffer. */
+static void test_frame_reader_gives_back(void)
+{
+    enum { BIG = 100000 };
+    uint8_t *rec = calloc(1, 4 + BIG);
+    CHECK(rec != NULL);
+    rec[1] = BIG >> 16, rec[2] = BIG >> 8 & 0xff, rec[3] = BIG & 0xff;
+    rec[4 + BIG - 1] = 0x5a;
+    fm_frame_reader r;
+    fm_frame_reader_init(&r);
+    size_t used;
+    bool done;
+    CHECK_OK(fm_frame_reader_feed(&r, rec, 4 + BIG, BIG, &used, &done));
+    CHECK(done && used == 4 + BIG && r.body.len == BIG && r.body.data[BIG - 1] == 0x5a);
+    fm_frame_reader_next(&r);
+    CHECK(r.body.cap <= FM_FRAME_KEEP_BYTES && fm_frame_reader_pending(&r) == 0);
+    const uint8_t small[7] = {0, 0, 0, 3, 1, 2, 3};
+    CHECK_OK(fm_frame_reader_feed(&r, small, sizeof small, BIG, &used, &done));
+    CHECK(done && r.body.len == 3 && r.body.data[2] == 3);
+    size_t cap = r.body.cap;
+    fm_frame_reader_next(&r);
+    CHECK_EQ_INT(r.body.cap, cap); /* a small buffer stays for the next record */
+    fm_frame_reader_free(&r);
+    free(rec);
+}
+
 static void test_close_and_eof(void)
 {
     world w;
@@ -879,6 +906,7 @@ int main(void)
     RUN(test_frame_truncated);
     RUN(test_frame_reordered_duplicated_dropped);
     RUN(test_frame_size_bounds);
+    RUN(test_frame_reader_gives_back);
     RUN(test_close_and_eof);
     RUN(test_timeout);
     RUN(test_api_misuse);
