@@ -184,8 +184,22 @@ int fm_batch_peek(const uint8_t *p, size_t len, fm_batch *b, bool hash)
         return r.err;
     b->nops = n;
     if (hash)
-        crypto_generichash(b->hash, FM_HASH_BYTES, p, len, NULL, 0);
+        fm_batch_hash(p, len, b);
     return 0;
+}
+
+void fm_batch_hash(const uint8_t *p, size_t len, fm_batch *b)
+{
+    crypto_generichash(b->hash, FM_HASH_BYTES, p, len, NULL, 0);
+}
+
+const uint8_t *fm_batch_sig_tail(const uint8_t *p, size_t len)
+{
+    _Static_assert(FM_SIG_BYTES < 256, "a signature is a bin8 element");
+    if (len < 2 + FM_SIG_BYTES || p[len - FM_SIG_BYTES - 2] != 0xc4 ||
+        p[len - FM_SIG_BYTES - 1] != FM_SIG_BYTES)
+        return NULL;
+    return p + len - FM_SIG_BYTES;
 }
 
 int fm_batch_decode_ops(const uint8_t *p, size_t len, uint32_t nops, fm_batch *b)

@@ -186,8 +186,9 @@ const fm_feed *fm_coll_feed(const fm_state *s, const fm_coll *c, const uint8_t *
     return a == UINT32_MAX ? NULL : feed_find(c, a, NULL);
 }
 
-int fm_state_set_feed(fm_state *s, fm_coll *c, const uint8_t author[FM_ID_BYTES], uint64_t seq,
-                      const uint8_t head[FM_HASH_BYTES])
+/* sig: the head's signature, or NULL when it is not at hand (a position from the store). */
+static int set_feed(fm_state *s, fm_coll *c, const uint8_t author[FM_ID_BYTES], uint64_t seq,
+                    const uint8_t head[FM_HASH_BYTES], const uint8_t *sig)
 {
     uint32_t a, pos;
     if (fm_authors_intern(&s->authors, author, &a))
@@ -209,7 +210,16 @@ int fm_state_set_feed(fm_state *s, fm_coll *c, const uint8_t author[FM_ID_BYTES]
     }
     f->seq = seq;
     memcpy(f->head, head, FM_HASH_BYTES);
+    f->head_sig_set = sig != NULL;
+    if (sig)
+        memcpy(f->head_sig, sig, FM_SIG_BYTES);
     return 0;
+}
+
+int fm_state_set_feed(fm_state *s, fm_coll *c, const uint8_t author[FM_ID_BYTES], uint64_t seq,
+                      const uint8_t head[FM_HASH_BYTES])
+{
+    return set_feed(s, c, author, seq, head, NULL);
 }
 
 int fm_state_check(fm_state *s, const fm_batch *b)
@@ -470,7 +480,7 @@ int fm_state_apply(fm_state *s, const fm_batch *b)
         if (!was_dirty && r->dirty && (rc = mark_dirty(s, c, r)))
             return rc;
     }
-    rc = fm_state_set_feed(s, c, b->author, fm_batch_last_seq(b), b->hash);
+    rc = set_feed(s, c, b->author, fm_batch_last_seq(b), b->hash, b->sig);
     if (rc)
         return rc;
     s->ops += b->nops;

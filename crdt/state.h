@@ -17,8 +17,10 @@
 
 typedef struct fm_feed {
     uint32_t author;
+    bool head_sig_set; /* head_sig is the head's signature (applied here, not restored) */
     uint64_t seq;
     uint8_t head[FM_HASH_BYTES];
+    uint8_t head_sig[FM_SIG_BYTES];
 } fm_feed;
 
 typedef struct fm_coll {

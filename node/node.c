@@ -1426,7 +1426,7 @@ static int batches_in(fm_node *n, conn *c, const fm_proto_name *pname, fm_bytes 
     uint32_t keep = 0, dups = 0;
     for (uint32_t i = 0; i < k; i++) {
         /* The header is enough to know a duplicate; ingest decodes the rest of a new one. */
-        if (fm_batch_peek(arr[i].data, arr[i].len, &n->b, true) || n->b.coll_len != name.len ||
+        if (fm_batch_peek(arr[i].data, arr[i].len, &n->b, false) || n->b.coll_len != name.len ||
             memcmp(n->b.coll, name.p, name.len) != 0) {
             n->st.batches_refused++;
             continue;
@@ -1435,6 +1435,11 @@ static int batches_in(fm_node *n, conn *c, const fm_proto_name *pname, fm_bytes 
         if (fm_vv_get(&s->known, n->b.author) < last &&
             (rc = fm_vv_set(&s->known, n->b.author, last)))
             return rc;
+        if (fm__replica_holds_head(n->r, &n->b, arr[i].data, arr[i].len)) {
+            dups++; /* its feed's head: not even hashed */
+            continue;
+        }
+        fm_batch_hash(arr[i].data, arr[i].len, &n->b);
         if (fm__replica_holds(n->r, &n->b)) {
             dups++; /* a batch we hold (its feed's head, or recent): no store transaction */
             continue;

@@ -237,6 +237,15 @@ bool fm__replica_holds(fm_replica *r, const fm_batch *b)
     return r->recent && memcmp(r->recent[recent_slot(b->hash)], b->hash, FM_HASH_BYTES) == 0;
 }
 
+bool fm__replica_holds_head(fm_replica *r, const fm_batch *b, const uint8_t *data, size_t len)
+{
+    fm_coll *c = fm_state_coll(&r->st, b->coll, b->coll_len);
+    const fm_feed *f = c ? fm_coll_feed(&r->st, c, b->author) : NULL;
+    const uint8_t *sig = fm_batch_sig_tail(data, len);
+    return f && f->head_sig_set && sig && f->seq == fm_batch_last_seq(b) &&
+           memcmp(sig, f->head_sig, FM_SIG_BYTES) == 0;
+}
+
 /* Applies a checked batch to state and store (inside the caller's transaction). */
 static int apply_checked(fm_replica *r, const fm_batch *b, const uint8_t *data, size_t len)
 {

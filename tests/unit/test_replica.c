@@ -1243,6 +1243,61 @@ static void test_forks(void)
     node_close(&d);
 }
 
+static bool holds_head(node *n, const fm_bytes *x)
+{
+    fm_batch b;
+    fm_batch_init(&b);
+    CHECK_OK(fm_batch_peek(x->data, x->len, &b, false));
+    bool held = fm__replica_holds_head(n->r, &b, x->data, x->len);
+    fm_batch_free(&b);
+    return held;
+}
+
+/* A feed's head is known by its signature bytes without hashing: not a fork at its position,
+ * not an older batch, not a head restored from the store (whose signature is not at hand). */
+static void test_holds_head(void)
+{
+    tmp_setup();
+    char p[600];
+    node a, d;
+    node_open(&a, 1, NULL, T0);
+    node_open(&d, 2, tmp_path("d.db", p, sizeof p), T0);
+    put_str(a.r, "people", "p1", "name", FM_KIND_LWW, "Ann"); /* a:1 */
+    put_str(a.r, "people", "p1", "name", FM_KIND_LWW, "Amy"); /* a:2 */
+    blist l = {0};
+    CHECK_OK(fm_replica_export(a.r, "people", NULL, 0, blist_collect, &l));
+    CHECK_EQ_INT(l.n, 2);
+    CHECK(!holds_head(&d, &l.b[0]));
+    CHECK_EQ_INT(fm_replica_ingest(d.r, &l.b[0], 1, NULL), 1);
+    CHECK(holds_head(&d, &l.b[0]));
+    CHECK(holds_head(&a, &l.b[1]) && !holds_head(&a, &l.b[0])); /* a:1 is no longer a's head */
+    fm_buf f1;
+    fm_buf_init(&f1);
+    forge(&a, "people", 1, NULL, "Eve", &f1);
+    fm_bytes fork = {f1.data, f1.len};
+    CHECK(!holds_head(&d, &fork));
+    uint8_t *copy = malloc(l.b[0].len);
+    CHECK(copy != NULL);
+    memcpy(copy, l.b[0].data, l.b[0].len);
+    fm_bytes other = {copy, l.b[0].len};
+    copy[other.len - 1] ^= 1; /* another signature */
+    CHECK(!holds_head(&d, &other));
+    CHECK(fm_batch_sig_tail(copy, other.len) == copy + other.len - FM_SIG_BYTES);
+    copy[other.len - FM_SIG_BYTES - 2] = 0xc5; /* not a bin8 at the end */
+    CHECK(fm_batch_sig_tail(copy, other.len) == NULL && !holds_head(&d, &other));
+    node_reopen(&d);
+    CHECK(!holds_head(&d, &l.b[0])); /* restored: the hashing path decides */
+    int one = 1;
+    CHECK_EQ_INT(fm_replica_ingest(d.r, &l.b[0], 1, &one), 0);
+    CHECK_RC(one, FM_EDUP);
+    free(copy);
+    fm_buf_free(&f1);
+    blist_free(&l);
+    node_close(&a);
+    node_close(&d);
+    tmp_teardown();
+}
+
 /* The pending area's count bound: FM_MAX_PENDING_BATCHES held, the next refused. */
 static void test_pending_count_bound(void)
 {
@@ -2669,6 +2724,7 @@ int main(void)
     RUN(test_pending_area);
     RUN(test_tampered_batches);
     RUN(test_forks);
+    RUN(test_holds_head);
     RUN(test_pending_count_bound);
     RUN(test_pending_bytes_bound);
     RUN(test_file_reopen);
