@@ -37,7 +37,7 @@ void fm_state_reset(fm_state *s)
     if (s->cmap)
         memset(s->cmap, 0, s->cmap_cap * sizeof *s->cmap);
     s->ndirty = 0;
-    s->ops = s->batches = 0;
+    s->ops = s->batches = s->held = 0;
     s->gen++;
 }
 
@@ -153,6 +153,8 @@ void fm_state_coll_drop(fm_state *s, fm_coll *c)
     FM_ASSERT(found && s->colls[i] == c);
     uint64_t ops = fm_vv_total(&c->vv);
     s->ops -= ops < s->ops ? ops : s->ops;
+    FM_ASSERT(s->held >= ops);
+    s->held -= ops;
     memmove(&s->colls[i], &s->colls[i + 1], (s->ncolls - i - 1) * sizeof *s->colls);
     s->ncolls--;
     s->gen++;
@@ -206,8 +208,10 @@ static int set_feed(fm_state *s, fm_coll *c, const uint8_t author[FM_ID_BYTES], 
         memmove(&c->feeds[pos + 1], &c->feeds[pos], (c->nfeeds - pos) * sizeof *c->feeds);
         f = &c->feeds[pos];
         f->author = a;
+        f->seq = 0;
         c->nfeeds++;
     }
+    s->held += seq - f->seq; /* modular arithmetic: right whichever way the seq moves */
     f->seq = seq;
     memcpy(f->head, head, FM_HASH_BYTES);
     f->head_sig_set = sig != NULL;

@@ -65,6 +65,7 @@ typedef struct fm_state {
     uint32_t cctx;
     fm_buf scratch;
     uint64_t ops, batches; /* applied */
+    uint64_t held;         /* ops held: every feed's seq, summed over the collections */
     uint64_t gen; /* moves whenever a vector or the set of collections changes; never resets */
 } fm_state;
 

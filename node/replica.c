@@ -967,6 +967,7 @@ int fm_replica_status(fm_replica *r, fm_status *out)
         out->records += c->live;
         out->conflicts += c->conflicts;
     }
+    FM_ASSERT(out->ops == r->st.held);
     int64_t nb = fm_store_batch_count(r->store);
     if (nb < 0)
         return (int)nb;

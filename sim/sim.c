@@ -454,18 +454,10 @@ static void ev_revoke(fm_sim *s, uint32_t idx)
 /* ---- checks -------------------------------------------------------------------------------------
  */
 
-static uint64_t ops_total(const fm_replica *r)
-{
-    uint64_t n = 0;
-    for (uint32_t i = 0; i < r->st.ncolls; i++)
-        n += fm_vv_total(&r->st.colls[i]->vv);
-    return n;
-}
-
 static uint64_t node_ops(sim_node *sn)
 {
     if (sn->ops_stale && sim_running(sn)) {
-        sn->ops = ops_total(sn->r);
+        sn->ops = sn->r->st.held;
         sn->ops_stale = false;
     }
     return sn->ops;
