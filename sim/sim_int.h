@@ -52,6 +52,7 @@ enum sim_ev {
     EV_OFFLINE, /* node, b = 1 start / 0 end */
     EV_REVOKE,  /* a = index into cfg.revoke */
     EV_PHASE_END,
+    EV_WRITE_RUN, /* node: a = index into fm_sim.wreq (a write planned by EV_WRITE) */
 };
 
 /* Trace record kinds (what a node was given). */
@@ -191,6 +192,17 @@ typedef struct sim_write {
     bool expect_refused;
 } sim_write;
 
+/* A workload write planned between windows (its random choices drawn in order) and made by the
+ * writer's worker in the next one, in order with that node's other events; between windows
+ * the outcomes go into the ledger in plan order. */
+typedef struct sim_wreq {
+    uint32_t node, coll, op, widx, tag;
+    char cname[24], rid[40];
+    uint64_t t_us, seq;
+    bool expect_refused, done;
+    int rc;
+} sim_wreq;
+
 typedef struct sim_sample {
     uint64_t t_ms;
     double coverage;
@@ -239,6 +251,9 @@ struct fm_sim {
     uint32_t next_write;
     uint64_t write_end_us, settle_us, last_write_us;
     uint64_t writes_failed;
+    uint32_t writes_planned; /* every write tried, the number in its values */
+    sim_wreq *wreq;          /* planned, their outcomes not in the ledger yet */
+    uint32_t nwreq, cwreq;
     bool phase_over;
     /* counters (the workers keep their own too) */
     uint64_t messages, bytes, segments, retransmits, events, node_calls, conns_opened,
