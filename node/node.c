@@ -1435,12 +1435,7 @@ static int batches_in(fm_node *n, conn *c, const fm_proto_name *pname, fm_bytes 
         if (fm_vv_get(&s->known, n->b.author) < last &&
             (rc = fm_vv_set(&s->known, n->b.author, last)))
             return rc;
-        if (fm__replica_holds_head(n->r, &n->b, arr[i].data, arr[i].len)) {
-            dups++; /* its feed's head: not even hashed */
-            continue;
-        }
-        fm_batch_hash(arr[i].data, arr[i].len, &n->b);
-        if (fm__replica_holds(n->r, &n->b)) {
+        if (fm__replica_holds_peeked(n->r, &n->b, arr[i].data, arr[i].len)) {
             dups++; /* a batch we hold (its feed's head, or recent): no store transaction */
             continue;
         }

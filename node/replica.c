@@ -223,12 +223,9 @@ static void recent_add(fm_replica *r, const uint8_t hash[FM_HASH_BYTES])
     memcpy(r->recent[recent_slot(hash)], hash, FM_HASH_BYTES);
 }
 
-bool fm__replica_holds(fm_replica *r, const fm_batch *b)
+/* The hash-based part of fm__replica_holds, with b's feed looked up (NULL: none). */
+static bool holds_hashed(const fm_replica *r, const fm_feed *f, const fm_batch *b)
 {
-    fm_coll *c = fm_state_coll(&r->st, b->coll, b->coll_len);
-    if (!c)
-        return false;
-    const fm_feed *f = fm_coll_feed(&r->st, c, b->author);
     uint64_t last = fm_batch_last_seq(b);
     if (!f || f->seq < last)
         return false;
@@ -237,13 +234,27 @@ bool fm__replica_holds(fm_replica *r, const fm_batch *b)
     return r->recent && memcmp(r->recent[recent_slot(b->hash)], b->hash, FM_HASH_BYTES) == 0;
 }
 
-bool fm__replica_holds_head(fm_replica *r, const fm_batch *b, const uint8_t *data, size_t len)
+static const fm_feed *feed_of(fm_replica *r, const fm_batch *b)
 {
     fm_coll *c = fm_state_coll(&r->st, b->coll, b->coll_len);
-    const fm_feed *f = c ? fm_coll_feed(&r->st, c, b->author) : NULL;
-    const uint8_t *sig = fm_batch_sig_tail(data, len);
-    return f && f->head_sig_set && sig && f->seq == fm_batch_last_seq(b) &&
-           memcmp(sig, f->head_sig, FM_SIG_BYTES) == 0;
+    return c ? fm_coll_feed(&r->st, c, b->author) : NULL;
+}
+
+bool fm__replica_holds(fm_replica *r, const fm_batch *b)
+{
+    return holds_hashed(r, feed_of(r, b), b);
+}
+
+bool fm__replica_holds_peeked(fm_replica *r, fm_batch *b, const uint8_t *data, size_t len)
+{
+    const fm_feed *f = feed_of(r, b);
+    if (f && f->head_sig_set && f->seq == fm_batch_last_seq(b)) {
+        const uint8_t *sig = fm_batch_sig_tail(data, len);
+        if (sig && memcmp(sig, f->head_sig, FM_SIG_BYTES) == 0)
+            return true;
+    }
+    fm_batch_hash(data, len, b);
+    return holds_hashed(r, f, b);
 }
 
 /* Applies a checked batch to state and store (inside the caller's transaction). */

@@ -57,12 +57,12 @@ int fm__replica_begin(fm_replica *r);
 /* Whether b (decoded, hash set) is a batch this replica holds, known cheaply: its feed's head,
  * or a recently applied one. false says nothing (ingest decides). */
 bool fm__replica_holds(fm_replica *r, const fm_batch *b);
-/* Whether the batch encoded in data (b its header, peeked: no hash needed) is its feed's head
- * here: the same position and the very signature bytes. A different batch cannot carry them
- * (a signature binds all it covers), and one that does not verify is to be dropped anyway. A
- * duplicate of an eager push, the most common one, is thus known without hashing. false says
- * nothing. */
-bool fm__replica_holds_head(fm_replica *r, const fm_batch *b, const uint8_t *data, size_t len);
+/* As fm__replica_holds for the batch encoded in data, b its header peeked without the hash. Its
+ * feed's head here is known by the very signature bytes at the same position, unhashed: a
+ * different batch cannot carry them (a signature binds all it covers), and one that does not
+ * verify is to be dropped anyway. A duplicate of an eager push, the most common one, thus costs
+ * no hash. Otherwise b->hash is set (whenever false is returned) and the rest is checked. */
+bool fm__replica_holds_peeked(fm_replica *r, fm_batch *b, const uint8_t *data, size_t len);
 
 /* Installs n membership records (binary canonical encodings of certificates and revocations, as
  * fm__replica_each_member_bin yields them) in one store transaction. Records that do not decode,
