@@ -421,17 +421,15 @@ static int write_settle(fm_sim *s, const sim_wreq *q)
     return rc;
 }
 
-/* The writes the last window made, in plan order; one not made yet stays planned. */
+/* The writes the last window made, in plan order up to the first not made yet (every planned
+ * write is due in the next window, so none should wait). Pending events name their plans by
+ * index: the list only empties once all are settled. */
 static void writes_settle(fm_sim *s)
 {
-    uint32_t k = 0;
-    for (uint32_t i = 0; i < s->nwreq; i++) {
-        if (s->wreq[i].done)
-            write_settle(s, &s->wreq[i]);
-        else
-            s->wreq[k++] = s->wreq[i];
-    }
-    s->nwreq = k;
+    while (s->wsettled < s->nwreq && s->wreq[s->wsettled].done)
+        write_settle(s, &s->wreq[s->wsettled++]);
+    if (s->wsettled == s->nwreq)
+        s->nwreq = s->wsettled = 0;
 }
 
 int fm_sim_write(fm_sim *s, uint32_t i)
@@ -443,8 +441,7 @@ int fm_sim_write(fm_sim *s, uint32_t i)
     sim_wreq q;
     write_plan(s, i, &q);
     write_make(s, &q);
-    int rc = write_settle(s, &q);
-    return rc ? rc : 0;
+    return write_settle(s, &q);
 }
 
 static uint64_t write_time(fm_sim *s, uint32_t k)

@@ -252,8 +252,8 @@ struct fm_sim {
     uint64_t write_end_us, settle_us, last_write_us;
     uint64_t writes_failed;
     uint32_t writes_planned; /* every write tried, the number in its values */
-    sim_wreq *wreq;          /* planned, their outcomes not in the ledger yet */
-    uint32_t nwreq, cwreq;
+    sim_wreq *wreq;          /* planned; those from wsettled on not in the ledger yet */
+    uint32_t nwreq, cwreq, wsettled;
     bool phase_over;
     /* counters (the workers keep their own too) */
     uint64_t messages, bytes, segments, retransmits, events, node_calls, conns_opened,
