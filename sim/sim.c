@@ -380,8 +380,13 @@ static void write_plan(fm_sim *s, uint32_t i, sim_wreq *q)
 static void write_make(fm_sim *s, sim_wreq *q)
 {
     sim_node *sn = &s->nodes[q->node];
+    q->done = true;
+    if (!sim_running(sn)) {
+        q->rc = FM_ESTATE; /* down since it was planned: not made */
+        return;
+    }
     fm_txn *t;
-    int rc = sim_running(sn) ? fm_txn_begin(sn->r, q->cname, &t) : FM_ESTATE;
+    int rc = fm_txn_begin(sn->r, q->cname, &t);
     if (!rc) {
         rc = write_ops(t, q);
         if (rc)
@@ -389,14 +394,11 @@ static void write_make(fm_sim *s, sim_wreq *q)
         else
             rc = fm_txn_commit(t);
     }
-    if (sim_running(sn)) {
-        sim_trace(s, TR_WRITE, q->node, (uint64_t)(int64_t)rc, NULL, q->op);
-        sim_after_call(s, sn);
-    }
+    sim_trace(s, TR_WRITE, q->node, (uint64_t)(int64_t)rc, NULL, q->op);
+    sim_after_call(s, sn);
     q->seq = rc ? 0 : fm_sim_held_seq(s, q->node, q->cname, sn->dev);
     FM_ASSERT(rc || q->seq > 0);
     q->rc = rc;
-    q->done = true;
 }
 
 /* Between windows: the outcome of a made write, into the ledger if acknowledged. */
@@ -836,13 +838,23 @@ static void pool_stop(fm_sim *s)
 
 /* Runs every worker (its events, or s->job): on the threads when asked and they all started,
  * otherwise on the calling one. */
+/* The pool to run a step on when asked for threads, started at first use; NULL: the calling
+ * thread runs every worker (one CPU, or a thread that failed to start). */
+static sim_pool *pool_get(fm_sim *s, bool threads)
+{
+    if (!threads || s->nthreads < 2)
+        return NULL;
+    if (!s->pool && pool_start(s)) {
+        sim_fail(s, FM_ENOMEM);
+        return NULL;
+    }
+    return s->pool->started + 1 == s->nthreads ? s->pool : NULL;
+}
+
 static void run_all(fm_sim *s, bool threads)
 {
-    threads = threads && s->nthreads > 1;
-    if (threads && !s->pool && pool_start(s))
-        sim_fail(s, FM_ENOMEM);
-    sim_pool *p = s->pool;
-    if (threads && p && p->started + 1 == s->nthreads) {
+    sim_pool *p = pool_get(s, threads);
+    if (p) {
         memset(p->taken, 0, s->nworkers);
         pthread_barrier_wait(&p->go);
         run_workers(s, 0);
@@ -903,10 +915,8 @@ static void run_window(fm_sim *s, uint64_t until, uint32_t busy)
 {
     for (uint32_t k = 0; k < s->nworkers; k++)
         s->w[k].until = until;
-    bool threads = busy > 64 && s->nthreads > 1;
-    if (threads && !s->pool && pool_start(s))
-        sim_fail(s, FM_ENOMEM);
-    if (threads && s->pool)
+    bool threads = busy > 64;
+    if (pool_get(s, threads))
         order_workers(s, until);
     run_all(s, threads);
     for (uint32_t k = 0; k < s->nworkers; k++)
