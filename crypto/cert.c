@@ -754,15 +754,24 @@ static bool is_revoked(const fm_membership *m, const uint8_t id[FM_ID_BYTES], ui
     return r && now_ms >= r->effective_ms;
 }
 
-int fm_membership_check(const fm_membership *m, const uint8_t device_id[FM_ID_BYTES],
-                        uint64_t now_ms)
+/* The governing certificate of a device admitted at now_ms (*out), or why it is not. */
+static int check_member(const fm_membership *m, const uint8_t device_id[FM_ID_BYTES],
+                        uint64_t now_ms, const fm_cert **out)
 {
     if (is_revoked(m, device_id, now_ms))
         return FM_EREVOKED;
     const fm_cert *c = find_cert(m, device_id, NULL);
     if (!c)
         return FM_EUNKNOWN_DEVICE;
+    *out = c;
     return fm_cert_check_time(c, now_ms);
+}
+
+int fm_membership_check(const fm_membership *m, const uint8_t device_id[FM_ID_BYTES],
+                        uint64_t now_ms)
+{
+    const fm_cert *c;
+    return check_member(m, device_id, now_ms, &c);
 }
 
 int fm_membership_check_cert(const fm_membership *m, const fm_cert *presented, uint64_t now_ms,
@@ -788,12 +797,10 @@ int fm_membership_check_cert(const fm_membership *m, const fm_cert *presented, u
 int fm_membership_perms(const fm_membership *m, const uint8_t device_id[FM_ID_BYTES],
                         uint64_t now_ms, uint32_t *perms)
 {
-    *perms = 0;
-    int rc = fm_membership_check(m, device_id, now_ms);
-    if (rc)
-        return rc;
-    *perms = find_cert(m, device_id, NULL)->perms;
-    return 0;
+    const fm_cert *c;
+    int rc = check_member(m, device_id, now_ms, &c);
+    *perms = rc ? 0 : c->perms;
+    return rc;
 }
 
 const fm_cert *fm_membership_cert(const fm_membership *m, const uint8_t device_id[FM_ID_BYTES])
