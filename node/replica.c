@@ -543,21 +543,20 @@ out:
 /* ---- remote batches -------------------------------------------------------------------------- */
 
 /* A batch for feed positions we already hold is a duplicate if it is the very batch we hold
- * (same hash: no signature check needed); anything else signed by the author is a fork. So is a
- * batch next in line that does not chain onto the head we hold (chain_break). A fork's proof,
+ * (the same bytes: no signature check needed); anything else signed by the author is a fork. So is
+ * a batch next in line that does not chain onto the head we hold (chain_break). A fork's proof,
  * both signed batches, is kept: only once the new one's signature checks out. */
 static int classify_old(fm_replica *r, const fm_batch *b, const uint8_t *data, size_t len,
                         bool chain_break, bool verified)
 {
     fm_coll *c = fm_state_coll(&r->st, b->coll, b->coll_len);
     uint64_t seq = chain_break ? b->first_seq - 1 : b->first_seq;
-    uint8_t hash[FM_HASH_BYTES];
     fm_buf have;
     fm_buf_init(&have);
-    int rc = fm_store_batch_at(r->store, c, b->author, seq, hash, &have);
+    int rc = fm_store_batch_at(r->store, c, b->author, seq, &have);
     if (rc == FM_ENOTFOUND)
         rc = FM_ESTORE; /* the vector says we hold it: the store disagrees */
-    if (rc == 0 && !chain_break && memcmp(hash, b->hash, FM_HASH_BYTES) == 0)
+    if (rc == 0 && !chain_break && have.len == len && memcmp(have.data, data, len) == 0)
         rc = FM_EDUP;
     else if (rc == 0 && (verified || (rc = verify_batch(r, b, data, len)) == 0))
         rc = fm_store_put_fork(r->store, b->author, have.data, have.len, data, len);
@@ -769,9 +768,8 @@ int fm__replica_batch_at(fm_replica *r, const uint8_t *coll, uint32_t coll_len,
     fm_coll *c = fm_state_coll(&r->st, coll, coll_len);
     if (!c || !c->store_id || fm_vv_get(&c->vv, author) < seq)
         return FM_ENOTFOUND;
-    uint8_t hash[FM_HASH_BYTES];
     fm_buf_reset(out);
-    int rc = fm_store_batch_at(r->store, c, author, seq, hash, out);
+    int rc = fm_store_batch_at(r->store, c, author, seq, out);
     return rc == FM_ENOTFOUND ? FM_ESTORE : rc; /* the vector says we hold it */
 }
 

@@ -4,6 +4,7 @@
  */
 #include "node/store.h"
 
+#include <sodium.h>
 #include <sqlite3.h>
 #include <stdlib.h>
 #include <string.h>
@@ -26,6 +27,8 @@ enum {
     S_FEED_NEXT,
     S_FEED_FROM,
     S_MAX_BATCH_ID,
+    S_AUTHOR_PUT,
+    S_AUTHORS_FROM,
     S__COUNT
 };
 
@@ -39,9 +42,9 @@ static const char *const SQL[S__COUNT] = {
                       "VALUES (?1, zeroblob(32), 0, 0)",
     [S_COLL_SAVE] =
         "UPDATE collections SET state_xor = ?2, live = ?3, conflicts = ?4 WHERE id = ?1",
-    [S_BATCH_PUT] = "INSERT INTO batches(coll, author, first_seq, last_seq, hash, data) "
-                    "VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-    [S_BATCH_AT] = "SELECT hash, data FROM batches WHERE coll = ?1 AND author = ?2 "
+    [S_BATCH_PUT] = "INSERT INTO batches(coll, author, first_seq, last_seq, data) "
+                    "VALUES (?1, ?2, ?3, ?4, ?5)",
+    [S_BATCH_AT] = "SELECT data FROM batches WHERE coll = ?1 AND author = ?2 "
                    "AND last_seq >= ?3 AND first_seq <= ?3",
     [S_REC_GET] = "SELECT state FROM records WHERE coll = ?1 AND id = ?2",
     [S_REC_PUT] =
@@ -59,41 +62,83 @@ static const char *const SQL[S__COUNT] = {
     [S_FEED_FROM] = "SELECT last_seq, data FROM batches WHERE coll = ?1 AND author = ?2 "
                     "AND last_seq > ?3 ORDER BY last_seq",
     [S_MAX_BATCH_ID] = "SELECT max(id) FROM batches",
+    [S_AUTHOR_PUT] = "INSERT INTO authors(id, key) VALUES (?1, ?2)",
+    [S_AUTHORS_FROM] = "SELECT id, key FROM authors WHERE id > ?1 ORDER BY id",
 };
+
+/* The schema's statements, each as shipped: migrations and a fresh store share them, so a
+ * migrated store's schema is a fresh one's, text and all (test_store compares them). */
+#define SQL_META "CREATE TABLE meta(key TEXT PRIMARY KEY, value BLOB) WITHOUT ROWID;"
+#define SQL_COLLECTIONS                                                                            \
+    "CREATE TABLE collections(id INTEGER PRIMARY KEY, name TEXT NOT NULL UNIQUE,"                  \
+    "  state_xor BLOB NOT NULL, live INTEGER NOT NULL, conflicts INTEGER NOT NULL);"
+#define SQL_RECORDS                                                                                \
+    "CREATE TABLE records(coll INTEGER NOT NULL, id BLOB NOT NULL, state BLOB NOT NULL,"           \
+    "  conflicts INTEGER NOT NULL, PRIMARY KEY(coll, id)) WITHOUT ROWID;"
+#define SQL_APP "INSERT INTO meta(key, value) VALUES ('app', 'fieldmesh');"
+#define SQL_FORKS                                                                                  \
+    "CREATE TABLE forks(id INTEGER PRIMARY KEY, author BLOB NOT NULL, first BLOB NOT NULL,"        \
+    "  second BLOB NOT NULL);"
+#define SQL_RECORDS_CONFLICTS                                                                      \
+    "CREATE INDEX records_conflicts ON records(coll, id) WHERE conflicts > 0;"
+#define SQL_MEMBERS                                                                                \
+    "CREATE TABLE members(device BLOB NOT NULL, kind INTEGER NOT NULL, data BLOB NOT NULL,"        \
+    "  PRIMARY KEY(device, kind, data)) WITHOUT ROWID;"
+#define SQL_AUTHORS "CREATE TABLE authors(id INTEGER PRIMARY KEY, key BLOB NOT NULL UNIQUE);"
+#define SQL_BATCHES                                                                                \
+    "CREATE TABLE batches(id INTEGER PRIMARY KEY, coll INTEGER NOT NULL, author INTEGER NOT NULL," \
+    "  first_seq INTEGER NOT NULL, last_seq INTEGER NOT NULL, data BLOB NOT NULL);"
+#define SQL_BATCHES_FEED "CREATE UNIQUE INDEX batches_feed ON batches(coll, author, last_seq);"
 
 /* Migrations: MIGRATIONS[v] moves a store from schema v to v+1. Never edit a shipped step. */
 static const char *const MIGRATIONS[FM_STORE_SCHEMA_VERSION] = {
     /* 0 -> 1: the log, materialized state and metadata. */
-    ("CREATE TABLE meta(key TEXT PRIMARY KEY, value BLOB) WITHOUT ROWID;"
-     "CREATE TABLE collections(id INTEGER PRIMARY KEY, name TEXT NOT NULL UNIQUE,"
-     "  state_xor BLOB NOT NULL, live INTEGER NOT NULL, conflicts INTEGER NOT NULL);"
+    (SQL_META SQL_COLLECTIONS
      "CREATE TABLE feeds(coll INTEGER NOT NULL, author BLOB NOT NULL, seq INTEGER NOT NULL,"
      "  head BLOB NOT NULL, PRIMARY KEY(coll, author)) WITHOUT ROWID;"
      "CREATE TABLE batches(id INTEGER PRIMARY KEY, coll INTEGER NOT NULL, author BLOB NOT NULL,"
      "  first_seq INTEGER NOT NULL, last_seq INTEGER NOT NULL, hash BLOB NOT NULL,"
-     "  data BLOB NOT NULL);"
-     "CREATE UNIQUE INDEX batches_feed ON batches(coll, author, last_seq);"
-     "CREATE TABLE records(coll INTEGER NOT NULL, id BLOB NOT NULL, state BLOB NOT NULL,"
-     "  conflicts INTEGER NOT NULL, PRIMARY KEY(coll, id)) WITHOUT ROWID;"
-     "INSERT INTO meta(key, value) VALUES ('app', 'fieldmesh');"),
+     "  data BLOB NOT NULL);" SQL_BATCHES_FEED SQL_RECORDS SQL_APP),
     /* 1 -> 2: fork proofs, and a partial index so listing conflicts does not scan. */
-    ("CREATE TABLE forks(id INTEGER PRIMARY KEY, author BLOB NOT NULL, first BLOB NOT NULL,"
-     "  second BLOB NOT NULL);"
-     "CREATE INDEX records_conflicts ON records(coll, id) WHERE conflicts > 0;"),
+    (SQL_FORKS SQL_RECORDS_CONFLICTS),
     /* 2 -> 3: mesh membership: every certificate and revocation installed (authority-signed,
      * so only the authority can add rows); the membership view picks the governing ones. */
-    ("CREATE TABLE members(device BLOB NOT NULL, kind INTEGER NOT NULL, data BLOB NOT NULL,"
-     "  PRIMARY KEY(device, kind, data)) WITHOUT ROWID;"),
+    (SQL_MEMBERS),
     /* 3 -> 4: a feed's head is its last batch in the log (batches_feed finds it): a row per
      * feed rewritten with every batch ingested was a second copy, and a fifth of an ingest. */
     ("DROP TABLE feeds;"),
+    /* 4 -> 5: a log row names its author by a small integer (authors): the row loses 31 bytes
+     * and its index entry, of which the author was most, 31 of some 47; the hash column goes
+     * (a batch's hash is that of its bytes, and a duplicate is known by its bytes). */
+    (SQL_AUTHORS "INSERT INTO authors(key) SELECT DISTINCT author FROM batches ORDER BY author;"
+                 "DROP INDEX batches_feed;"
+                 "ALTER TABLE batches RENAME TO batches_v4;" SQL_BATCHES
+                 "INSERT INTO batches(id, coll, author, first_seq, last_seq, data)"
+                 "  SELECT b.id, b.coll, a.id, b.first_seq, b.last_seq, b.data"
+                 "  FROM batches_v4 b JOIN authors a ON a.key = b.author ORDER BY b.id;"
+                 "DROP TABLE batches_v4;" SQL_BATCHES_FEED),
 };
+
+/* A new store gets the current schema at once: replaying every step cost a simulator 2.5 M
+ * instructions per node, most of it the last step's table rebuild. */
+static const char SCHEMA_FRESH[] = SQL_META SQL_COLLECTIONS SQL_BATCHES SQL_BATCHES_FEED SQL_RECORDS
+    SQL_APP SQL_FORKS SQL_RECORDS_CONFLICTS SQL_MEMBERS SQL_AUTHORS;
 
 struct fm_store {
     sqlite3 *db;
     sqlite3_stmt *stmt[S__COUNT];
     uint64_t batch_rows; /* log rows read by fm_store_each_batch_from */
+    /* The authors table, both ways: akey[id - 1] is author id's key (ids are 1..nakey, each
+     * inserted as the next), amap an open-addressing map from key to id (0: empty). */
+    uint8_t (*akey)[FM_ID_BYTES];
+    uint32_t nakey, cakey;
+    uint32_t *amap;
+    uint32_t amap_cap;  /* a power of two, at least twice nakey */
+    uint32_t txn_nakey; /* nakey when the open transaction began; NO_TXN if none */
 };
+
+#define NO_TXN UINT32_MAX
+enum { FM_STORE_MAX_AUTHORS = 1 << 26 }; /* far past any mesh; keeps the map's sizes in range */
 
 const char *fm_store_errmsg(fm_store *st)
 {
@@ -148,6 +193,13 @@ static int migrate(fm_store *st)
         rc = FM_ESCHEMA;
         goto fail;
     }
+    if (v == 0) {
+        char pragma[64];
+        snprintf(pragma, sizeof pragma, "PRAGMA user_version = %d", FM_STORE_SCHEMA_VERSION);
+        if ((rc = exec(st, SCHEMA_FRESH)) || (rc = exec(st, pragma)))
+            goto fail;
+        v = FM_STORE_SCHEMA_VERSION;
+    }
     for (; v < FM_STORE_SCHEMA_VERSION; v++) {
         char pragma[64];
         snprintf(pragma, sizeof pragma, "PRAGMA user_version = %d", v + 1);
@@ -169,11 +221,187 @@ static bool is_memory_uri(const char *path)
            (strstr(path, "vfs=memdb") != NULL || strstr(path, "mode=memory") != NULL);
 }
 
+/* Runs a prepared statement to completion (no rows expected). */
+static int run(sqlite3_stmt *s)
+{
+    int rc = sqlite3_step(s);
+    sqlite3_reset(s);
+    sqlite3_clear_bindings(s);
+    return rc == SQLITE_DONE ? 0 : FM_ESTORE;
+}
+
+/* Copies column col of a row into out. */
+static int column_blob(sqlite3_stmt *s, int col, fm_buf *out)
+{
+    const void *p = sqlite3_column_blob(s, col);
+    int n = sqlite3_column_bytes(s, col);
+    return fm_buf_append(out, p, (size_t)n);
+}
+
+/* Steps a one-row lookup: 0 with the row in *s (caller resets), FM_ENOTFOUND, or FM_ESTORE. */
+static int lookup(sqlite3_stmt *s)
+{
+    int rc = sqlite3_step(s);
+    if (rc == SQLITE_ROW)
+        return 0;
+    sqlite3_reset(s);
+    sqlite3_clear_bindings(s);
+    return rc == SQLITE_DONE ? FM_ENOTFOUND : FM_ESTORE;
+}
+
+static void done(sqlite3_stmt *s)
+{
+    sqlite3_reset(s);
+    sqlite3_clear_bindings(s);
+}
+
+/* ---- author ids ----------------------------------------------------------------------------- */
+
+static uint32_t *amap_slot(const fm_store *st, const uint8_t key[FM_ID_BYTES])
+{
+    uint32_t mask = st->amap_cap - 1;
+    for (uint32_t i = fm_hash32(key, FM_ID_BYTES) & mask;; i = (i + 1) & mask) {
+        uint32_t *slot = &st->amap[i];
+        if (!*slot || memcmp(st->akey[*slot - 1], key, FM_ID_BYTES) == 0)
+            return slot;
+    }
+}
+
+/* Keeps only the first n keys (n <= nakey), in a map with room for them: what a rollback does
+ * to the ids its transaction gave, with no allocation that could fail. */
+static void amap_fill(fm_store *st, uint32_t n)
+{
+    FM_ASSERT(n <= st->nakey && 2 * (n + 1) <= st->amap_cap);
+    memset(st->amap, 0, st->amap_cap * sizeof *st->amap);
+    st->nakey = n;
+    for (uint32_t id = 1; id <= n; id++)
+        *amap_slot(st, st->akey[id - 1]) = id;
+}
+
+/* Room for one more key in akey and in the map. */
+static int akey_room(fm_store *st)
+{
+    if (st->nakey >= FM_STORE_MAX_AUTHORS)
+        return FM_ELIMIT;
+    if (st->nakey == st->cakey) {
+        uint32_t c = st->cakey ? st->cakey * 2 : 16;
+        void *p = fm_reallocarray(st->akey, c, sizeof *st->akey);
+        if (!p)
+            return FM_ENOMEM;
+        st->akey = p;
+        st->cakey = c;
+    }
+    if (2 * (st->nakey + 2) <= st->amap_cap)
+        return 0;
+    uint32_t cap = st->amap_cap ? st->amap_cap * 2 : 16;
+    while (cap < 2 * (st->nakey + 2))
+        cap *= 2;
+    uint32_t *m = calloc(cap, sizeof *m);
+    if (!m)
+        return FM_ENOMEM;
+    free(st->amap);
+    st->amap = m;
+    st->amap_cap = cap;
+    amap_fill(st, st->nakey);
+    return 0;
+}
+
+/* Appends a key as id nakey + 1 (after akey_room). */
+static void akey_add(fm_store *st, const uint8_t key[FM_ID_BYTES])
+{
+    FM_ASSERT(st->nakey < st->cakey && 2 * (st->nakey + 2) <= st->amap_cap);
+    memcpy(st->akey[st->nakey], key, FM_ID_BYTES);
+    st->nakey++;
+    *amap_slot(st, key) = st->nakey;
+}
+
+/* Reads the authors table from id nakey + 1 on: at open, and when another handle on the same
+ * file may have added some (every writer gives the next id, inside its write transaction). */
+static int authors_catch_up(fm_store *st)
+{
+    sqlite3_stmt *q = st->stmt[S_AUTHORS_FROM];
+    sqlite3_bind_int64(q, 1, (int64_t)st->nakey);
+    int rc = 0, step;
+    while (!rc && (step = sqlite3_step(q)) == SQLITE_ROW) {
+        if (sqlite3_column_int64(q, 0) != (int64_t)st->nakey + 1 ||
+            sqlite3_column_bytes(q, 1) != FM_ID_BYTES)
+            rc = FM_ESTORE; /* ids are 1..n */
+        else if (!(rc = akey_room(st)))
+            akey_add(st, sqlite3_column_blob(q, 1));
+    }
+    if (!rc && step != SQLITE_DONE)
+        rc = FM_ESTORE;
+    done(q);
+    return rc;
+}
+
+/* The author's id, 0 if it has none (or on a store error: a lookup then finds nothing). */
+static int64_t author_find(fm_store *st, const uint8_t key[FM_ID_BYTES])
+{
+    uint32_t id = *amap_slot(st, key);
+    if (!id && authors_catch_up(st) == 0)
+        id = *amap_slot(st, key);
+    return id;
+}
+
+/* The author of a log row's id: NULL if none (a damaged store). */
+static const uint8_t *author_key(fm_store *st, int64_t id)
+{
+    if (id > st->nakey && id <= FM_STORE_MAX_AUTHORS && authors_catch_up(st) != 0)
+        return NULL;
+    return id >= 1 && id <= st->nakey ? st->akey[id - 1] : NULL;
+}
+
+/* The author's id, given one (a row in authors) if it has none. */
+static int author_id(fm_store *st, const uint8_t key[FM_ID_BYTES], int64_t *id)
+{
+    if ((*id = author_find(st, key)))
+        return 0;
+    int rc = akey_room(st); /* first, so that a row written is always known here */
+    if (rc)
+        return rc;
+    sqlite3_stmt *s = st->stmt[S_AUTHOR_PUT];
+    sqlite3_bind_int64(s, 1, (int64_t)st->nakey + 1);
+    sqlite3_bind_blob(s, 2, key, FM_ID_BYTES, SQLITE_STATIC);
+    if ((rc = run(s)))
+        return rc;
+    akey_add(st, key);
+    *id = st->nakey;
+    return 0;
+}
+
+int fm_store_begin(fm_store *st)
+{
+    int rc = run(st->stmt[S_BEGIN]);
+    if (!rc)
+        st->txn_nakey = st->nakey;
+    return rc;
+}
+
+int fm_store_commit(fm_store *st)
+{
+    int rc = run(st->stmt[S_COMMIT]);
+    if (!rc)
+        st->txn_nakey = NO_TXN;
+    return rc;
+}
+
+void fm_store_rollback(fm_store *st)
+{
+    if (!sqlite3_get_autocommit(st->db))
+        run(st->stmt[S_ROLLBACK]);
+    /* Author ids given in the transaction are gone with their rows. */
+    if (st->txn_nakey != NO_TXN && st->txn_nakey < st->nakey)
+        amap_fill(st, st->txn_nakey);
+    st->txn_nakey = NO_TXN;
+}
+
 int fm_store_open(const char *path, fm_store **out)
 {
     fm_store *st = calloc(1, sizeof *st);
     if (!st)
         return FM_ENOMEM;
+    st->txn_nakey = NO_TXN;
     int rc = FM_ESTORE;
     bool uri = path && strncmp(path, "file:", 5) == 0;
     int flags = SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX;
@@ -215,6 +443,8 @@ int fm_store_open(const char *path, fm_store **out)
             goto fail;
         }
     }
+    if ((rc = akey_room(st)) || (rc = authors_catch_up(st)))
+        goto fail;
     *out = st;
     return 0;
 fail:
@@ -229,57 +459,9 @@ void fm_store_close(fm_store *st)
     for (int i = 0; i < S__COUNT; i++)
         sqlite3_finalize(st->stmt[i]);
     sqlite3_close(st->db);
+    free(st->akey);
+    free(st->amap);
     free(st);
-}
-
-/* Runs a prepared statement to completion (no rows expected). */
-static int run(sqlite3_stmt *s)
-{
-    int rc = sqlite3_step(s);
-    sqlite3_reset(s);
-    sqlite3_clear_bindings(s);
-    return rc == SQLITE_DONE ? 0 : FM_ESTORE;
-}
-
-int fm_store_begin(fm_store *st)
-{
-    return run(st->stmt[S_BEGIN]);
-}
-
-int fm_store_commit(fm_store *st)
-{
-    return run(st->stmt[S_COMMIT]);
-}
-
-void fm_store_rollback(fm_store *st)
-{
-    if (!sqlite3_get_autocommit(st->db))
-        run(st->stmt[S_ROLLBACK]);
-}
-
-/* Copies column col of a row into out. */
-static int column_blob(sqlite3_stmt *s, int col, fm_buf *out)
-{
-    const void *p = sqlite3_column_blob(s, col);
-    int n = sqlite3_column_bytes(s, col);
-    return fm_buf_append(out, p, (size_t)n);
-}
-
-/* Steps a one-row lookup: 0 with the row in *s (caller resets), FM_ENOTFOUND, or FM_ESTORE. */
-static int lookup(sqlite3_stmt *s)
-{
-    int rc = sqlite3_step(s);
-    if (rc == SQLITE_ROW)
-        return 0;
-    sqlite3_reset(s);
-    sqlite3_clear_bindings(s);
-    return rc == SQLITE_DONE ? FM_ENOTFOUND : FM_ESTORE;
-}
-
-static void done(sqlite3_stmt *s)
-{
-    sqlite3_reset(s);
-    sqlite3_clear_bindings(s);
 }
 
 int fm_store_meta_get(fm_store *st, const char *key, fm_buf *out)
@@ -302,8 +484,8 @@ int fm_store_meta_set(fm_store *st, const char *key, const void *val, size_t len
     return run(s);
 }
 
-/* Prepares sql and binds the collection (and the author, if any) as ?1 and ?2. */
-static int prepare_feed(fm_store *st, const char *sql, const fm_coll *c, const uint8_t *author,
+/* Prepares sql and binds the collection (and the author's id, if any) as ?1 and ?2. */
+static int prepare_feed(fm_store *st, const char *sql, const fm_coll *c, int64_t author,
                         sqlite3_stmt **q)
 {
     FM_ASSERT(c->store_id);
@@ -311,7 +493,7 @@ static int prepare_feed(fm_store *st, const char *sql, const fm_coll *c, const u
         return FM_ESTORE;
     sqlite3_bind_int64(*q, 1, c->store_id);
     if (author)
-        sqlite3_bind_blob(*q, 2, author, FM_ID_BYTES, SQLITE_TRANSIENT);
+        sqlite3_bind_int64(*q, 2, author);
     return 0;
 }
 
@@ -346,34 +528,60 @@ static int load_colls(fm_store *st, fm_state *s)
  * (the next author, then its last batch), not a scan of the log. q is HEAD_SQL, prepared once
  * for every collection. */
 static const char HEAD_SQL[] =
-    "SELECT author, last_seq, hash FROM batches WHERE coll = ?1 AND "
+    "SELECT author, last_seq, data FROM batches WHERE coll = ?1 AND "
     "author = (SELECT author FROM batches WHERE coll = ?1 AND author > ?2 "
     "ORDER BY author LIMIT 1) ORDER BY last_seq DESC LIMIT 1";
 
-static int load_heads(sqlite3_stmt *q, fm_state *s, fm_coll *c)
+typedef struct head {
+    const uint8_t *author;
+    uint64_t seq;
+    uint8_t hash[FM_HASH_BYTES];
+} head;
+
+static int head_order(const void *a, const void *b)
+{
+    return fm_id_cmp(((const head *)a)->author, ((const head *)b)->author);
+}
+
+static int load_heads(fm_store *st, sqlite3_stmt *q, fm_state *s, fm_coll *c)
 {
     FM_ASSERT(c->store_id);
-    int rc = 0;
+    head *h = NULL;
+    uint32_t n = 0, cap = 0;
+    int rc = 0, step;
+    int64_t author = 0; /* ids start at 1 */
     sqlite3_reset(q);
     sqlite3_bind_int64(q, 1, c->store_id);
-    sqlite3_bind_blob(q, 2, "", 0, SQLITE_STATIC); /* the empty blob sorts before every author */
-    int step;
+    sqlite3_bind_int64(q, 2, author);
     while (!rc && (step = sqlite3_step(q)) == SQLITE_ROW) {
+        author = sqlite3_column_int64(q, 0);
         int64_t seq = sqlite3_column_int64(q, 1);
-        if (sqlite3_column_bytes(q, 0) != FM_ID_BYTES ||
-            sqlite3_column_bytes(q, 2) != FM_HASH_BYTES || seq <= 0) {
+        const uint8_t *key = author_key(st, author);
+        if (!key || seq <= 0) {
             rc = FM_ESTORE;
             break;
         }
-        uint8_t author[FM_ID_BYTES];
-        memcpy(author, sqlite3_column_blob(q, 0), FM_ID_BYTES);
-        rc = fm_state_set_feed(s, c, author, (uint64_t)seq, sqlite3_column_blob(q, 2));
-        s->ops += (uint64_t)seq;
+        if ((rc = fm_grow((void **)&h, n, &cap, sizeof *h)))
+            break;
+        h[n].author = key;
+        h[n].seq = (uint64_t)seq;
+        /* The head's hash, which a batch naming it as prev must match: that of its bytes. */
+        crypto_generichash(h[n].hash, FM_HASH_BYTES, sqlite3_column_blob(q, 2),
+                           (size_t)sqlite3_column_bytes(q, 2), NULL, 0);
+        n++;
         sqlite3_reset(q);
-        sqlite3_bind_blob(q, 2, author, FM_ID_BYTES, SQLITE_TRANSIENT);
+        sqlite3_bind_int64(q, 2, author);
     }
     if (!rc && step != SQLITE_DONE)
         rc = FM_ESTORE;
+    /* In key order: the state's vectors are sorted by author, so that is an append each. */
+    if (n)
+        qsort(h, n, sizeof *h, head_order);
+    for (uint32_t i = 0; !rc && i < n; i++) {
+        rc = fm_state_set_feed(s, c, h[i].author, h[i].seq, h[i].hash);
+        s->ops += h[i].seq;
+    }
+    free(h);
     return rc;
 }
 
@@ -386,7 +594,7 @@ int fm_store_load_state(fm_store *st, fm_state *s)
     if (sqlite3_prepare_v2(st->db, HEAD_SQL, -1, &q, NULL) != SQLITE_OK)
         return FM_ESTORE;
     for (uint32_t i = 0; !rc && i < s->ncolls; i++)
-        rc = load_heads(q, s, s->colls[i]);
+        rc = load_heads(st, q, s, s->colls[i]);
     sqlite3_finalize(q);
     return rc;
 }
@@ -418,39 +626,43 @@ int fm_store_put_batch(fm_store *st, const fm_coll *c, const fm_batch *b, const 
                        size_t len)
 {
     FM_ASSERT(c->store_id);
+    int64_t author;
+    int rc = author_id(st, b->author, &author);
+    if (rc)
+        return rc;
     sqlite3_stmt *s = st->stmt[S_BATCH_PUT];
     sqlite3_bind_int64(s, 1, c->store_id);
-    sqlite3_bind_blob(s, 2, b->author, FM_ID_BYTES, SQLITE_STATIC);
+    sqlite3_bind_int64(s, 2, author);
     sqlite3_bind_int64(s, 3, (int64_t)b->first_seq);
     sqlite3_bind_int64(s, 4, (int64_t)fm_batch_last_seq(b));
-    sqlite3_bind_blob(s, 5, b->hash, FM_HASH_BYTES, SQLITE_STATIC);
-    sqlite3_bind_blob(s, 6, data, (int)len, SQLITE_STATIC);
+    sqlite3_bind_blob(s, 5, data, (int)len, SQLITE_STATIC);
     return run(s);
 }
 
-/* Parameters 1-3 of every statement that names a feed position: collection, author, seq. */
-static void bind_feed_pos(sqlite3_stmt *s, const fm_coll *c, const uint8_t author[FM_ID_BYTES],
-                          uint64_t seq)
+/* Parameters 1-3 of every statement that names a feed position: collection, author, seq. False
+ * (nothing bound) for an author without an id: the log has none of its batches. */
+static bool bind_feed_pos(fm_store *st, sqlite3_stmt *s, const fm_coll *c,
+                          const uint8_t author[FM_ID_BYTES], uint64_t seq)
 {
+    int64_t id = author_find(st, author);
+    if (!id)
+        return false;
     sqlite3_bind_int64(s, 1, c->store_id);
-    sqlite3_bind_blob(s, 2, author, FM_ID_BYTES, SQLITE_STATIC);
+    sqlite3_bind_int64(s, 2, id);
     sqlite3_bind_int64(s, 3, (int64_t)seq);
+    return true;
 }
 
 int fm_store_batch_at(fm_store *st, const fm_coll *c, const uint8_t author[FM_ID_BYTES],
-                      uint64_t seq, uint8_t hash[FM_HASH_BYTES], fm_buf *out)
+                      uint64_t seq, fm_buf *out)
 {
     sqlite3_stmt *s = st->stmt[S_BATCH_AT];
-    bind_feed_pos(s, c, author, seq);
+    if (!bind_feed_pos(st, s, c, author, seq))
+        return FM_ENOTFOUND;
     int rc = lookup(s);
     if (rc)
         return rc;
-    if (sqlite3_column_bytes(s, 0) == FM_HASH_BYTES)
-        memcpy(hash, sqlite3_column_blob(s, 0), FM_HASH_BYTES);
-    else
-        rc = FM_ESTORE;
-    if (!rc && out)
-        rc = column_blob(s, 1, out);
+    rc = column_blob(s, 0, out);
     done(s);
     return rc;
 }
@@ -548,12 +760,13 @@ int fm_store_each_batch_from(fm_store *st, const fm_coll *c, int64_t from_id, fm
         st->batch_rows++;
         if (sqlite3_column_int64(q, 0) != c->store_id)
             continue; /* another collection's: its data is never read */
-        if (sqlite3_column_bytes(q, 1) != FM_ID_BYTES) {
+        const uint8_t *author = author_key(st, sqlite3_column_int64(q, 1));
+        if (!author) {
             rc = FM_ESTORE;
             break;
         }
-        rc = fn(arg, sqlite3_column_blob(q, 1), (uint64_t)sqlite3_column_int64(q, 2),
-                sqlite3_column_blob(q, 3), (size_t)sqlite3_column_bytes(q, 3));
+        rc = fn(arg, author, (uint64_t)sqlite3_column_int64(q, 2), sqlite3_column_blob(q, 3),
+                (size_t)sqlite3_column_bytes(q, 3));
     }
     return walk_end(q, own, rc, step);
 }
@@ -565,7 +778,8 @@ int fm_store_each_feed_batch(fm_store *st, const fm_coll *c, const uint8_t autho
     sqlite3_stmt *q = walk_begin(st, S_FEED_FROM, &own);
     if (!q)
         return FM_ESTORE;
-    bind_feed_pos(q, c, author, seq);
+    if (!bind_feed_pos(st, q, c, author, seq))
+        return walk_end(q, own, 0, SQLITE_DONE); /* no batches of this author */
     int rc = 0, step;
     while (!rc && (step = sqlite3_step(q)) == SQLITE_ROW) {
         st->batch_rows++;
@@ -579,7 +793,8 @@ int fm_store_feed_next(fm_store *st, const fm_coll *c, const uint8_t author[FM_I
                        uint64_t seq, int64_t *id, uint64_t *last_seq, fm_buf *data)
 {
     sqlite3_stmt *s = st->stmt[S_FEED_NEXT];
-    bind_feed_pos(s, c, author, seq);
+    if (!bind_feed_pos(st, s, c, author, seq))
+        return FM_ENOTFOUND;
     int rc = lookup(s);
     if (rc)
         return rc;
@@ -680,11 +895,14 @@ void fm_store_release_memory(fm_store *st)
 int fm_store_drop_feed_from(fm_store *st, const fm_coll *c, const uint8_t author[FM_ID_BYTES],
                             uint64_t seq)
 {
+    int64_t id = author_find(st, author);
+    if (!id)
+        return 0; /* no batches of this author to drop */
     sqlite3_stmt *q;
     int rc = prepare_feed(st,
                           "DELETE FROM batches WHERE coll = ?1 AND author = ?2 AND "
                           "first_seq >= ?3",
-                          c, author, &q);
+                          c, id, &q);
     if (rc)
         return rc;
     sqlite3_bind_int64(q, 3, (int64_t)seq);
@@ -697,7 +915,7 @@ int fm_store_drop_feed_from(fm_store *st, const fm_coll *c, const uint8_t author
 static int run_coll(fm_store *st, const char *sql, const fm_coll *c)
 {
     sqlite3_stmt *q;
-    int rc = prepare_feed(st, sql, c, NULL, &q);
+    int rc = prepare_feed(st, sql, c, 0, &q);
     if (rc)
         return rc;
     rc = sqlite3_step(q) == SQLITE_DONE ? 0 : FM_ESTORE;
@@ -716,7 +934,7 @@ int fm_store_coll_reset(fm_store *st, const fm_coll *c)
     if (rc)
         return rc;
     sqlite3_stmt *q;
-    if ((rc = prepare_feed(st, "SELECT 1 FROM batches WHERE coll = ?1 LIMIT 1", c, NULL, &q)))
+    if ((rc = prepare_feed(st, "SELECT 1 FROM batches WHERE coll = ?1 LIMIT 1", c, 0, &q)))
         return rc;
     int step = sqlite3_step(q);
     sqlite3_finalize(q);

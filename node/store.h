@@ -10,7 +10,7 @@
 
 #include "crdt/state.h"
 
-#define FM_STORE_SCHEMA_VERSION 4
+#define FM_STORE_SCHEMA_VERSION 5
 
 typedef struct fm_store fm_store;
 
@@ -40,9 +40,9 @@ int fm_store_coll_save(fm_store *st, const fm_coll *c);
 
 int fm_store_put_batch(fm_store *st, const fm_coll *c, const fm_batch *b, const uint8_t *data,
                        size_t len);
-/* The stored batch of a feed that holds op seq: its encoding into out (if out) and hash. */
+/* The stored batch of a feed that holds op seq: its encoding, appended to out. */
 int fm_store_batch_at(fm_store *st, const fm_coll *c, const uint8_t author[FM_ID_BYTES],
-                      uint64_t seq, uint8_t hash[FM_HASH_BYTES], fm_buf *out);
+                      uint64_t seq, fm_buf *out);
 int fm_store_put_fork(fm_store *st, const uint8_t author[FM_ID_BYTES], const uint8_t *a,
                       size_t alen, const uint8_t *b, size_t blen);
 int fm_store_fork_authors(fm_store *st, int (*fn)(void *arg, const uint8_t *author), void *arg);

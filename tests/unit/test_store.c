@@ -10,6 +10,7 @@
 #include "node/store.h"
 
 #include <dirent.h>
+#include <sodium.h>
 #include <sqlite3.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -160,12 +161,38 @@ static void schema_of(const char *path, char *out, size_t n)
 /* Turns a current store into what a v1 program left: drops every table and index the v1 schema
  * did not have, puts back the feeds table (v4 dropped it) with the rows a v1 program wrote (each
  * feed's last batch) and sets user_version 1. The rows of the v1 tables stay. */
+static void h32_fn(sqlite3_context *ctx, int n, sqlite3_value **v)
+{
+    (void)n;
+    uint8_t h[FM_HASH_BYTES];
+    crypto_generichash(h, sizeof h, sqlite3_value_blob(v[0]), (size_t)sqlite3_value_bytes(v[0]),
+                       NULL, 0);
+    sqlite3_result_blob(ctx, h, sizeof h, SQLITE_TRANSIENT);
+}
+
 static void downgrade_to_v1(const char *path)
 {
     static const char *const v1_names[] = {"meta",    "collections",  "feeds",
                                            "batches", "batches_feed", "records"};
     sqlite3 *db;
     CHECK_EQ_INT(sqlite3_open(path, &db), SQLITE_OK);
+    /* The log as v1-v4 kept it: authors by key, each batch's hash beside it (h32: BLAKE2b). */
+    CHECK_EQ_INT(sqlite3_create_function(db, "h32", 1, SQLITE_UTF8, NULL, h32_fn, NULL, NULL),
+                 SQLITE_OK);
+    CHECK_EQ_INT(
+        sqlite3_exec(db,
+                     "CREATE TABLE v1_batches(id INTEGER PRIMARY KEY,"
+                     "  coll INTEGER NOT NULL, author BLOB NOT NULL,"
+                     "  first_seq INTEGER NOT NULL, last_seq INTEGER NOT NULL,"
+                     "  hash BLOB NOT NULL, data BLOB NOT NULL);"
+                     "INSERT INTO v1_batches SELECT b.id, b.coll, a.key, b.first_seq,"
+                     "  b.last_seq, h32(b.data), b.data"
+                     "  FROM batches b JOIN authors a ON a.id = b.author;"
+                     "DROP TABLE batches;"
+                     "ALTER TABLE v1_batches RENAME TO batches;"
+                     "CREATE UNIQUE INDEX batches_feed ON batches(coll, author, last_seq);",
+                     NULL, NULL, NULL),
+        SQLITE_OK);
     char drops[16][160];
     int nd = 0;
     sqlite3_stmt *s;
@@ -574,25 +601,25 @@ static void test_batch_at(void)
     CHECK_OK(fm_store_put_batch(st, &c, &b2, e2.data, e2.len));
     CHECK_OK(fm_store_put_batch(st, &c, &b3, e3.data, e3.len));
     CHECK_OK(fm_store_commit(st));
-    uint8_t h[FM_HASH_BYTES];
     for (uint64_t seq = 1; seq <= 3; seq++) {
         fm_buf_reset(&got);
-        CHECK_OK(fm_store_batch_at(st, &c, apk, seq, h, &got));
-        CHECK_MEM(h, b1.hash, FM_HASH_BYTES);
+        CHECK_OK(fm_store_batch_at(st, &c, apk, seq, &got));
         CHECK_EQ_INT(got.len, e1.len);
         if (got.len == e1.len)
             CHECK_MEM(got.data, e1.data, e1.len);
     }
     fm_buf_reset(&got);
-    CHECK_OK(fm_store_batch_at(st, &c, apk, 4, h, &got));
-    CHECK_MEM(h, b2.hash, FM_HASH_BYTES);
+    CHECK_OK(fm_store_batch_at(st, &c, apk, 4, &got));
     CHECK_EQ_INT(got.len, e2.len);
-    CHECK_OK(fm_store_batch_at(st, &c, bpk, 2, h, NULL)); /* hash only */
-    CHECK_MEM(h, b3.hash, FM_HASH_BYTES);
-    CHECK_RC(fm_store_batch_at(st, &c, apk, 5, h, NULL), FM_ENOTFOUND);
-    CHECK_RC(fm_store_batch_at(st, &c, apk, 0, h, NULL), FM_ENOTFOUND);
-    CHECK_RC(fm_store_batch_at(st, &c, bpk, 3, h, NULL), FM_ENOTFOUND);
-    CHECK_RC(fm_store_batch_at(st, &other, apk, 1, h, NULL), FM_ENOTFOUND);
+    fm_buf_reset(&got);
+    CHECK_OK(fm_store_batch_at(st, &c, bpk, 2, &got));
+    CHECK_EQ_INT(got.len, e3.len);
+    CHECK_RC(fm_store_batch_at(st, &c, apk, 5, &got), FM_ENOTFOUND);
+    CHECK_RC(fm_store_batch_at(st, &c, apk, 0, &got), FM_ENOTFOUND);
+    CHECK_RC(fm_store_batch_at(st, &c, bpk, 3, &got), FM_ENOTFOUND);
+    CHECK_RC(fm_store_batch_at(st, &other, apk, 1, &got), FM_ENOTFOUND);
+    uint8_t stranger[FM_ID_BYTES] = {9}; /* no batch, so no author id */
+    CHECK_RC(fm_store_batch_at(st, &c, stranger, 1, &got), FM_ENOTFOUND);
     /* A second batch ending at an occupied feed position is refused by the store. */
     CHECK_OK(fm_store_begin(st));
     CHECK_RC(fm_store_put_batch(st, &c, &b2, e2.data, e2.len), FM_ESTORE);
@@ -711,10 +738,15 @@ static void test_each_batch_order_and_load_state(void)
  * whose seq is not positive, makes loading fail with FM_ESTORE rather than yield a bad head. */
 static void test_load_state_bad_log_rows(void)
 {
-    static const char *const corrupt[] = {
-        "UPDATE batches SET hash = x'01'",
-        "UPDATE batches SET author = x'0102'",
-        "UPDATE batches SET last_seq = 0, first_seq = 0",
+    static const struct {
+        const char *sql;
+        bool at_open; /* refused by fm_store_open, not only by the load */
+    } corrupt[] = {
+        {"UPDATE batches SET author = 2", false}, /* an author id the table lacks */
+        {"UPDATE batches SET author = x'0102'", false},
+        {"UPDATE batches SET last_seq = 0, first_seq = 0", false},
+        {"UPDATE authors SET key = x'0102'", true},
+        {"UPDATE authors SET id = 3", true}, /* ids are 1..n */
     };
     for (size_t k = 0; k < FM_ARRAY_LEN(corrupt); k++) {
         tmp_setup();
@@ -734,18 +766,164 @@ static void test_load_state_bad_log_rows(void)
         CHECK_OK(fm_store_put_batch(st, &c, &bt, e.data, e.len));
         CHECK_OK(fm_store_commit(st));
         fm_store_close(st);
-        CHECK_EQ_INT(sql_exec(db, corrupt[k]), SQLITE_OK);
-        CHECK_OK(fm_store_open(db, &st));
-        fm_state fs;
-        fm_state_init(&fs, NULL);
-        CHECK_RC(fm_store_load_state(st, &fs), FM_ESTORE);
-        fm_state_free(&fs);
-        fm_store_close(st);
+        CHECK_EQ_INT(sql_exec(db, corrupt[k].sql), SQLITE_OK);
+        if (corrupt[k].at_open) {
+            st = NULL;
+            CHECK_RC(fm_store_open(db, &st), FM_ESTORE);
+            CHECK(st == NULL);
+        } else {
+            CHECK_OK(fm_store_open(db, &st));
+            fm_state fs;
+            fm_state_init(&fs, NULL);
+            CHECK_RC(fm_store_load_state(st, &fs), FM_ESTORE);
+            fm_state_free(&fs);
+            fm_store_close(st);
+        }
+        CHECK_EQ_INT(sql_int(db, "SELECT count(*) FROM batches"), 1); /* left as it was */
         fm_buf_free(&e);
         fm_batch_free(&bt);
         fm_identity_free(a);
         tmp_teardown();
     }
+}
+
+typedef struct seen_authors {
+    uint8_t author[4][FM_ID_BYTES];
+    int n;
+} seen_authors;
+
+static int see_author(void *arg, const uint8_t author[FM_ID_BYTES], uint64_t last_seq,
+                      const uint8_t *data, size_t len)
+{
+    (void)last_seq, (void)data, (void)len;
+    seen_authors *x = arg;
+    if (x->n < 4)
+        memcpy(x->author[x->n], author, FM_ID_BYTES);
+    x->n++;
+    return 0;
+}
+
+/* A log row names its author by an id. One given in a transaction that rolls back is given to
+ * the next new author: the rows and the handle's map agree, and so does a reopened store. */
+static void test_author_ids_rollback(void)
+{
+    tmp_setup();
+    char db[512];
+    path_of("store.db", db, sizeof db);
+    fm_store *st;
+    CHECK_OK(fm_store_open(db, &st));
+    fm_identity *id[3] = {ident(50), ident(51), ident(52)};
+    uint8_t pk[3][FM_ID_BYTES];
+    fm_buf e[3], got;
+    fm_batch b[3];
+    fm_buf_init(&got);
+    for (int i = 0; i < 3; i++) {
+        fm_identity_public(id[i], pk[i]);
+        fm_buf_init(&e[i]);
+        fm_batch_init(&b[i]);
+        make_batch(id[i], "c", 1, NULL, 1, &e[i], &b[i]);
+    }
+    fm_coll c = {.name = "c", .name_len = 1};
+    CHECK_OK(fm_store_begin(st));
+    CHECK_OK(fm_store_coll_ensure(st, &c));
+    CHECK_OK(fm_store_put_batch(st, &c, &b[0], e[0].data, e[0].len));
+    CHECK_OK(fm_store_commit(st));
+    CHECK_OK(fm_store_begin(st));
+    CHECK_OK(fm_store_put_batch(st, &c, &b[1], e[1].data, e[1].len));
+    fm_store_rollback(st);
+    CHECK_RC(fm_store_batch_at(st, &c, pk[1], 1, &got), FM_ENOTFOUND);
+    CHECK_OK(fm_store_begin(st));
+    CHECK_OK(fm_store_put_batch(st, &c, &b[2], e[2].data, e[2].len));
+    CHECK_OK(fm_store_commit(st));
+    for (int reopen = 0; reopen < 2; reopen++) {
+        seen_authors x = {.n = 0};
+        CHECK_OK(fm_store_each_batch(st, &c, see_author, &x));
+        CHECK_EQ_INT(x.n, 2);
+        CHECK_MEM(x.author[0], pk[0], FM_ID_BYTES);
+        CHECK_MEM(x.author[1], pk[2], FM_ID_BYTES);
+        fm_buf_reset(&got);
+        CHECK_OK(fm_store_batch_at(st, &c, pk[2], 1, &got));
+        CHECK_EQ_INT(got.len, e[2].len);
+        CHECK_RC(fm_store_batch_at(st, &c, pk[1], 1, &got), FM_ENOTFOUND);
+        fm_store_close(st);
+        CHECK_EQ_INT(sql_int(db, "SELECT count(*) FROM authors"), 2);
+        CHECK_EQ_INT(sql_int(db, "SELECT max(id) FROM authors"), 2);
+        CHECK_OK(fm_store_open(db, &st));
+    }
+    /* The heads load with the hashes of their bytes. */
+    fm_state fs;
+    fm_state_init(&fs, NULL);
+    CHECK_OK(fm_store_load_state(st, &fs));
+    fm_coll *lc = fm_state_coll(&fs, (const uint8_t *)"c", 1);
+    CHECK(lc != NULL);
+    for (int i = 0; lc && i < 3; i += 2) {
+        const fm_feed *f = fm_coll_feed(&fs, lc, pk[i]);
+        CHECK(f != NULL && f->seq == 1);
+        if (f)
+            CHECK_MEM(f->head, b[i].hash, FM_HASH_BYTES);
+    }
+    CHECK(!lc || fm_coll_feed(&fs, lc, pk[1]) == NULL);
+    fm_state_free(&fs);
+    fm_store_close(st);
+    for (int i = 0; i < 3; i++) {
+        fm_buf_free(&e[i]);
+        fm_batch_free(&b[i]);
+        fm_identity_free(id[i]);
+    }
+    fm_buf_free(&got);
+    tmp_teardown();
+}
+
+/* Two handles on one file, each writing batches of authors the other has not seen: each gives
+ * the next id in its write transaction and reads the other's ids when it meets them. */
+static void test_author_ids_two_handles(void)
+{
+    tmp_setup();
+    char db[512];
+    path_of("store.db", db, sizeof db);
+    fm_store *h[2];
+    CHECK_OK(fm_store_open(db, &h[0]));
+    CHECK_OK(fm_store_open(db, &h[1]));
+    fm_identity *id[2] = {ident(60), ident(61)};
+    uint8_t pk[2][FM_ID_BYTES];
+    fm_buf e[2], got;
+    fm_batch b[2];
+    fm_buf_init(&got);
+    fm_coll c[2] = {{.name = "c", .name_len = 1}, {.name = "c", .name_len = 1}};
+    CHECK_OK(fm_store_begin(h[0]));
+    CHECK_OK(fm_store_coll_ensure(h[0], &c[0]));
+    CHECK_OK(fm_store_commit(h[0]));
+    c[1].store_id = c[0].store_id;
+    for (int i = 0; i < 2; i++) {
+        fm_identity_public(id[i], pk[i]);
+        fm_buf_init(&e[i]);
+        fm_batch_init(&b[i]);
+        make_batch(id[i], "c", 1, NULL, 1, &e[i], &b[i]);
+        CHECK_OK(fm_store_begin(h[i]));
+        CHECK_OK(fm_store_put_batch(h[i], &c[i], &b[i], e[i].data, e[i].len));
+        CHECK_OK(fm_store_commit(h[i]));
+    }
+    for (int i = 0; i < 2; i++) {
+        seen_authors x = {.n = 0};
+        CHECK_OK(fm_store_each_batch(h[i], &c[i], see_author, &x));
+        CHECK_EQ_INT(x.n, 2);
+        CHECK_MEM(x.author[0], pk[0], FM_ID_BYTES);
+        CHECK_MEM(x.author[1], pk[1], FM_ID_BYTES);
+        for (int j = 0; j < 2; j++) {
+            fm_buf_reset(&got);
+            CHECK_OK(fm_store_batch_at(h[i], &c[i], pk[j], 1, &got));
+            CHECK_EQ_INT(got.len, e[j].len);
+        }
+    }
+    for (int i = 0; i < 2; i++) {
+        fm_store_close(h[i]);
+        fm_buf_free(&e[i]);
+        fm_batch_free(&b[i]);
+        fm_identity_free(id[i]);
+    }
+    CHECK_EQ_INT(sql_int(db, "SELECT count(*) FROM authors"), 2);
+    fm_buf_free(&got);
+    tmp_teardown();
 }
 
 /* Log positions by feed, and scans that start at one: only rows from there on are read, in log
@@ -1044,6 +1222,8 @@ int main(void)
     RUN(test_batch_at);
     RUN(test_each_batch_order_and_load_state);
     RUN(test_load_state_bad_log_rows);
+    RUN(test_author_ids_rollback);
+    RUN(test_author_ids_two_handles);
     RUN(test_batches_from);
     RUN(test_batches_from_reentrant);
     RUN(test_put_member_new);
