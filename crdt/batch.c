@@ -158,7 +158,7 @@ int fm_batch_decode(const uint8_t *p, size_t len, fm_batch *b)
 {
     int rc = decode_unhashed(p, len, b);
     if (!rc)
-        crypto_generichash(b->hash, FM_HASH_BYTES, p, len, NULL, 0);
+        fm_batch_hash(p, len, b->hash);
     return rc;
 }
 
@@ -184,13 +184,13 @@ int fm_batch_peek(const uint8_t *p, size_t len, fm_batch *b, bool hash)
         return r.err;
     b->nops = n;
     if (hash)
-        fm_batch_hash(p, len, b);
+        fm_batch_hash(p, len, b->hash);
     return 0;
 }
 
-void fm_batch_hash(const uint8_t *p, size_t len, fm_batch *b)
+void fm_batch_hash(const uint8_t *p, size_t len, uint8_t out[FM_HASH_BYTES])
 {
-    crypto_generichash(b->hash, FM_HASH_BYTES, p, len, NULL, 0);
+    crypto_generichash(out, FM_HASH_BYTES, p, len, NULL, 0);
 }
 
 const uint8_t *fm_batch_sig_tail(const uint8_t *p, size_t len)

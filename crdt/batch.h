@@ -77,8 +77,8 @@ int fm_batch_decode_hashed(const uint8_t *p, size_t len, const uint8_t hash[FM_H
  * not for use), and b->hash only if hash. For decisions about bytes that are stored already or
  * that a full decode checks later (a duplicate, a push, an export). Errors as fm_batch_decode. */
 int fm_batch_peek(const uint8_t *p, size_t len, fm_batch *b, bool hash);
-/* b->hash of the batch encoded in p (after a peek without it). */
-void fm_batch_hash(const uint8_t *p, size_t len, fm_batch *b);
+/* The hash of the batch encoded in p (fm_batch.hash; a peek without it leaves it unset). */
+void fm_batch_hash(const uint8_t *p, size_t len, uint8_t out[FM_HASH_BYTES]);
 /* Where the signature of the batch encoded in p would be: the last FM_SIG_BYTES bytes, if they
  * are the payload of a canonical final bin element; NULL if not. Nothing is checked beyond that:
  * for recognising bytes that end like a batch held here, never for accepting new ones. */

@@ -253,7 +253,7 @@ bool fm__replica_holds_peeked(fm_replica *r, fm_batch *b, const uint8_t *data, s
         if (sig && memcmp(sig, f->head_sig, FM_SIG_BYTES) == 0)
             return true;
     }
-    fm_batch_hash(data, len, b);
+    fm_batch_hash(data, len, b->hash);
     return holds_hashed(r, f, b);
 }
 

@@ -4,7 +4,6 @@
  */
 #include "node/store.h"
 
-#include <sodium.h>
 #include <sqlite3.h>
 #include <stdlib.h>
 #include <string.h>
@@ -533,7 +532,8 @@ static const char HEAD_SQL[] =
     "ORDER BY author LIMIT 1) ORDER BY last_seq DESC LIMIT 1";
 
 typedef struct head {
-    const uint8_t *author;
+    int64_t id;            /* the author's */
+    const uint8_t *author; /* its key, once every id is read (a catch-up may move the keys) */
     uint64_t seq;
     uint8_t hash[FM_HASH_BYTES];
 } head;
@@ -556,24 +556,24 @@ static int load_heads(fm_store *st, sqlite3_stmt *q, fm_state *s, fm_coll *c)
     while (!rc && (step = sqlite3_step(q)) == SQLITE_ROW) {
         author = sqlite3_column_int64(q, 0);
         int64_t seq = sqlite3_column_int64(q, 1);
-        const uint8_t *key = author_key(st, author);
-        if (!key || seq <= 0) {
+        if (!author_key(st, author) || seq <= 0) {
             rc = FM_ESTORE;
             break;
         }
         if ((rc = fm_grow((void **)&h, n, &cap, sizeof *h)))
             break;
-        h[n].author = key;
+        h[n].id = author;
         h[n].seq = (uint64_t)seq;
-        /* The head's hash, which a batch naming it as prev must match: that of its bytes. */
-        crypto_generichash(h[n].hash, FM_HASH_BYTES, sqlite3_column_blob(q, 2),
-                           (size_t)sqlite3_column_bytes(q, 2), NULL, 0);
+        /* The head's hash, which a batch naming it as prev must match. */
+        fm_batch_hash(sqlite3_column_blob(q, 2), (size_t)sqlite3_column_bytes(q, 2), h[n].hash);
         n++;
         sqlite3_reset(q);
         sqlite3_bind_int64(q, 2, author);
     }
     if (!rc && step != SQLITE_DONE)
         rc = FM_ESTORE;
+    for (uint32_t i = 0; i < n; i++)
+        h[i].author = author_key(st, h[i].id); /* all read: no catch-up now */
     /* In key order: the state's vectors are sorted by author, so that is an append each. */
     if (n)
         qsort(h, n, sizeof *h, head_order);
@@ -760,11 +760,14 @@ int fm_store_each_batch_from(fm_store *st, const fm_coll *c, int64_t from_id, fm
         st->batch_rows++;
         if (sqlite3_column_int64(q, 0) != c->store_id)
             continue; /* another collection's: its data is never read */
-        const uint8_t *author = author_key(st, sqlite3_column_int64(q, 1));
-        if (!author) {
+        /* A copy: fn may call the store, whose catch-up of author ids may move the keys. */
+        const uint8_t *key = author_key(st, sqlite3_column_int64(q, 1));
+        if (!key) {
             rc = FM_ESTORE;
             break;
         }
+        uint8_t author[FM_ID_BYTES];
+        memcpy(author, key, FM_ID_BYTES);
         rc = fn(arg, author, (uint64_t)sqlite3_column_int64(q, 2), sqlite3_column_blob(q, 3),
                 (size_t)sqlite3_column_bytes(q, 3));
     }
