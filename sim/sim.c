@@ -836,8 +836,6 @@ static void pool_stop(fm_sim *s)
     s->pool = NULL;
 }
 
-/* Runs every worker (its events, or s->job): on the threads when asked and they all started,
- * otherwise on the calling one. */
 /* The pool to run a step on when asked for threads, started at first use; NULL: the calling
  * thread runs every worker (one CPU, or a thread that failed to start). */
 static sim_pool *pool_get(fm_sim *s, bool threads)
@@ -851,6 +849,8 @@ static sim_pool *pool_get(fm_sim *s, bool threads)
     return s->pool->started + 1 == s->nthreads ? s->pool : NULL;
 }
 
+/* Runs every worker (its events, or s->job): on the threads when asked and they all started,
+ * otherwise on the calling one. */
 static void run_all(fm_sim *s, bool threads)
 {
     sim_pool *p = pool_get(s, threads);
