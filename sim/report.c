@@ -55,11 +55,13 @@ void fm_sim_print_json(const fm_sim *s, const fm_sim_result *r, FILE *f)
             ",\"vectors_deferred\":%" PRIu64 ",\"frames\":%" PRIu64 ",\"segments\":%" PRIu64
             ",\"retransmits\":%" PRIu64 ",\"events\":%" PRIu64 ",\"node_calls\":%" PRIu64
             ",\"crashes\":%" PRIu64 ",\"wall_ms\":%" PRIu64 ",\"setup_wall_ms\":%" PRIu64
+            ",\"threads\":%" PRIu32 ",\"windows\":%" PRIu64 ",\"wait_ms\":%" PRIu64
             ",\"trace_hash\":\"%s\"}\n",
             r->sessions_ok, r->sessions_failed, r->conns_opened, r->connects_failed, r->batches_in,
             r->batches_out, r->batches_dup, r->batches_refused, r->ihave, r->prunes, r->grafts,
             r->covered, r->deferred, r->frames, r->segments, r->retransmits, r->events,
-            r->node_calls, r->crashes, r->wall_ms, r->setup_wall_ms, trace);
+            r->node_calls, r->crashes, r->wall_ms, r->setup_wall_ms, r->threads, r->windows,
+            r->wait_ms, trace);
 }
 
 void fm_sim_print_summary(const fm_sim *s, const fm_sim_result *r, FILE *f)
@@ -84,6 +86,12 @@ void fm_sim_print_summary(const fm_sim *s, const fm_sim_result *r, FILE *f)
             r->messages, r->bytes, r->ops ? (double)r->bytes / r->ops : 0, r->sessions_ok);
     fprintf(f, "  components %" PRIu32 ", coverage %.4f, wall %" PRIu64 " ms (setup %" PRIu64 ")\n",
             r->components, r->coverage, r->wall_ms, r->setup_wall_ms);
+    if (r->windows)
+        fprintf(f,
+                "  %" PRIu32 " threads, %" PRIu64 " windows, %" PRIu64
+                " ms waiting for the slowest (%.1f %% of their time)\n",
+                r->threads, r->windows, r->wait_ms,
+                r->wall_ms ? 100.0 * r->wait_ms / ((double)r->threads * r->wall_ms) : 0);
     fprintf(f, "  trace %s\n", trace);
 }
 

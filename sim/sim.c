@@ -696,6 +696,7 @@ typedef struct sim_pool {
         uint32_t idx;
     } arg[SIM_MAX_THREADS];
     uint32_t started;
+    uint64_t done_us[SIM_MAX_THREADS]; /* when each thread ran out of work in this window */
     pthread_barrier_t go, done;
     bool quit;
     /* The workers, the most work first: sort keys, (cap - load) << ORDER_IDX_BITS | worker
@@ -784,6 +785,7 @@ static void *thread_main(void *arg)
         if (p->quit)
             return NULL;
         run_workers(s, th->idx);
+        p->done_us[th->idx] = fm_sim_wall_us();
         pthread_barrier_wait(&p->done);
     }
 }
@@ -858,7 +860,14 @@ static void run_all(fm_sim *s, bool threads)
         memset(p->taken, 0, s->nworkers);
         pthread_barrier_wait(&p->go);
         run_workers(s, 0);
+        p->done_us[0] = fm_sim_wall_us();
         pthread_barrier_wait(&p->done);
+        /* A window's waits (setup steps are not windows). The barrier orders the threads'
+         * writes before these reads. */
+        uint64_t end = fm_sim_wall_us();
+        for (uint32_t t = 0; !s->job && t < s->nthreads; t++)
+            s->wait_us += end > p->done_us[t] ? end - p->done_us[t] : 0;
+        s->windows += !s->job;
     } else {
         for (uint32_t k = 0; k < s->nworkers; k++)
             run_one(s, k);
@@ -1546,6 +1555,9 @@ int fm_sim_finish(fm_sim *s, fm_sim_result *r)
     crypto_generichash_final(&t, r->trace, FM_HASH_BYTES);
     r->wall_ms = fm_sim_wall_ms() - s->wall_start;
     r->setup_wall_ms = s->setup_wall_ms;
+    r->threads = s->windows ? s->nthreads : 1;
+    r->windows = s->windows;
+    r->wait_ms = s->wait_us / 1000;
     return s->error;
 }
 

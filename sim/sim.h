@@ -7,7 +7,8 @@
  * skew, its randomness a ChaCha20 stream keyed from the run seed, its transport a set of
  * simulated links (latency, jitter, loss as retransmission delay, bandwidth, MTU) and its
  * discovery the topology. All state hangs off the fm_sim handle; nothing here reads a clock or
- * a random source (tools/check-determinism.sh), except fm_sim_wall_ms for the wall_ms figure.
+ * a random source (tools/check-determinism.sh), except fm_sim_wall_ms and fm_sim_wall_us for the
+ * wall_ms and wait_ms figures.
  *
  * Use: fm_sim_config_default, fm_sim_config_parse (the command line), fm_sim_open (builds the
  * mesh and schedules the workload), optionally fm_sim_run_until / fm_sim_write to script a
@@ -124,6 +125,10 @@ typedef struct fm_sim_result {
     uint64_t events, node_calls, crashes;
     double coverage;
     uint64_t wall_ms, setup_wall_ms; /* the whole run; building the mesh */
+    /* Parallelism: threads, windows run on them, and the time threads spent waiting at a
+     * window's end for the slowest (summed over threads; out of threads * wall_ms). */
+    uint32_t threads;
+    uint64_t windows, wait_ms;
     uint8_t trace[FM_HASH_BYTES];
 } fm_sim_result;
 
@@ -169,8 +174,9 @@ int fm_sim_write_svg(const fm_sim *s, const char *path);
 int fm_sim_plot(const char *svg_path, const char *const *csv_paths, size_t n, char *err,
                 size_t cap);
 
-/* Wall-clock milliseconds (monotonic), for the wall_ms figure only: transport/simclock.c, the
- * one clock read the simulator is allowed, kept outside sim/. */
+/* Wall-clock time (monotonic), for the wall_ms and wait_ms figures only: transport/simclock.c,
+ * the one clock read the simulator is allowed, kept outside sim/. */
 uint64_t fm_sim_wall_ms(void);
+uint64_t fm_sim_wall_us(void);
 
 #endif

@@ -265,6 +265,7 @@ struct fm_sim {
     sim_sample *samples;
     uint32_t nsamples, csamples;
     uint64_t wall_start, setup_wall_ms;
+    uint64_t windows, wait_us; /* windows run on the threads; their waits (fm_sim_result) */
     uint64_t progress_mark;
     int error; /* first internal failure (out of memory); stops the run (atomic) */
     bool finished;

@@ -12,7 +12,7 @@ FLAGS=(--nodes 12 --topology ring --loss 0.05 --churn 0.2 --writes 60 --seed 21)
 "$SIM" "${FLAGS[@]}" --json --csv "$TMP/a.csv" --svg "$TMP/a.svg" >"$TMP/a.json"
 "$SIM" "${FLAGS[@]}" --json >"$TMP/b.json"
 for f in nodes seed converged convergence_ms messages bytes bytes_per_op ops lost_writes \
-    distinct_state_hashes wall_ms trace_hash; do
+    distinct_state_hashes wall_ms threads windows wait_ms trace_hash; do
     grep -q "\"$f\":" "$TMP/a.json" || fail "field $f missing: $(cat "$TMP/a.json")"
 done
 grep -q '"converged":true' "$TMP/a.json" || fail "not converged: $(cat "$TMP/a.json")"
