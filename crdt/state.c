@@ -34,6 +34,7 @@ void fm_state_reset(fm_state *s)
     for (uint32_t i = 0; i < s->ncolls; i++)
         coll_free(s->colls[i]);
     s->ncolls = 0;
+    s->last = NULL;
     if (s->cmap)
         memset(s->cmap, 0, s->cmap_cap * sizeof *s->cmap);
     s->ndirty = 0;
@@ -110,9 +111,15 @@ static int cmap_build(fm_state *s, uint32_t need)
 
 fm_coll *fm_state_coll(fm_state *s, const uint8_t *name, uint32_t len)
 {
+    fm_coll *c = s->last;
+    if (c && c->name_len == len && memcmp(c->name, name, len) == 0)
+        return c;
     if (!s->ncolls)
         return NULL;
-    return *cmap_slot(s, name, len, fm_hash32(name, len));
+    c = *cmap_slot(s, name, len, fm_hash32(name, len));
+    if (c)
+        s->last = c;
+    return c;
 }
 
 int fm_state_coll_add(fm_state *s, const uint8_t *name, uint32_t len, fm_coll **out)
@@ -158,6 +165,8 @@ void fm_state_coll_drop(fm_state *s, fm_coll *c)
     memmove(&s->colls[i], &s->colls[i + 1], (s->ncolls - i - 1) * sizeof *s->colls);
     s->ncolls--;
     s->gen++;
+    if (s->last == c)
+        s->last = NULL;
     coll_free(c);
     /* Rare (a collection rebuilt or forgotten): refilling beats tombstones on every probe. The
      * table keeps its size, so this cannot fail. */

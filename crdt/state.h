@@ -55,6 +55,8 @@ typedef struct fm_state {
      * batch per connection was a binary search of pointer-chasing name compares. */
     fm_coll **cmap;
     uint32_t cmap_cap;
+    /* The collection found last: a frame's batches and a push's are mostly of one. */
+    fm_coll *last;
     fm_state_io io;
     fm_rec **dirty;       /* in apply order */
     fm_coll **dirty_coll; /* the collection of each dirty record */
