@@ -56,6 +56,35 @@ uint64_t fm_vv_get(const fm_vv *v, const uint8_t author[FM_ID_BYTES])
     return found ? v->e[i].seq : 0;
 }
 
+/* Adds author at i, where vv_find said it belongs; seq > 0. */
+static int vv_insert(fm_vv *v, uint32_t i, const uint8_t *author, uint64_t seq)
+{
+    FM_ASSERT(seq > 0 && i <= v->n);
+    if (v->n >= FM_MAX_VV_ENTRIES)
+        return FM_ELIMIT;
+    if (fm_grow_from1((void **)&v->e, v->n, &v->cap, sizeof *v->e))
+        return FM_ENOMEM;
+    memmove(&v->e[i + 1], &v->e[i], (v->n - i) * sizeof *v->e);
+    memcpy(v->e[i].author, author, FM_ID_BYTES);
+    v->e[i].seq = seq;
+    v->n++;
+    return 0;
+}
+
+uint32_t fm_vv_index(const fm_vv *v, const uint8_t author[FM_ID_BYTES])
+{
+    bool found;
+    uint32_t i = vv_find(v, author, &found);
+    return found ? i : UINT32_MAX;
+}
+
+uint64_t fm_vv_get_hinted(const fm_vv *v, const uint8_t author[FM_ID_BYTES], uint32_t hint)
+{
+    if (hint < v->n && fm_id_cmp(v->e[hint].author, author) == 0)
+        return v->e[hint].seq;
+    return fm_vv_get(v, author);
+}
+
 int fm_vv_set(fm_vv *v, const uint8_t author[FM_ID_BYTES], uint64_t seq)
 {
     bool found;
@@ -69,27 +98,26 @@ int fm_vv_set(fm_vv *v, const uint8_t author[FM_ID_BYTES], uint64_t seq)
         }
         return 0;
     }
-    if (!seq)
+    return seq ? vv_insert(v, i, author, seq) : 0;
+}
+
+int fm_vv_raise(fm_vv *v, const uint8_t author[FM_ID_BYTES], uint64_t seq)
+{
+    bool found;
+    uint32_t i = vv_find(v, author, &found);
+    if (found) {
+        v->e[i].seq = FM_MAX(v->e[i].seq, seq);
         return 0;
-    if (v->n >= FM_MAX_VV_ENTRIES)
-        return FM_ELIMIT;
-    if (fm_grow_from1((void **)&v->e, v->n, &v->cap, sizeof *v->e))
-        return FM_ENOMEM;
-    memmove(&v->e[i + 1], &v->e[i], (v->n - i) * sizeof *v->e);
-    memcpy(v->e[i].author, author, FM_ID_BYTES);
-    v->e[i].seq = seq;
-    v->n++;
-    return 0;
+    }
+    return seq ? vv_insert(v, i, author, seq) : 0;
 }
 
 int fm_vv_merge(fm_vv *dst, const fm_vv *src)
 {
     for (uint32_t i = 0; i < src->n; i++) {
-        if (src->e[i].seq > fm_vv_get(dst, src->e[i].author)) {
-            int rc = fm_vv_set(dst, src->e[i].author, src->e[i].seq);
-            if (rc)
-                return rc;
-        }
+        int rc = fm_vv_raise(dst, src->e[i].author, src->e[i].seq);
+        if (rc)
+            return rc;
     }
     return 0;
 }

@@ -546,8 +546,8 @@ static int pump_add(pump_ctx *x, const fm_batch *b, const uint8_t *data, size_t 
             return rc;
     }
     int rc = rec_list_add(l, data, len);
-    if (!rc && fm_vv_get(&l->s->known, b->author) < fm_batch_last_seq(b))
-        rc = fm_vv_set(&l->s->known, b->author, fm_batch_last_seq(b));
+    if (!rc)
+        rc = fm_vv_raise(&l->s->known, b->author, fm_batch_last_seq(b));
     return rc;
 }
 
@@ -806,9 +806,10 @@ static void push_end(conn *c, pump_ctx *x)
 
 /* The eager-push rule for one applied batch and one connection; x gathers the connection's
  * batches of one collection into one frame. covered: the peer that sent us the batch pushed it
- * to this one as well (covers()), so an announcement is enough. coll is b's, one we offer. */
+ * to this one as well (covers()), so an announcement is enough. coll is b's, one we offer;
+ * hint is b's author's index in coll's vector (fm_vv_get_hinted). */
 static void push_one(fm_node *n, conn *c, pump_ctx *x, fm_coll *coll, const fm_batch *b,
-                     const uint8_t *data, size_t len, bool covered)
+                     uint32_t hint, const uint8_t *data, size_t len, bool covered)
 {
     if (!c->hello_rcvd || c->closing || c->err || peer_prio(c, b->coll, b->coll_len) < 0)
         return;
@@ -821,7 +822,7 @@ static void push_one(fm_node *n, conn *c, pump_ctx *x, fm_coll *coll, const fm_b
         return;
     }
     /* A batch the peer sent us while it waited here is not sent back. */
-    uint64_t have = fm_vv_get(&s->known, b->author);
+    uint64_t have = fm_vv_get_hinted(&s->known, b->author, hint);
     if (have >= fm_batch_last_seq(b))
         return;
     /* Not over BLE, where lazy push already announces: a covering push there is slow enough
@@ -962,10 +963,11 @@ static void process_applied(fm_node *n)
         if (!coll || !offers(n, coll))
             continue;
         const conn *from = n->push_cover == FM_COVER_ON ? sender_conn(n, src) : NULL;
+        uint32_t hint = fm_vv_index(&coll->vv, n->b.author); /* the peers' `known` */
         for (uint32_t i = 0; i < n->max_total; i++) {
             conn *c = &n->conns[i];
             if (c->used)
-                push_one(n, c, &n->px[i], coll, &n->b, data, len,
+                push_one(n, c, &n->px[i], coll, &n->b, hint, data, len,
                          from && c != from && covers(from, c));
         }
     }
@@ -1432,8 +1434,7 @@ static int batches_in(fm_node *n, conn *c, const fm_proto_name *pname, fm_bytes 
             continue;
         }
         uint64_t last = fm_batch_last_seq(&n->b);
-        if (fm_vv_get(&s->known, n->b.author) < last &&
-            (rc = fm_vv_set(&s->known, n->b.author, last)))
+        if ((rc = fm_vv_raise(&s->known, n->b.author, last)))
             return rc;
         if (fm__replica_holds_peeked(n->r, &n->b, arr[i].data, arr[i].len)) {
             dups++; /* a batch we hold (its feed's head, or recent): no store transaction */
@@ -1530,8 +1531,7 @@ static int on_graft(fm_node *n, conn *c, const uint8_t *p, size_t len)
     pump_ctx x = {.l = {.n = n, .c = c, .s = s}};
     fm_buf_init(&x.l.body);
     for (uint32_t i = 0; i < k && !x.err; i++) {
-        if (fm_vv_get(&s->known, e[i].author) < e[i].seq - 1 &&
-            (rc = fm_vv_set(&s->known, e[i].author, e[i].seq - 1)))
+        if ((rc = fm_vv_raise(&s->known, e[i].author, e[i].seq - 1)))
             x.err = rc;
         else if (!send_feed(n, &x, coll, e[i].author, e[i].seq, UINT64_MAX))
             s->dirty = true; /* the rest from the store when the window reopens */
@@ -1589,8 +1589,7 @@ static int ihave_apply(fm_node *n, conn *c, const fm_proto_name *name, const fm_
     for (uint32_t i = 0; i < k; i++) {
         int rc;
         /* The peer holds it: never push it there. */
-        if (fm_vv_get(&s->known, e[i].author) < e[i].seq &&
-            (rc = fm_vv_set(&s->known, e[i].author, e[i].seq)))
+        if ((rc = fm_vv_raise(&s->known, e[i].author, e[i].seq)))
             return rc;
         if (!coll || !fm_vv_covers(&coll->vv, e[i].author, e[i].seq))
             missing_add(n, c, name, &e[i]);

@@ -818,6 +818,20 @@ static void test_vv_basics(void)
     CHECK_EQ_INT(fm_vv_get(&a, k1), 7);
     CHECK_EQ_INT(fm_vv_get(&a, k2), 1);
     CHECK_EQ_INT(fm_vv_get(&a, k3), 5);
+    /* Raise: never lowers, adds an absent author, ignores 0. */
+    CHECK_OK(fm_vv_raise(&a, k1, 3));
+    CHECK_EQ_INT(fm_vv_get(&a, k1), 7);
+    CHECK_OK(fm_vv_raise(&a, k1, 8));
+    CHECK_EQ_INT(fm_vv_get(&a, k1), 8);
+    uint8_t k4[32];
+    key(k4, 4);
+    CHECK_OK(fm_vv_raise(&a, k4, 0));
+    CHECK_EQ_INT(a.n, 3);
+    CHECK_OK(fm_vv_raise(&a, k4, 2));
+    CHECK_EQ_INT(a.n, 4);
+    CHECK(memcmp(a.e[3].author, k4, 32) == 0 && a.e[3].seq == 2);
+    CHECK_OK(fm_vv_set(&a, k4, 0));
+    CHECK_OK(fm_vv_set(&a, k1, 7));
     /* Copy, and digests of equal vectors. */
     fm_vv c;
     fm_vv_init(&c);
@@ -997,6 +1011,12 @@ static void test_vv_bound(void)
     key(id, 5);
     CHECK_OK(fm_vv_set(&s, id, 99));
     CHECK_EQ_INT(fm_vv_get(&s, id), 99);
+    CHECK_OK(fm_vv_raise(&s, id, 100)); /* raising an entry at the bound: fine */
+    CHECK_EQ_INT(fm_vv_get(&s, id), 100);
+    key(id, FM_MAX_VV_ENTRIES + 3);
+    CHECK_RC(fm_vv_raise(&s, id, 1), FM_ELIMIT); /* adding one: refused, nothing changed */
+    CHECK_EQ_INT(s.n, FM_MAX_VV_ENTRIES);
+    CHECK_EQ_INT(fm_vv_get(&s, id), 0);
     /* Merge past the bound fails with FM_ELIMIT. */
     fm_vv extra;
     fm_vv_init(&extra);
