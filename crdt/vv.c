@@ -103,6 +103,15 @@ int fm_vv_set(fm_vv *v, const uint8_t author[FM_ID_BYTES], uint64_t seq)
 
 int fm_vv_raise(fm_vv *v, const uint8_t author[FM_ID_BYTES], uint64_t seq)
 {
+    return fm_vv_raise_hinted(v, author, seq, UINT32_MAX);
+}
+
+int fm_vv_raise_hinted(fm_vv *v, const uint8_t author[FM_ID_BYTES], uint64_t seq, uint32_t hint)
+{
+    if (hint < v->n && fm_id_cmp(v->e[hint].author, author) == 0) {
+        v->e[hint].seq = FM_MAX(v->e[hint].seq, seq);
+        return 0;
+    }
     bool found;
     uint32_t i = vv_find(v, author, &found);
     if (found) {

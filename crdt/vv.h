@@ -32,10 +32,11 @@ int fm_vv_copy(fm_vv *dst, const fm_vv *src);
 uint64_t fm_vv_get(const fm_vv *v, const uint8_t author[FM_ID_BYTES]);
 /* Where author is in v (UINT32_MAX: absent). */
 uint32_t fm_vv_index(const fm_vv *v, const uint8_t author[FM_ID_BYTES]);
-/* fm_vv_get, trying entry hint first: the author's index in another vector, which a vector of
- * the same authors has it at too (a node's vectors of its peers mostly name the authors its
- * own does). A wrong hint costs one comparison. */
+/* fm_vv_get and fm_vv_raise, trying entry hint first: the author's index in another vector,
+ * which a vector of the same authors has it at too (a node's vectors of its peers mostly name
+ * the authors its own does). A wrong hint (UINT32_MAX: none) costs one comparison. */
 uint64_t fm_vv_get_hinted(const fm_vv *v, const uint8_t author[FM_ID_BYTES], uint32_t hint);
+int fm_vv_raise_hinted(fm_vv *v, const uint8_t author[FM_ID_BYTES], uint64_t seq, uint32_t hint);
 /* seq 0 removes the entry. FM_ELIMIT past FM_MAX_VV_ENTRIES. */
 int fm_vv_set(fm_vv *v, const uint8_t author[FM_ID_BYTES], uint64_t seq);
 /* The entry becomes max(its seq, seq), in one search (a get and a set were two). Errors as

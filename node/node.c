@@ -1587,11 +1587,12 @@ static int ihave_apply(fm_node *n, conn *c, const fm_proto_name *name, const fm_
         return FM_ENOMEM;
     fm_coll *coll = coll_of(n, name->p, name->len);
     for (uint32_t i = 0; i < k; i++) {
-        int rc;
+        uint32_t at = coll ? fm_vv_index(&coll->vv, e[i].author) : UINT32_MAX;
         /* The peer holds it: never push it there. */
-        if ((rc = fm_vv_raise(&s->known, e[i].author, e[i].seq)))
+        int rc = fm_vv_raise_hinted(&s->known, e[i].author, e[i].seq, at);
+        if (rc)
             return rc;
-        if (!coll || !fm_vv_covers(&coll->vv, e[i].author, e[i].seq))
+        if (at == UINT32_MAX || coll->vv.e[at].seq < e[i].seq)
             missing_add(n, c, name, &e[i]);
     }
     return 0;

@@ -830,6 +830,26 @@ static void test_vv_basics(void)
     CHECK_OK(fm_vv_raise(&a, k4, 2));
     CHECK_EQ_INT(a.n, 4);
     CHECK(memcmp(a.e[3].author, k4, 32) == 0 && a.e[3].seq == 2);
+    /* Hinted: a right hint, a wrong one, none, one past the end; all as without. */
+    CHECK_EQ_INT(fm_vv_index(&a, k4), 3);
+    CHECK_EQ_INT(fm_vv_index(&a, k2), 1);
+    fm_vv_set(&b, k2, 0);
+    CHECK_EQ_INT(fm_vv_index(&b, k2), UINT32_MAX);
+    for (uint32_t h = 0; h <= 5; h++) {
+        uint32_t hint = h == 5 ? UINT32_MAX : h;
+        CHECK_EQ_INT(fm_vv_get_hinted(&a, k4, hint), 2);
+        CHECK_EQ_INT(fm_vv_get_hinted(&a, k3, hint), 5);
+        CHECK_EQ_INT(fm_vv_get_hinted(&b, k2, hint), 0);
+    }
+    CHECK_OK(fm_vv_raise_hinted(&a, k3, 4, 2)); /* right hint, lower seq: unchanged */
+    CHECK_EQ_INT(fm_vv_get(&a, k3), 5);
+    CHECK_OK(fm_vv_raise_hinted(&a, k3, 6, 0)); /* wrong hint */
+    CHECK_EQ_INT(fm_vv_get(&a, k3), 6);
+    CHECK_OK(fm_vv_raise_hinted(&b, k2, 3, 1)); /* absent: added in order */
+    CHECK_EQ_INT(b.n, 3);
+    CHECK(memcmp(b.e[1].author, k2, 32) == 0 && b.e[1].seq == 3);
+    CHECK_OK(fm_vv_set(&b, k2, 1));
+    CHECK_OK(fm_vv_set(&a, k3, 5));
     CHECK_OK(fm_vv_set(&a, k4, 0));
     CHECK_OK(fm_vv_set(&a, k1, 7));
     /* Copy, and digests of equal vectors. */
