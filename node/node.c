@@ -535,8 +535,8 @@ static int pump_flush(pump_ctx *x)
     return rc;
 }
 
-/* Adds one batch to the frame under construction; raises known. */
-static int pump_add(pump_ctx *x, const fm_batch *b, const uint8_t *data, size_t len)
+/* Adds one batch to the frame under construction; raises known (hint: fm_vv_raise_hinted). */
+static int pump_add(pump_ctx *x, const fm_batch *b, uint32_t hint, const uint8_t *data, size_t len)
 {
     rec_list *l = &x->l;
     if ((l->count || x->groups) && (pump_pending(x) + len > FM_PROTO_BATCHES_TARGET ||
@@ -547,7 +547,7 @@ static int pump_add(pump_ctx *x, const fm_batch *b, const uint8_t *data, size_t 
     }
     int rc = rec_list_add(l, data, len);
     if (!rc)
-        rc = fm_vv_raise(&l->s->known, b->author, fm_batch_last_seq(b));
+        rc = fm_vv_raise_hinted(&l->s->known, b->author, fm_batch_last_seq(b), hint);
     return rc;
 }
 
@@ -569,7 +569,7 @@ static int pump_one(void *arg, const uint8_t *data, size_t len)
     }
     if (fm_batch_last_seq(b) <= fm_vv_get(&x->l.s->known, b->author))
         return 0;
-    if ((rc = pump_add(x, b, data, len))) {
+    if ((rc = pump_add(x, b, UINT32_MAX, data, len))) {
         x->err = rc;
         return 1;
     }
@@ -649,7 +649,7 @@ static bool send_feed(fm_node *n, pump_ctx *x, const fm_coll *coll, const uint8_
             rc = fm_batch_peek(data.data, data.len, fb, false) ? FM_ESTORE : 0;
         if (!rc && fm_batch_last_seq(fb) > fm_vv_get(&x->l.s->known, author)) {
             x->gap |= !fm_vv_leq(&fb->ctx, &x->l.s->known);
-            rc = pump_add(x, fb, data.data, data.len);
+            rc = pump_add(x, fb, UINT32_MAX, data.data, data.len);
         }
         if (rc)
             x->err = rc;
@@ -850,7 +850,7 @@ static void push_one(fm_node *n, conn *c, pump_ctx *x, fm_coll *coll, const fm_b
             ok = send_feed(n, x, coll, e->author, k + 1, e->seq);
     }
     if (!x->err && ok && window_open(c, pump_pending(x) + len))
-        x->err = pump_add(x, b, data, len);
+        x->err = pump_add(x, b, hint, data, len);
     else if (!x->err)
         s->dirty = true; /* the rest from the store, in order */
 }
