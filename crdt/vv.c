@@ -78,11 +78,21 @@ uint32_t fm_vv_index(const fm_vv *v, const uint8_t author[FM_ID_BYTES])
     return found ? i : UINT32_MAX;
 }
 
+/* vv_find, trying index hint first (fm_vv_get_hinted). */
+static uint32_t vv_find_hinted(const fm_vv *v, const uint8_t *author, uint32_t hint, bool *found)
+{
+    if (hint < v->n && fm_id_cmp(v->e[hint].author, author) == 0) {
+        *found = true;
+        return hint;
+    }
+    return vv_find(v, author, found);
+}
+
 uint64_t fm_vv_get_hinted(const fm_vv *v, const uint8_t author[FM_ID_BYTES], uint32_t hint)
 {
-    if (hint < v->n && fm_id_cmp(v->e[hint].author, author) == 0)
-        return v->e[hint].seq;
-    return fm_vv_get(v, author);
+    bool found;
+    uint32_t i = vv_find_hinted(v, author, hint, &found);
+    return found ? v->e[i].seq : 0;
 }
 
 int fm_vv_set(fm_vv *v, const uint8_t author[FM_ID_BYTES], uint64_t seq)
@@ -108,12 +118,8 @@ int fm_vv_raise(fm_vv *v, const uint8_t author[FM_ID_BYTES], uint64_t seq)
 
 int fm_vv_raise_hinted(fm_vv *v, const uint8_t author[FM_ID_BYTES], uint64_t seq, uint32_t hint)
 {
-    if (hint < v->n && fm_id_cmp(v->e[hint].author, author) == 0) {
-        v->e[hint].seq = FM_MAX(v->e[hint].seq, seq);
-        return 0;
-    }
     bool found;
-    uint32_t i = vv_find(v, author, &found);
+    uint32_t i = vv_find_hinted(v, author, hint, &found);
     if (found) {
         v->e[i].seq = FM_MAX(v->e[i].seq, seq);
         return 0;
