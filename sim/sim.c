@@ -864,10 +864,12 @@ static void run_all(fm_sim *s, bool threads)
         pthread_barrier_wait(&p->done);
         /* A window's waits (setup steps are not windows). The barrier orders the threads'
          * writes before these reads. */
-        uint64_t end = fm_sim_wall_us();
-        for (uint32_t t = 0; !s->job && t < s->nthreads; t++)
-            s->wait_us += end > p->done_us[t] ? end - p->done_us[t] : 0;
-        s->windows += !s->job;
+        if (!s->job) {
+            uint64_t end = fm_sim_wall_us();
+            for (uint32_t t = 0; t < s->nthreads; t++)
+                s->wait_us += end > p->done_us[t] ? end - p->done_us[t] : 0;
+            s->windows++;
+        }
     } else {
         for (uint32_t k = 0; k < s->nworkers; k++)
             run_one(s, k);
