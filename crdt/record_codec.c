@@ -212,7 +212,7 @@ static bool pair_after(uint32_t pref, uint64_t pseq, uint32_t ref, uint64_t seq,
 
 static int rd_regs(dec *d, fm_field *f)
 {
-    uint32_t n, pref = 0, ref;
+    uint32_t n, pref = 0, ref = 0;
     uint64_t pseq = 0, type;
     fm_rd *r = &d->rd;
     if (fm_rd_array(r, &n))
@@ -248,7 +248,7 @@ static int rd_regs(dec *d, fm_field *f)
 
 static int rd_ctrs(dec *d, fm_field *f)
 {
-    uint32_t n, ref, pref = 0;
+    uint32_t n, ref = 0, pref = 0;
     fm_rd *r = &d->rd;
     if (fm_rd_array(r, &n))
         return r->err;
@@ -274,7 +274,7 @@ static int rd_elem(dec *d, fm_elem *e)
     fm_rd *r = &d->rd;
     fm_value v;
     const uint8_t *raw;
-    uint32_t n, ref, pref = 0;
+    uint32_t n, ref = 0, pref = 0;
     uint64_t pseq = 0;
     if (fm_rd_array_exact(r, 2) || fm_rd_value(r, &v, &raw, &e->vlen) || fm_rd_array(r, &n))
         return r->err;

@@ -612,7 +612,7 @@ static int print_text(void *arg, const char *text)
 static int cmd_mesh(const cli *c)
 {
     const char *sub = c->argc ? c->argv[0] : "";
-    uint32_t days;
+    uint32_t days = 0;
     if (strcmp(sub, "create") == 0    ? c->argc != 1 || parse_days(c, &days)
         : strcmp(sub, "import") == 0  ? c->argc != 2
         : strcmp(sub, "members") == 0 ? c->argc != 1

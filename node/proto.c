@@ -297,7 +297,7 @@ static int groups_decode(uint64_t type, const uint8_t *p, size_t len, uint32_t m
         return r.err;
     for (uint32_t g = 0; g < groups; g++) {
         fm_proto_name name;
-        uint32_t k;
+        uint32_t k = 0;
         if (total == max)
             return FM_ELIMIT; /* another group, and no item may follow */
         if (fm_rd_array_exact(&r, 2) || rd_name(&r, &name) ||

@@ -72,7 +72,7 @@ static void node_open(node *nd, uint8_t n, const char *path, uint64_t now)
     CHECK_OK(fm_identity_from_seed(seed, &nd->id));
     fm_identity_public(nd->id, nd->pk);
     if (path)
-        snprintf(nd->path, sizeof nd->path, "%s", path);
+        CHECK(snprintf(nd->path, sizeof nd->path, "%s", path) < (int)sizeof nd->path);
     fm_replica_config cfg = {
         .version = FM_REPLICA_CONFIG_VERSION, .path = path, .identity = nd->id, .env = &nd->te.env};
     CHECK_OK(fm_replica_open(&cfg, &nd->r));
