@@ -50,6 +50,15 @@ typedef struct lazy_ent {
     uint64_t due;    /* missing: when to graft */
 } lazy_ent;
 
+/* An announcement waiting to go out. Its collection's name is in the connection's ihave_names,
+ * once for a run of entries of one collection: a lazy_ent each (128 bytes, half of it the name)
+ * made a busy relay's queues 2.7 times larger, reallocated and faulted in again every flush. */
+typedef struct ihave_ent {
+    uint8_t author[FM_ID_BYTES];
+    uint64_t seq;
+    uint32_t name_off, name_len; /* in ihave_names */
+} ihave_ent;
+
 typedef struct conn {
     bool used;
     fm_conn_id id;
@@ -92,9 +101,10 @@ typedef struct conn {
     /* Lazy push (Plumtree): a peer that PRUNEd us gets IHAVE for what we apply, not BATCHES,
      * until it grafts; we PRUNE a peer whose push we already held. */
     bool lazy, pruned;
-    lazy_ent *ihave; /* entries waiting for the next IHAVE */
+    ihave_ent *ihave; /* entries waiting for the next IHAVE */
     uint32_t nihave, cihave;
-    uint64_t ihave_at; /* when they go out (0: none wait) */
+    fm_buf ihave_names; /* their collections' names */
+    uint64_t ihave_at;  /* when they go out (0: none wait) */
     /* The peer's own sessions, from its last PEERS: device id prefixes, ascending. */
     bool nbr_known;
     uint32_t nnbr;
@@ -307,6 +317,7 @@ static void conn_drop(fm_node *n, conn *c, bool failed)
     fm_session_free(c->s);
     fm_buf_free(&c->out);
     free(c->ihave);
+    fm_buf_free(&c->ihave_names);
     FM_ASSERT(n->ndefer >= c->ndefer);
     n->ndefer -= c->ndefer;
     n->defer_scan |= n->ndefer > 0; /* it may have been what they waited for */
@@ -665,12 +676,16 @@ static bool send_feed(fm_node *n, pump_ctx *x, const fm_coll *coll, const uint8_
 /* The entries a run of one collection starting at i covers (at most FM_PROTO_MAX_IHAVE). */
 static uint32_t ihave_run(const conn *c, uint32_t i)
 {
-    const lazy_ent *e = &c->ihave[i];
     uint32_t k = 1;
-    while (i + k < c->nihave && k < FM_PROTO_MAX_IHAVE && c->ihave[i + k].len == e->len &&
-           memcmp(c->ihave[i + k].coll, e->coll, e->len) == 0)
+    while (i + k < c->nihave && k < FM_PROTO_MAX_IHAVE &&
+           c->ihave[i + k].name_off == c->ihave[i].name_off)
         k++;
     return k;
+}
+
+static const uint8_t *ihave_name(const conn *c, uint32_t i)
+{
+    return c->ihave_names.data + c->ihave[i].name_off;
 }
 
 /* Announcements went out (or the connection failed): a burst's room is not kept for good. */
@@ -682,6 +697,7 @@ static void ihave_clear(conn *c)
         c->ihave = NULL;
         c->cihave = 0;
     }
+    fm_buf_recycle(&c->ihave_names, FM_NODE_KEEP_IHAVE * FM_MAX_COLLECTION_LEN);
 }
 
 /* ANNOUNCE to a peer that takes it: many collections' announcements in one frame. */
@@ -700,7 +716,7 @@ static int announce_flush(fm_node *n, conn *c)
         fm_wr_init(&w, msg);
         fm_proto_announce_begin(&w, groups);
         for (uint32_t g = 0; g < groups; i += run[g++]) {
-            fm_proto_announce_group(&w, c->ihave[i].coll, c->ihave[i].len, run[g]);
+            fm_proto_announce_group(&w, ihave_name(c, i), c->ihave[i].name_len, run[g]);
             for (uint32_t j = 0; j < run[g]; j++)
                 fm_proto_ihave_entry(&w, c->ihave[i + j].author, c->ihave[i + j].seq);
         }
@@ -722,13 +738,12 @@ static int ihave_flush(fm_node *n, conn *c)
         return announce_flush(n, c);
     uint32_t i = 0;
     while (i < c->nihave) {
-        const lazy_ent *e = &c->ihave[i];
         uint32_t k = ihave_run(c, i);
         fm_buf *msg = &n->scratch;
         fm_buf_reset(msg);
         fm_wr w;
         fm_wr_init(&w, msg);
-        fm_proto_ihave_begin(&w, e->coll, e->len, k);
+        fm_proto_ihave_begin(&w, ihave_name(c, i), c->ihave[i].name_len, k);
         for (uint32_t j = 0; j < k; j++)
             fm_proto_ihave_entry(&w, c->ihave[i + j].author, c->ihave[i + j].seq);
         int rc = conn_send(n, c, msg);
@@ -752,9 +767,21 @@ static void ihave_queue(fm_node *n, conn *c, const fm_batch *b, uint32_t delay_m
         c->err = FM_ENOMEM;
         return;
     }
-    lazy_ent *e = &c->ihave[c->nihave++];
-    memcpy(e->coll, b->coll, b->coll_len);
-    e->len = b->coll_len;
+    /* A run of one collection shares its name; a new run appends it. */
+    const ihave_ent *last = c->nihave ? &c->ihave[c->nihave - 1] : NULL;
+    uint32_t off = last ? last->name_off : 0;
+    if (!last || last->name_len != b->coll_len ||
+        memcmp(c->ihave_names.data + off, b->coll, b->coll_len) != 0) {
+        off = (uint32_t)c->ihave_names.len;
+        if (fm_buf_append(&c->ihave_names, b->coll, b->coll_len)) {
+            c->ihave_names.oom = false;
+            c->err = FM_ENOMEM;
+            return;
+        }
+    }
+    ihave_ent *e = &c->ihave[c->nihave++];
+    e->name_off = off;
+    e->name_len = b->coll_len;
     memcpy(e->author, b->author, FM_ID_BYTES);
     e->seq = fm_batch_last_seq(b);
     uint64_t at = now_ms(n) + delay_ms;
@@ -2091,6 +2118,7 @@ int fm_node_conn_open(fm_node *n, fm_conn_id id, bool initiator, const char *add
     enter(n);
     c->opened_ms = c->last_rx_ms = now_ms(n);
     fm_buf_init(&c->out);
+    fm_buf_init(&c->ihave_names);
     int rc = fm_session_new(n->env, n->r->identity, n->cert, n->cert_len, n->mesh,
                             initiator ? FM_SESSION_INITIATOR : FM_SESSION_RESPONDER, &c->s);
     if (!rc && initiator)
