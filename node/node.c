@@ -51,8 +51,8 @@ typedef struct lazy_ent {
 } lazy_ent;
 
 /* An announcement waiting to go out. Its collection's name is in the connection's ihave_names,
- * once for a run of entries of one collection: a lazy_ent each (128 bytes, half of it the name)
- * made a busy relay's queues 2.7 times larger, reallocated and faulted in again every flush. */
+ * once for a run of entries of one collection: as a lazy_ent (128 bytes, half of it the name) a
+ * busy relay's queue, reallocated and faulted in again after every flush, was 2.7 times larger. */
 typedef struct ihave_ent {
     uint8_t author[FM_ID_BYTES];
     uint64_t seq;
