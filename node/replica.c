@@ -74,7 +74,7 @@ static int hlc_load(fm_replica *r)
     return rc;
 }
 
-int fm_replica_open(const fm_replica_config *cfg, fm_replica **out)
+static int replica_open(const fm_replica_config *cfg, fm_store *st, fm_replica **out)
 {
     if (!cfg || cfg->version != FM_REPLICA_CONFIG_VERSION || !cfg->identity || !out)
         return FM_EINVAL;
@@ -93,7 +93,9 @@ int fm_replica_open(const fm_replica_config *cfg, fm_replica **out)
     if (rc)
         goto fail;
     fm_identity_public(r->identity, r->device);
-    if ((rc = fm_store_open(cfg->path, &r->store)) || (rc = replica_reload(r)) ||
+    r->store = st;
+    r->store_borrowed = st != NULL;
+    if ((!st && (rc = fm_store_open(cfg->path, &r->store))) || (rc = replica_reload(r)) ||
         (rc = hlc_load(r)) || (rc = fm__mesh_load(r)))
         goto fail;
     *out = r;
@@ -101,6 +103,16 @@ int fm_replica_open(const fm_replica_config *cfg, fm_replica **out)
 fail:
     fm_replica_close(r);
     return rc;
+}
+
+int fm_replica_open(const fm_replica_config *cfg, fm_replica **out)
+{
+    return replica_open(cfg, NULL, out);
+}
+
+int fm__replica_open_on(const fm_replica_config *cfg, fm_store *st, fm_replica **out)
+{
+    return st ? replica_open(cfg, st, out) : FM_EINVAL;
 }
 
 static void pending_clear(fm_replica *r)
@@ -127,7 +139,10 @@ void fm_replica_close(fm_replica *r)
     free(r->recent);
     fm__revocation_free(r);
     fm__mesh_free(r);
-    fm_store_close(r->store);
+    if (!r->store_borrowed)
+        fm_store_close(r->store);
+    else if (r->store)
+        fm_store_rollback(r->store); /* whatever the flush could not commit */
     fm_identity_free(r->identity);
     free(r);
 }

@@ -29,7 +29,6 @@
 #include "sim/sim.h"
 
 #include <sodium.h>
-#include <sqlite3.h>
 
 #define SIM_BASE_EPOCH_MS 1800000000000ull
 #define SIM_YEAR_MS 31557600000ull
@@ -130,7 +129,7 @@ typedef struct sim_node {
     fm_identity *id;
     uint8_t dev[FM_ID_BYTES];
     char uri[112];
-    sqlite3 *hold; /* keeps the in-memory store alive across a crash */
+    fm_store *store; /* in memory, open from the first start to the end: crashes keep it */
     fm_replica *r;
     fm_node *n;
     fm_node_io io;

@@ -2519,8 +2519,8 @@ static void test_import_members(void)
 /* ---- in-memory stores shared within a process -------------------------------------------------
  */
 
-/* A replica on an in-memory URI (the memdb VFS, or a shared-cache mode=memory database as the
- * simulator uses) survives close and reopen (a simulated crash) while another connection holds
+/* A replica on an in-memory URI (the memdb VFS, or a shared-cache mode=memory database)
+ * survives close and reopen (a simulated crash) while another connection holds
  * the database; with none left, the database is gone. Nothing touches disk. */
 static void memory_uri_reopen(const char *fmt)
 {
@@ -2570,6 +2570,46 @@ static void test_memdb_uri_reopen(void)
 static void test_shared_memory_uri_reopen(void)
 {
     memory_uri_reopen("file:fm-test-replica-%d?mode=memory&cache=shared");
+}
+
+/* A replica over a store its caller keeps (the simulator's way across a crash): close leaves
+ * the store open with nothing uncommitted, and a replica reopened on it has everything. */
+static void test_borrowed_store_reopen(void)
+{
+    fm_store *st;
+    CHECK_OK(fm_store_open("file:fm-test-borrowed?mode=memory", &st));
+    if (!st)
+        return;
+    node a, b;
+    node_open(&a, 1, NULL, T0);
+    fm_replica_close(a.r);
+    fm_replica_config cfg = {
+        .version = FM_REPLICA_CONFIG_VERSION, .identity = a.id, .env = &a.te.env};
+    CHECK_RC(fm__replica_open_on(&cfg, NULL, &a.r), FM_EINVAL);
+    CHECK_OK(fm__replica_open_on(&cfg, st, &a.r));
+    node_open(&b, 2, NULL, T0);
+    put_str(a.r, "c", "x", "f", FM_KIND_LWW, "mine");
+    put_str(b.r, "c", "y", "f", FM_KIND_LWW, "theirs");
+    incr(b.r, "c", "y", "n", 3);
+    sync_all(b.r, a.r);
+    /* Relayed batches wait in an open transaction: close commits them, and ends it. */
+    fm__replica_set_group_commit(a.r, 64);
+    sync_all(a.r, b.r);
+    CHECK(a.r->txn_open);
+    fm_replica_close(a.r);
+    CHECK_OK(fm_store_begin(st)); /* fails inside a transaction */
+    fm_store_rollback(st);
+    CHECK_OK(fm__replica_open_on(&cfg, st, &a.r));
+    CHECK_SAME_STATE(a.r, b.r);
+    CHECK_JSON(a.r, "c", "y", "{\"f\":\"theirs\",\"n\":3}");
+    /* The feed goes on where it was. */
+    put_str(a.r, "c", "x", "f", FM_KIND_LWW, "again");
+    sync_all(b.r, a.r);
+    CHECK_SAME_STATE(b.r, a.r);
+    CHECK_EQ_INT(status_of(b.r).forked_authors, 0);
+    node_close(&a);
+    node_close(&b);
+    fm_store_close(st);
 }
 
 /* A few batches lacking early in a long log: export walks their feeds, not the log. */
@@ -2747,6 +2787,7 @@ int main(void)
     RUN(test_import_members);
     RUN(test_memdb_uri_reopen);
     RUN(test_shared_memory_uri_reopen);
+    RUN(test_borrowed_store_reopen);
     RUN(test_group_commit);
     RUN(test_export_merge);
     if (fm_test_failures)
