@@ -1254,7 +1254,7 @@ int fm_sim_open(const fm_sim_config *cfg, fm_sim **out)
     /* Nothing reaches another node sooner than this (net.c). */
     s->window_us =
         s->link.latency_us > s->link.jitter_us ? s->link.latency_us - s->link.jitter_us : 1;
-    /* In-memory database names are per process; the handle's address keeps two runs apart. */
+    /* Names for the nodes' in-memory stores: labels only, as each is private to its connection. */
     snprintf(s->tag, sizeof s->tag, "%" PRIx64 "-%" PRIxPTR, cfg->seed, (uintptr_t)s);
     s->nodes = calloc(s->n, sizeof *s->nodes);
     s->uf = calloc(s->n, sizeof *s->uf);
