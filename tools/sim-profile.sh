@@ -21,7 +21,10 @@ while [ $# -gt 0 ]; do
     *) break ;;
     esac
 done
-[ $# -ge 1 ] && [ $# -le 2 ] || { echo "usage: sim-profile.sh [--nodes N] [--top K] SIM [SIM2]" >&2; exit 2; }
+if [ $# -lt 1 ] || [ $# -gt 2 ]; then
+    echo "usage: sim-profile.sh [--nodes N] [--top K] SIM [SIM2]" >&2
+    exit 2
+fi
 case $nodes in '' | *[!0-9]*) echo "sim-profile: --nodes wants a number" >&2; exit 2 ;; esac
 case $top in '' | *[!0-9]*) echo "sim-profile: --top wants a number" >&2; exit 2 ;; esac
 command -v valgrind > /dev/null || { echo "sim-profile: needs valgrind" >&2; exit 2; }
