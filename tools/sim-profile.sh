@@ -41,14 +41,20 @@ for b in "$@"; do
 done
 wait
 i=0
+traces=()
 for b in "$@"; do
     i=$((i + 1))
     total=$(sed -n 's/^summary: //p' "$T/cg$i.out")
     trace=$(grep -o '"trace_hash":"[0-9a-f]*' "$T/run$i.json" | cut -d'"' -f4)
     echo "== $b: $total instructions, trace ${trace:0:16}"
-    callgrind_annotate --inclusive=yes "$T/cg$i.out" 2> /dev/null |
-        grep -E '^ *[0-9,]+ +\([ 0-9.]+%\) +' |
+    traces+=("$trace")
+    callgrind_annotate --inclusive=yes "$T/cg$i.out" > "$T/annotate$i.txt" 2> /dev/null
+    # sed, not head: it reads to the end, so nothing upstream dies of SIGPIPE under pipefail.
+    grep -E '^ *[0-9,]+ +\([ 0-9.]+%\) +' "$T/annotate$i.txt" |
         grep -vE 'PROGRAM TOTALS|libc-start|\(below main\)|ld-linux|:main \[|thread_main|start_thread|clone3' |
-        head -n "$top"
+        sed -n "1,${top}p"
 done
+if [ ${#traces[@]} -eq 2 ] && [ "${traces[0]}" != "${traces[1]}" ]; then
+    echo "sim-profile: the traces differ: the two binaries did different work"
+fi
 echo "sim-profile: callgrind files in $T"

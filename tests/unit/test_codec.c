@@ -11,6 +11,7 @@
 #include "crdt/vv.h"
 #include "fm_test.h"
 
+#include <sodium.h>
 #include <float.h>
 #include <math.h>
 
@@ -863,6 +864,26 @@ static void test_vv_basics(void)
     CHECK_OK(fm_vv_set(&c, k3, 6));
     CHECK_OK(fm_vv_digest(&c, d2));
     CHECK(memcmp(d1, d2, 32) != 0);
+    /* A digest is the hash of the encoding, however many chunks it is hashed in: empty, one
+     * entry, and 1,000 (some 40 KB). */
+    fm_vv big;
+    fm_vv_init(&big);
+    for (uint32_t n = 0; n <= 1000; n++) {
+        if (n == 0 || n == 1 || n == 110 || n == 1000) {
+            fm_buf enc;
+            fm_buf_init(&enc);
+            CHECK_OK(fm_vv_encode(&big, &enc));
+            uint8_t want[32];
+            crypto_generichash(want, sizeof want, enc.data, enc.len, NULL, 0);
+            CHECK_OK(fm_vv_digest(&big, d1));
+            CHECK_MEM(d1, want, 32);
+            fm_buf_free(&enc);
+        }
+        uint8_t k[32] = {0};
+        k[0] = (uint8_t)(n >> 8), k[1] = (uint8_t)n, k[31] = 0x5a;
+        CHECK_OK(fm_vv_set(&big, k, 1000000007ull * (n + 1)));
+    }
+    fm_vv_free(&big);
     fm_vv_free(&a);
     fm_vv_free(&b);
     fm_vv_free(&c);
