@@ -8,7 +8,8 @@
 #
 # N defaults to 300 (about 8 minutes; 100 takes about 2), with ten writes per node as in the
 # target. Prints, per binary, the total, the trace hash and the K (default 25) costliest functions
-# by inclusive instructions; the callgrind files stay in a temporary directory named at the end.
+# by inclusive instructions. The callgrind files and each run's output stay in a temporary
+# directory, named at the end (and when a run fails), for callgrind_annotate or kcachegrind.
 # Needs valgrind (apt-get install -y valgrind).
 set -euo pipefail
 nodes=300 top=25
@@ -30,16 +31,26 @@ case $top in '' | *[!0-9]*) echo "sim-profile: --top wants a number" >&2; exit 2
 command -v valgrind > /dev/null || { echo "sim-profile: needs valgrind" >&2; exit 2; }
 for b in "$@"; do [ -x "$b" ] || { echo "sim-profile: $b is not an executable" >&2; exit 2; }; done
 T=$(mktemp -d "${TMPDIR:-/tmp}/fm-profile-XXXXXX")
-# The simulator sets these malloc tunables by re-executing itself, which valgrind cannot follow.
+# The tunables sim/main.c sets by re-executing itself, which valgrind would not follow.
 export GLIBC_TUNABLES=glibc.malloc.trim_threshold=4294967296:glibc.malloc.mmap_threshold=33554432
 i=0
+pids=()
 for b in "$@"; do
     i=$((i + 1))
     valgrind --tool=callgrind --callgrind-out-file="$T/cg$i.out" "$b" --nodes "$nodes" \
         --topology rgg --degree 6 --loss 0.1 --churn 0.2 --writes $((nodes * 10)) --seed 1 \
         --json --threads 1 > "$T/run$i.json" 2> "$T/run$i.err" &
+    pids+=($!)
 done
-wait
+bins=("$@")
+failed=0
+for k in "${!pids[@]}"; do
+    if ! wait "${pids[$k]}"; then
+        echo "sim-profile: ${bins[$k]} failed under callgrind: see $T/run$((k + 1)).err" >&2
+        failed=1
+    fi
+done
+[ "$failed" = 0 ] || exit 1
 i=0
 traces=()
 for b in "$@"; do
