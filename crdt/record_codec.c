@@ -8,55 +8,120 @@
 #include <stdlib.h>
 #include <string.h>
 
+#define SWAP(T, a, b)                                                                              \
+    do {                                                                                           \
+        T t_ = (a);                                                                                \
+        (a) = (b);                                                                                 \
+        (b) = t_;                                                                                  \
+    } while (0)
+
+/* The authors a record names: refs are positions in key order. A counter that every device
+ * increments names a thousand, so finding one is a binary search, not a scan (encoding such a
+ * record was quadratic in its authors). */
 typedef struct ref_map {
-    uint32_t *idx; /* author indexes sorted by key: position = ref */
-    uint32_t n, cap;
+    uint32_t *idx; /* the distinct author indexes, ascending */
+    uint32_t *ref; /* ref[i]: idx[i]'s position in key order */
+    uint32_t *ord; /* ord[j]: the author index whose ref is j */
+    uint32_t n;
+    uint32_t small[3][16]; /* idx, ref and ord of a record naming few authors */
 } ref_map;
 
-static int refs_add(ref_map *m, uint32_t author)
+static void refs_free(ref_map *m)
 {
-    for (uint32_t i = 0; i < m->n; i++)
-        if (m->idx[i] == author)
-            return 0;
-    if (fm_grow((void **)&m->idx, m->n, &m->cap, sizeof *m->idx))
-        return FM_ENOMEM;
-    m->idx[m->n++] = author;
-    return 0;
+    if (m->idx != m->small[0])
+        free(m->idx);
 }
 
 static uint32_t refs_get(const ref_map *m, uint32_t author)
 {
-    for (uint32_t i = 0; i < m->n; i++)
-        if (m->idx[i] == author)
-            return i;
+    uint32_t lo = 0, hi = m->n;
+    while (lo < hi) {
+        uint32_t mid = lo + (hi - lo) / 2;
+        if (m->idx[mid] == author)
+            return m->ref[mid];
+        if (m->idx[mid] < author)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
     FM_ASSERT(0 && "author not collected");
+}
+
+static int u32_cmp(const void *x, const void *y)
+{
+    uint32_t a = *(const uint32_t *)x, b = *(const uint32_t *)y;
+    return a < b ? -1 : a > b;
+}
+
+typedef struct key_item {
+    const uint8_t *key;
+    uint32_t idx;
+} key_item;
+
+static int key_item_cmp(const void *x, const void *y)
+{
+    return memcmp(((const key_item *)x)->key, ((const key_item *)y)->key, FM_ID_BYTES);
+}
+
+/* Every author reference of r (out NULL: only counts them). */
+static size_t list_refs(const fm_rec *r, uint32_t *out)
+{
+    size_t n = 0;
+#define PUT(a) (out ? (void)(out[n] = (a)) : (void)0, n++)
+    for (uint32_t i = 0; i < r->nfields; i++) {
+        const fm_field *f = &r->fields[i];
+        PUT(f->kind_author);
+        for (uint32_t k = 0; k < f->nregs; k++)
+            PUT(f->regs[k].author);
+        for (uint32_t k = 0; k < f->nctrs; k++)
+            PUT(f->ctrs[k].author);
+        for (uint32_t k = 0; k < f->nelems; k++)
+            for (uint32_t d = 0; d < f->elems[k].ndots; d++)
+                PUT(f->elems[k].dots[d].author);
+    }
+#undef PUT
+    return n;
 }
 
 static int collect_refs(const fm_rec *r, const fm_authors *a, ref_map *m)
 {
-    int rc = 0;
-    for (uint32_t i = 0; i < r->nfields && !rc; i++) {
-        const fm_field *f = &r->fields[i];
-        rc = refs_add(m, f->kind_author);
-        for (uint32_t k = 0; k < f->nregs && !rc; k++)
-            rc = refs_add(m, f->regs[k].author);
-        for (uint32_t k = 0; k < f->nctrs && !rc; k++)
-            rc = refs_add(m, f->ctrs[k].author);
-        for (uint32_t k = 0; k < f->nelems; k++)
-            for (uint32_t d = 0; d < f->elems[k].ndots && !rc; d++)
-                rc = refs_add(m, f->elems[k].dots[d].author);
-    }
-    if (rc)
-        return rc;
-    /* Insertion sort by key: records reference few authors. */
-    for (uint32_t i = 1; i < m->n; i++) {
-        uint32_t v = m->idx[i], j = i;
-        while (j > 0 && memcmp(fm_authors_key(a, m->idx[j - 1]), fm_authors_key(a, v), 32) > 0) {
-            m->idx[j] = m->idx[j - 1];
-            j--;
+    size_t total = list_refs(r, NULL);
+    key_item small[FM_ARRAY_LEN(m->small[0])], *keys = small;
+    m->idx = m->small[0], m->ref = m->small[1], m->ord = m->small[2];
+    if (total > FM_ARRAY_LEN(small)) {
+        m->idx = fm_reallocarray(NULL, total, 3 * sizeof *m->idx);
+        keys = fm_reallocarray(NULL, total, sizeof *keys);
+        if (!m->idx || !keys) {
+            free(m->idx), free(keys);
+            return FM_ENOMEM;
         }
-        m->idx[j] = v;
+        m->ref = m->idx + total, m->ord = m->ref + total;
     }
+    list_refs(r, m->idx);
+    if (total > FM_ARRAY_LEN(small))
+        qsort(m->idx, total, sizeof *m->idx, u32_cmp);
+    else /* most records: a few refs, where qsort's setup costs more than the sort */
+        for (size_t i = 1; i < total; i++)
+            for (size_t j = i; j > 0 && m->idx[j - 1] > m->idx[j]; j--)
+                SWAP(uint32_t, m->idx[j - 1], m->idx[j]);
+    m->n = 0;
+    for (size_t i = 0; i < total; i++)
+        if (m->n == 0 || m->idx[m->n - 1] != m->idx[i])
+            m->idx[m->n++] = m->idx[i];
+    for (uint32_t i = 0; i < m->n; i++)
+        keys[i] = (key_item){fm_authors_key(a, m->idx[i]), i};
+    if (m->n > FM_ARRAY_LEN(small))
+        qsort(keys, m->n, sizeof *keys, key_item_cmp);
+    else
+        for (uint32_t i = 1; i < m->n; i++)
+            for (uint32_t j = i; j > 0 && key_item_cmp(&keys[j - 1], &keys[j]) > 0; j--)
+                SWAP(key_item, keys[j - 1], keys[j]);
+    for (uint32_t j = 0; j < m->n; j++) {
+        m->ref[keys[j].idx] = j;
+        m->ord[j] = m->idx[keys[j].idx];
+    }
+    if (keys != small)
+        free(keys);
     return 0;
 }
 
@@ -160,24 +225,23 @@ static int write_field(fm_wr *w, const ref_map *m, const fm_field *f)
 
 int fm_rec_encode(const fm_rec *r, const fm_authors *authors, fm_buf *out)
 {
-    ref_map m = {0};
+    ref_map m;
     int rc = collect_refs(r, authors, &m);
     if (rc)
-        goto out;
+        return rc;
     fm_wr w;
     fm_wr_init(&w, out);
     msgpack_pack_array(FM_PK(&w), 3);
     msgpack_pack_uint8(FM_PK(&w), r->deleted ? 1 : 0);
     msgpack_pack_array(FM_PK(&w), m.n);
     for (uint32_t i = 0; i < m.n; i++)
-        fm_wr_bin(&w, fm_authors_key(authors, m.idx[i]), FM_ID_BYTES);
+        fm_wr_bin(&w, fm_authors_key(authors, m.ord[i]), FM_ID_BYTES);
     msgpack_pack_array(FM_PK(&w), r->nfields);
     for (uint32_t i = 0; i < r->nfields && !rc; i++)
         rc = write_field(&w, &m, &r->fields[i]);
     if (!rc && out->oom)
         rc = FM_ENOMEM;
-out:
-    free(m.idx);
+    refs_free(&m);
     return rc;
 }
 

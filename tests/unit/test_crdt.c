@@ -263,6 +263,70 @@ static void test_record_roundtrip_canonical(void)
     teardown();
 }
 
+/* A record that forty devices wrote (a counter, a multi-value register and a set each): its
+ * encoding names them in key order whatever order a replica interned them in. */
+static void test_record_many_authors(void)
+{
+    setup();
+    enum { N = 40 };
+    static h_author w[N];
+    for (int i = 0; i < N; i++) {
+        h_author_init(&w[i], (uint8_t)(10 + i));
+        h_op(&w[i], FM_OP_INCR, "r", "n", fm_value_int(i + 1));
+        h_op(&w[i], FM_OP_SET_MV, "r", "a", fm_value_int(i));
+        char v[8];
+        snprintf(v, sizeof v, "v%d", i % 7);
+        h_op(&w[i], FM_OP_ADD, "r", "s", fm_value_str(v));
+        h_commit(&w[i], COLL, T0 + (uint64_t)i, &L);
+    }
+    CHECK_EQ_INT(h_deliver(&C.st, L.b, L.n), N);
+    CHECK_EQ_INT(field_of(&C.st, "r", "n")->nctrs, N);
+    fm_coll *c = fm_state_coll(&C.st, (const uint8_t *)COLL, 6);
+    int rc;
+    fm_rec *r = fm_state_record(&C.st, c, (const uint8_t *)"r", 1, &rc);
+    fm_buf e1, e2;
+    fm_buf_init(&e1);
+    fm_buf_init(&e2);
+    CHECK_OK(fm_rec_encode(r, &C.st.authors, &e1));
+    /* The authors: array(3), deleted, then N bin32 keys, strictly ascending. */
+    fm_rd rd;
+    fm_rd_init(&rd, e1.data, e1.len);
+    uint32_t n;
+    uint64_t del;
+    CHECK_OK(fm_rd_array(&rd, &n));
+    CHECK_OK(fm_rd_uint(&rd, &del));
+    CHECK_OK(fm_rd_array(&rd, &n));
+    CHECK_EQ_INT(n, N);
+    const uint8_t *prev = NULL;
+    for (uint32_t i = 0; i < n; i++) {
+        const uint8_t *k;
+        uint32_t len;
+        CHECK_OK(fm_rd_bin(&rd, &k, &len, FM_ID_BYTES));
+        CHECK_EQ_INT(len, FM_ID_BYTES);
+        CHECK(!prev || memcmp(prev, k, FM_ID_BYTES) < 0);
+        prev = k;
+    }
+    /* Another replica that met the authors in the opposite order encodes the same bytes. */
+    fm_authors other;
+    fm_authors_init(&other);
+    for (int i = C.st.authors.n; i-- > 0;) {
+        uint32_t idx;
+        CHECK_OK(fm_authors_intern(&other, fm_authors_key(&C.st.authors, (uint32_t)i), &idx));
+    }
+    fm_rec *back = fm_rec_new((const uint8_t *)"r", 1);
+    CHECK_OK(fm_rec_decode(back, &other, e1.data, e1.len));
+    CHECK_OK(fm_rec_encode(back, &other, &e2));
+    CHECK_EQ_INT(e1.len, e2.len);
+    CHECK_MEM(e1.data, e2.data, e1.len);
+    fm_rec_free(back);
+    fm_authors_free(&other);
+    fm_buf_free(&e1);
+    fm_buf_free(&e2);
+    for (int i = 0; i < N; i++)
+        h_author_free(&w[i]);
+    teardown();
+}
+
 int main(void)
 {
     RUN(test_lww_per_field);
@@ -272,5 +336,6 @@ int main(void)
     RUN(test_delete_is_final);
     RUN(test_mv_conflict_then_resolved);
     RUN(test_record_roundtrip_canonical);
+    RUN(test_record_many_authors);
     TEST_MAIN_END();
 }
