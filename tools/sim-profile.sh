@@ -4,12 +4,14 @@
 # wall time varies by up to 20 % from run to run and by half from day to day. Give two binaries
 # for an A/B; both run at once (one CPU each) and must give the same trace for the same work.
 #
-#   tools/sim-profile.sh [--nodes N] [--top K] FIELDMESH-SIM [OTHER-FIELDMESH-SIM]
+#   tools/sim-profile.sh [--nodes N] [--top K] FIELDMESH-SIM [OTHER-FIELDMESH-SIM] [-- SIM-FLAGS...]
 #
 # N defaults to 300 (about 8 minutes; 100 takes about 2), with ten writes per node as in the
 # target. Prints, per binary, the total, the trace hash and the K (default 25) costliest functions
 # by inclusive instructions. The callgrind files and each run's output stay in a temporary
 # directory, named at the end (and when a run fails), for callgrind_annotate or kcachegrind.
+# Flags after -- go to every run, after the scenario's own (a later flag wins: --link ble,
+# --push-delay-ms 0): one binary's instructions under two settings are two profiles.
 # Needs valgrind (apt-get install -y valgrind).
 set -euo pipefail
 nodes=300 top=25
@@ -17,15 +19,24 @@ while [ $# -gt 0 ]; do
     case $1 in
     --nodes) nodes=$2; shift 2 ;;
     --top) top=$2; shift 2 ;;
-    -h | --help) sed -n '2,12p' "$0"; exit 0 ;;
+    --) break ;;
+    -h | --help) sed -n '2,14p' "$0"; exit 0 ;;
     -*) echo "sim-profile: unknown flag $1" >&2; exit 2 ;;
     *) break ;;
     esac
 done
-if [ $# -lt 1 ] || [ $# -gt 2 ]; then
-    echo "usage: sim-profile.sh [--nodes N] [--top K] SIM [SIM2]" >&2
+bins=()
+while [ $# -gt 0 ] && [ "$1" != -- ]; do
+    bins+=("$1")
+    shift
+done
+if [ $# -gt 0 ]; then shift; fi # the --: what is left goes to the simulator
+extra=("$@")
+if [ ${#bins[@]} -lt 1 ] || [ ${#bins[@]} -gt 2 ]; then
+    echo "usage: sim-profile.sh [--nodes N] [--top K] SIM [SIM2] [-- SIM-FLAGS...]" >&2
     exit 2
 fi
+set -- "${bins[@]}"
 case $nodes in '' | *[!0-9]*) echo "sim-profile: --nodes wants a number" >&2; exit 2 ;; esac
 case $top in '' | *[!0-9]*) echo "sim-profile: --top wants a number" >&2; exit 2 ;; esac
 command -v valgrind > /dev/null || { echo "sim-profile: needs valgrind" >&2; exit 2; }
@@ -39,7 +50,7 @@ for b in "$@"; do
     i=$((i + 1))
     valgrind --tool=callgrind --callgrind-out-file="$T/cg$i.out" "$b" --nodes "$nodes" \
         --topology rgg --degree 6 --loss 0.1 --churn 0.2 --writes $((nodes * 10)) --seed 1 \
-        --json --threads 1 > "$T/run$i.json" 2> "$T/run$i.err" &
+        --json --threads 1 ${extra[@]+"${extra[@]}"} > "$T/run$i.json" 2> "$T/run$i.err" &
     pids+=($!)
 done
 bins=("$@")
