@@ -25,13 +25,30 @@ static void teardown(void)
     h_log_free(&L);
 }
 
-static fm_field *field_of(fm_state *st, const char *id, const char *name)
+static fm_rec *record_of(fm_state *st, const char *id)
 {
     fm_coll *c = fm_state_coll(st, (const uint8_t *)COLL, strlen(COLL));
-    if (!c)
-        return NULL;
     int rc;
-    fm_rec *r = fm_state_record(st, c, (const uint8_t *)id, (uint32_t)strlen(id), &rc);
+    return c ? fm_state_record(st, c, (const uint8_t *)id, (uint32_t)strlen(id), &rc) : NULL;
+}
+
+/* enc, decoded with authors' interning and encoded again: the same bytes. */
+static void check_reencodes(fm_authors *authors, const fm_buf *enc)
+{
+    fm_rec *back = fm_rec_new((const uint8_t *)"r", 1);
+    fm_buf e2;
+    fm_buf_init(&e2);
+    CHECK_OK(fm_rec_decode(back, authors, enc->data, enc->len));
+    CHECK_OK(fm_rec_encode(back, authors, &e2));
+    CHECK_EQ_INT(enc->len, e2.len);
+    CHECK_MEM(enc->data, e2.data, enc->len);
+    fm_buf_free(&e2);
+    fm_rec_free(back);
+}
+
+static fm_field *field_of(fm_state *st, const char *id, const char *name)
+{
+    fm_rec *r = record_of(st, id);
     if (!r)
         return NULL;
     for (uint32_t i = 0; i < r->nfields; i++)
@@ -242,24 +259,16 @@ static void test_record_roundtrip_canonical(void)
     h_op(&B, FM_OP_ADD, "r", "s", fm_value_bin("\0\1", 2));
     h_commit(&B, COLL, T0, &L);
     h_deliver(&C.st, L.b, L.n);
-    fm_coll *c = fm_state_coll(&C.st, (const uint8_t *)COLL, 6);
-    int rc;
-    fm_rec *r = fm_state_record(&C.st, c, (const uint8_t *)"r", 1, &rc);
-    fm_buf e1, e2;
+    fm_buf e1;
     fm_buf_init(&e1);
-    fm_buf_init(&e2);
-    CHECK_OK(fm_rec_encode(r, &C.st.authors, &e1));
-    fm_rec *back = fm_rec_new((const uint8_t *)"r", 1);
-    CHECK_OK(fm_rec_decode(back, &C.st.authors, e1.data, e1.len));
-    CHECK_OK(fm_rec_encode(back, &C.st.authors, &e2));
-    CHECK_EQ_INT(e1.len, e2.len);
-    CHECK_MEM(e1.data, e2.data, e1.len);
+    CHECK_OK(fm_rec_encode(record_of(&C.st, "r"), &C.st.authors, &e1));
+    check_reencodes(&C.st.authors, &e1);
     /* Every truncation is refused cleanly. */
+    fm_rec *back = fm_rec_new((const uint8_t *)"r", 1);
     for (size_t n = 0; n < e1.len; n++)
         CHECK(fm_rec_decode(back, &C.st.authors, e1.data, n) < 0);
     fm_rec_free(back);
     fm_buf_free(&e1);
-    fm_buf_free(&e2);
     teardown();
 }
 
@@ -281,13 +290,9 @@ static void test_record_many_authors(void)
     }
     CHECK_EQ_INT(h_deliver(&C.st, L.b, L.n), N);
     CHECK_EQ_INT(field_of(&C.st, "r", "n")->nctrs, N);
-    fm_coll *c = fm_state_coll(&C.st, (const uint8_t *)COLL, 6);
-    int rc;
-    fm_rec *r = fm_state_record(&C.st, c, (const uint8_t *)"r", 1, &rc);
-    fm_buf e1, e2;
+    fm_buf e1;
     fm_buf_init(&e1);
-    fm_buf_init(&e2);
-    CHECK_OK(fm_rec_encode(r, &C.st.authors, &e1));
+    CHECK_OK(fm_rec_encode(record_of(&C.st, "r"), &C.st.authors, &e1));
     /* The authors: array(3), deleted, then N bin32 keys, strictly ascending. */
     fm_rd rd;
     fm_rd_init(&rd, e1.data, e1.len);
@@ -313,15 +318,9 @@ static void test_record_many_authors(void)
         uint32_t idx;
         CHECK_OK(fm_authors_intern(&other, fm_authors_key(&C.st.authors, (uint32_t)i), &idx));
     }
-    fm_rec *back = fm_rec_new((const uint8_t *)"r", 1);
-    CHECK_OK(fm_rec_decode(back, &other, e1.data, e1.len));
-    CHECK_OK(fm_rec_encode(back, &other, &e2));
-    CHECK_EQ_INT(e1.len, e2.len);
-    CHECK_MEM(e1.data, e2.data, e1.len);
-    fm_rec_free(back);
+    check_reencodes(&other, &e1);
     fm_authors_free(&other);
     fm_buf_free(&e1);
-    fm_buf_free(&e2);
     for (int i = 0; i < N; i++)
         h_author_free(&w[i]);
     teardown();
