@@ -8,12 +8,25 @@
 #include <stdlib.h>
 #include <string.h>
 
-#define SWAP(T, a, b)                                                                              \
-    do {                                                                                           \
-        T t_ = (a);                                                                                \
-        (a) = (b);                                                                                 \
-        (b) = t_;                                                                                  \
-    } while (0)
+/* qsort, by insertion for a few elements: most records name a few authors and most fields hold
+ * one value, where qsort's setup costs more than the sort. */
+enum { SORT_FEW = 16 };
+
+static void sort_few(void *base, size_t n, size_t size, int (*cmp)(const void *, const void *))
+{
+    if (n > SORT_FEW) {
+        qsort(base, n, size, cmp);
+        return;
+    }
+    uint8_t *a = base, tmp[32];
+    FM_ASSERT(size <= sizeof tmp);
+    for (size_t i = 1; i < n; i++)
+        for (size_t j = i; j > 0 && cmp(a + (j - 1) * size, a + j * size) > 0; j--) {
+            memcpy(tmp, a + (j - 1) * size, size);
+            memcpy(a + (j - 1) * size, a + j * size, size);
+            memcpy(a + j * size, tmp, size);
+        }
+}
 
 /* The authors a record names: refs are positions in key order. A counter that every device
  * increments names a thousand, so finding one is a binary search, not a scan (encoding such a
@@ -23,7 +36,7 @@ typedef struct ref_map {
     uint32_t *ref; /* ref[i]: idx[i]'s position in key order */
     uint32_t *ord; /* ord[j]: the author index whose ref is j */
     uint32_t n;
-    uint32_t small[3][16]; /* idx, ref and ord of a record naming few authors */
+    uint32_t small[3][SORT_FEW]; /* idx, ref and ord of a record naming few authors */
 } ref_map;
 
 static void refs_free(ref_map *m)
@@ -98,24 +111,14 @@ static int collect_refs(const fm_rec *r, const fm_authors *a, ref_map *m)
         m->ref = m->idx + total, m->ord = m->ref + total;
     }
     list_refs(r, m->idx);
-    if (total > FM_ARRAY_LEN(small))
-        qsort(m->idx, total, sizeof *m->idx, u32_cmp);
-    else /* most records: a few refs, where qsort's setup costs more than the sort */
-        for (size_t i = 1; i < total; i++)
-            for (size_t j = i; j > 0 && m->idx[j - 1] > m->idx[j]; j--)
-                SWAP(uint32_t, m->idx[j - 1], m->idx[j]);
+    sort_few(m->idx, total, sizeof *m->idx, u32_cmp);
     m->n = 0;
     for (size_t i = 0; i < total; i++)
         if (m->n == 0 || m->idx[m->n - 1] != m->idx[i])
             m->idx[m->n++] = m->idx[i];
     for (uint32_t i = 0; i < m->n; i++)
         keys[i] = (key_item){fm_authors_key(a, m->idx[i]), i};
-    if (m->n > FM_ARRAY_LEN(small))
-        qsort(keys, m->n, sizeof *keys, key_item_cmp);
-    else
-        for (uint32_t i = 1; i < m->n; i++)
-            for (uint32_t j = i; j > 0 && key_item_cmp(&keys[j - 1], &keys[j]) > 0; j--)
-                SWAP(key_item, keys[j - 1], keys[j]);
+    sort_few(keys, m->n, sizeof *keys, key_item_cmp);
     for (uint32_t j = 0; j < m->n; j++) {
         m->ref[keys[j].idx] = j;
         m->ord[j] = m->idx[keys[j].idx];
@@ -146,19 +149,12 @@ static int bytes_item_cmp(const void *x, const void *y)
     return fm_bytes_cmp(a->p, a->len, b->p, b->len);
 }
 
-/* Most fields hold one register: nothing to sort. */
-static void sort_items(sort_item *a, uint32_t n, int (*cmp)(const void *, const void *))
-{
-    if (n > 1)
-        qsort(a, n, sizeof *a, cmp);
-}
-
 static void write_elem(fm_wr *w, const ref_map *m, const fm_elem *e, sort_item *tmp)
 {
     fm_wr_bytes_raw(w, e->v, e->vlen);
     for (uint32_t d = 0; d < e->ndots; d++)
         tmp[d] = (sort_item){refs_get(m, e->dots[d].author), e->dots[d].seq, NULL, 0};
-    sort_items(tmp, e->ndots, item_cmp);
+    sort_few(tmp, e->ndots, sizeof *tmp, item_cmp);
     msgpack_pack_array(FM_PK(w), e->ndots);
     for (uint32_t d = 0; d < e->ndots; d++) {
         msgpack_pack_array(FM_PK(w), 2);
@@ -189,7 +185,7 @@ static int write_field(fm_wr *w, const ref_map *m, const fm_field *f)
     msgpack_pack_uint32(FM_PK(w), refs_get(m, f->kind_author));
     for (uint32_t k = 0; k < f->nregs; k++)
         tmp[k] = (sort_item){refs_get(m, f->regs[k].author), f->regs[k].seq, &f->regs[k], 0};
-    sort_items(tmp, f->nregs, item_cmp);
+    sort_few(tmp, f->nregs, sizeof *tmp, item_cmp);
     msgpack_pack_array(FM_PK(w), f->nregs);
     for (uint32_t k = 0; k < f->nregs; k++) {
         const fm_reg *g = tmp[k].p;
@@ -202,7 +198,7 @@ static int write_field(fm_wr *w, const ref_map *m, const fm_field *f)
     }
     for (uint32_t k = 0; k < f->nctrs; k++)
         tmp[k] = (sort_item){refs_get(m, f->ctrs[k].author), 0, &f->ctrs[k], 0};
-    sort_items(tmp, f->nctrs, item_cmp);
+    sort_few(tmp, f->nctrs, sizeof *tmp, item_cmp);
     msgpack_pack_array(FM_PK(w), f->nctrs);
     for (uint32_t k = 0; k < f->nctrs; k++) {
         msgpack_pack_array(FM_PK(w), 2);
@@ -212,7 +208,7 @@ static int write_field(fm_wr *w, const ref_map *m, const fm_field *f)
     /* Elements in value-byte order; seq remembers where each came from. */
     for (uint32_t k = 0; k < f->nelems; k++)
         tmp2[k] = (sort_item){0, k, f->elems[k].v, f->elems[k].vlen};
-    sort_items(tmp2, f->nelems, bytes_item_cmp);
+    sort_few(tmp2, f->nelems, sizeof *tmp2, bytes_item_cmp);
     msgpack_pack_array(FM_PK(w), f->nelems);
     for (uint32_t k = 0; k < f->nelems; k++) {
         msgpack_pack_array(FM_PK(w), 2);
