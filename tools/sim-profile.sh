@@ -53,7 +53,6 @@ for b in "$@"; do
         --json --threads 1 ${extra[@]+"${extra[@]}"} > "$T/run$i.json" 2> "$T/run$i.err" &
     pids+=($!)
 done
-bins=("$@")
 failed=0
 for k in "${!pids[@]}"; do
     if ! wait "${pids[$k]}"; then
