@@ -142,6 +142,7 @@ int fm_state_coll_add(fm_state *s, const uint8_t *name, uint32_t len, fm_coll **
     }
     c->name_len = len;
     c->name_hash = fm_hash32(name, len);
+    c->complete = true;
     fm_vv_init(&c->vv);
     memmove(&s->colls[i + 1], &s->colls[i], (s->ncolls - i) * sizeof *s->colls);
     s->colls[i] = c;
@@ -377,7 +378,7 @@ static int map_grow(fm_coll *c)
 
 static int rec_load(fm_state *s, fm_coll *c, fm_rec *r)
 {
-    if (!s->io.load)
+    if (!s->io.load || c->complete)
         return 0;
     fm_buf_reset(&s->scratch);
     int rc = s->io.load(s->io.arg, c, r->id, r->id_len, &s->scratch);
@@ -566,6 +567,7 @@ void fm_state_trim(fm_state *s, uint32_t max_cached)
             c->map[k] = NULL;
         }
         c->nmap = 0;
+        c->complete = false;
     }
 }
 

@@ -36,6 +36,9 @@ typedef struct fm_coll {
     uint8_t xor_hash[FM_HASH_BYTES];
     uint64_t live, conflicts;
     bool agg_dirty; /* aggregates changed since the store last saved them */
+    /* Every record the store holds for it is in map, so a miss needs no load: true for a
+     * collection made here, false for one loaded from the store and after a trim. */
+    bool complete;
 } fm_coll;
 
 typedef struct fm_state_io {

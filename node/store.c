@@ -513,6 +513,7 @@ static int load_colls(fm_store *st, fm_state *s)
             break;
         }
         c->store_id = sqlite3_column_int64(q, 0);
+        c->complete = false; /* its records are in the store */
         memcpy(c->xor_hash, sqlite3_column_blob(q, 2), FM_HASH_BYTES);
         c->live = (uint64_t)sqlite3_column_int64(q, 3);
         c->conflicts = (uint64_t)sqlite3_column_int64(q, 4);
