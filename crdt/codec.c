@@ -9,10 +9,29 @@
 #include <math.h>
 #include <string.h>
 
+/* msgpack hands over 1-9 bytes at a time: those go as two overlapping moves of fixed size, as a
+ * call to memcpy for each was 2.5 % of a sim run. */
 static int wr_cb(void *data, const char *p, size_t n)
 {
     fm_buf *b = data;
-    return fm_buf_append(b, p, n) ? -1 : 0;
+    if (n > 16 || b->oom || n > b->cap - b->len)
+        return fm_buf_append(b, p, n) ? -1 : 0;
+    uint8_t *d = b->data + b->len;
+    const uint8_t *s = (const uint8_t *)p;
+    if (n >= 8) {
+        uint64_t x, y;
+        memcpy(&x, s, 8), memcpy(&y, s + n - 8, 8);
+        memcpy(d, &x, 8), memcpy(d + n - 8, &y, 8);
+    } else if (n >= 4) {
+        uint32_t x, y;
+        memcpy(&x, s, 4), memcpy(&y, s + n - 4, 4);
+        memcpy(d, &x, 4), memcpy(d + n - 4, &y, 4);
+    } else if (n) {
+        uint8_t x = s[0], y = s[n / 2], z = s[n - 1];
+        d[0] = x, d[n / 2] = y, d[n - 1] = z;
+    }
+    b->len += n;
+    return 0;
 }
 
 void fm_wr_init(fm_wr *w, fm_buf *buf)
