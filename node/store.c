@@ -134,6 +134,8 @@ struct fm_store {
     uint32_t *amap;
     uint32_t amap_cap;  /* a power of two, at least twice nakey */
     uint32_t txn_nakey; /* nakey when the open transaction began; NO_TXN if none */
+    uint32_t last_aid;  /* the id author_find found last (0: none): a frame's batches are
+                         * mostly one author's, and each probe of amap missed the caches */
 };
 
 #define NO_TXN UINT32_MAX
@@ -337,9 +339,13 @@ static int authors_catch_up(fm_store *st)
 /* The author's id, 0 if it has none (or on a store error: a lookup then finds nothing). */
 static int64_t author_find(fm_store *st, const uint8_t key[FM_ID_BYTES])
 {
-    uint32_t id = *amap_slot(st, key);
+    uint32_t id = st->last_aid;
+    if (id && id <= st->nakey && memcmp(st->akey[id - 1], key, FM_ID_BYTES) == 0)
+        return id;
+    id = *amap_slot(st, key);
     if (!id && authors_catch_up(st) == 0)
         id = *amap_slot(st, key);
+    st->last_aid = id;
     return id;
 }
 
