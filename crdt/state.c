@@ -51,6 +51,7 @@ void fm_state_free(fm_state *s)
     free(s->dirty_coll);
     free(s->recs);
     free(s->ctx_seq);
+    free(s->ctx_set);
     fm_buf_free(&s->scratch);
     fm_authors_free(&s->authors);
     memset(s, 0, sizeof *s);
@@ -432,16 +433,29 @@ static int ctx_prepare(fm_state *s, const fm_batch *b, fm_opctx *oc)
         if (fm_authors_intern(&s->authors, b->ctx.e[i].author, &a))
             return FM_ENOMEM;
     }
+    for (uint32_t i = 0; i < s->ctx_nset; i++)
+        s->ctx_seq[s->ctx_set[i]] = 0;
+    s->ctx_nset = 0;
     if (s->authors.n > s->cctx) {
         uint64_t *p = fm_reallocarray(s->ctx_seq, s->authors.n * 2, sizeof *p);
         if (!p)
             return FM_ENOMEM;
+        memset(p + s->cctx, 0, (s->authors.n * 2 - s->cctx) * sizeof *p);
         s->ctx_seq = p;
         s->cctx = s->authors.n * 2;
     }
-    memset(s->ctx_seq, 0, s->authors.n * sizeof *s->ctx_seq);
-    for (uint32_t i = 0; i < b->ctx.n; i++)
-        s->ctx_seq[fm_authors_find(&s->authors, b->ctx.e[i].author)] = b->ctx.e[i].seq;
+    if (b->ctx.n > s->cctx_set) {
+        uint32_t *p = fm_reallocarray(s->ctx_set, b->ctx.n, sizeof *p);
+        if (!p)
+            return FM_ENOMEM;
+        s->ctx_set = p;
+        s->cctx_set = b->ctx.n;
+    }
+    for (uint32_t i = 0; i < b->ctx.n; i++) {
+        uint32_t a = fm_authors_find(&s->authors, b->ctx.e[i].author);
+        s->ctx_seq[a] = b->ctx.e[i].seq;
+        s->ctx_set[s->ctx_nset++] = a;
+    }
     oc->authors = &s->authors;
     oc->ctx_seq = s->ctx_seq;
     oc->nctx = s->authors.n;
