@@ -77,6 +77,14 @@ static uint32_t coll_find(const fm_state *s, const uint8_t *name, uint32_t len, 
     return lo;
 }
 
+uint32_t fm_state_coll_pos(const fm_state *s, const fm_coll *c)
+{
+    bool found;
+    uint32_t i = coll_find(s, (const uint8_t *)c->name, c->name_len, &found);
+    FM_ASSERT(found && s->colls[i] == c);
+    return i;
+}
+
 /* The slot of name in cmap: the collection's, or the empty one where it would go. */
 static fm_coll **cmap_slot(const fm_state *s, const uint8_t *name, uint32_t len, uint32_t h)
 {
@@ -199,6 +207,18 @@ const fm_feed *fm_coll_feed(const fm_state *s, const fm_coll *c, const uint8_t *
     return a == UINT32_MAX ? NULL : feed_find(c, a, NULL);
 }
 
+int fm_coll_digest(fm_coll *c, uint8_t out[FM_HASH_BYTES])
+{
+    if (!c->digest_ok) {
+        int rc = fm_vv_digest(&c->vv, c->digest);
+        if (rc)
+            return rc;
+        c->digest_ok = true;
+    }
+    memcpy(out, c->digest, FM_HASH_BYTES);
+    return 0;
+}
+
 /* sig: the head's signature, or NULL when it is not at hand (a position from the store). */
 static int set_feed(fm_state *s, fm_coll *c, const uint8_t author[FM_ID_BYTES], uint64_t seq,
                     const uint8_t head[FM_HASH_BYTES], const uint8_t *sig)
@@ -214,6 +234,7 @@ static int set_feed(fm_state *s, fm_coll *c, const uint8_t author[FM_ID_BYTES], 
     int rc = fm_vv_set(&c->vv, author, seq);
     if (rc)
         return rc;
+    c->digest_ok = false;
     s->gen++;
     if (!f) {
         memmove(&c->feeds[pos + 1], &c->feeds[pos], (c->nfeeds - pos) * sizeof *c->feeds);
@@ -595,7 +616,7 @@ int fm_state_hash(fm_state *s, uint8_t out[FM_HASH_BYTES])
     for (uint32_t i = 0; i < s->ncolls; i++) {
         fm_coll *c = s->colls[i];
         uint8_t d[FM_HASH_BYTES], len = (uint8_t)c->name_len;
-        if ((rc = fm_vv_digest(&c->vv, d)))
+        if ((rc = fm_coll_digest(c, d)))
             return rc;
         crypto_generichash_update(&st, &len, 1);
         crypto_generichash_update(&st, (const uint8_t *)c->name, c->name_len);

@@ -39,6 +39,10 @@ typedef struct fm_coll {
     /* Every record the store holds for it is in map, so a miss needs no load: true for a
      * collection made here, false for one loaded from the store and after a trim. */
     bool complete;
+    /* fm_coll_digest's cache: SUMMARY and the node's digest hash every collection's vector,
+     * of which few change between two of them. */
+    bool digest_ok;
+    uint8_t digest[FM_HASH_BYTES];
 } fm_coll;
 
 typedef struct fm_state_io {
@@ -93,6 +97,10 @@ void fm_state_coll_drop(fm_state *s, fm_coll *c);
 int fm_state_set_feed(fm_state *s, fm_coll *c, const uint8_t author[FM_ID_BYTES], uint64_t seq,
                       const uint8_t head[FM_HASH_BYTES]);
 const fm_feed *fm_coll_feed(const fm_state *s, const fm_coll *c, const uint8_t *author);
+/* c's position in s->colls (sorted by name), by halving. */
+uint32_t fm_state_coll_pos(const fm_state *s, const fm_coll *c);
+/* fm_vv_digest of the collection's vector, kept until the vector changes. */
+int fm_coll_digest(fm_coll *c, uint8_t out[FM_HASH_BYTES]);
 
 /* May b be applied now? 0 yes; FM_EDUP: already applied (or overlaps what was: the caller tells
  * a duplicate from a fork); FM_EGAP: earlier batches of the feed are missing; FM_EPENDING: the

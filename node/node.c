@@ -1124,11 +1124,11 @@ static int send_summary(fm_node *n, conn *c)
     c->ae_at = now_ms(n) + jitter(n, n->ae_ms); /* the next round is due an interval on */
     fm_proto_summary_begin(&w, ++c->round, k);
     for (uint32_t i = 0; i < n->r->st.ncolls; i++) {
-        const fm_coll *coll = n->r->st.colls[i]; /* sorted by name */
+        fm_coll *coll = n->r->st.colls[i]; /* sorted by name */
         if (!offers(n, coll))
             continue;
         uint8_t d[FM_HASH_BYTES];
-        int rc = fm_vv_digest(&coll->vv, d);
+        int rc = fm_coll_digest(coll, d);
         if (rc)
             return rc;
         fm_proto_summary_entry(&w, (const uint8_t *)coll->name, coll->name_len, d);
@@ -1272,17 +1272,15 @@ static int summary_entry(void *arg, const fm_summary_entry *e)
     summary_ctx *x = arg;
     fm_node *n = x->n;
     fm_coll *coll = coll_of(n, e->name.p, e->name.len);
-    if (coll)
-        for (uint32_t i = 0; i < n->r->st.ncolls; i++)
-            if (n->r->st.colls[i] == coll)
-                x->seen[i] = 1;
+    if (coll) /* by halving: a scan of every collection per entry was O(collections^2) */
+        x->seen[fm_state_coll_pos(&n->r->st, coll)] = 1;
     bool accept = my_prio(n, e->name.p, e->name.len) >= 0;
     if (!accept && !(coll && offers(n, coll)))
         return 0; /* neither taken from the peer nor offered to it */
     uint8_t d[FM_HASH_BYTES];
     fm_vv empty;
     fm_vv_init(&empty);
-    int rc = fm_vv_digest(coll ? &coll->vv : &empty, d);
+    int rc = coll ? fm_coll_digest(coll, d) : fm_vv_digest(&empty, d);
     if (rc)
         return rc;
     uint32_t before = x->c->ncs;
@@ -2244,11 +2242,11 @@ void fm_node_digest(fm_node *n, uint8_t out[FM_HASH_BYTES])
     crypto_generichash_state h;
     crypto_generichash_init(&h, NULL, 0, FM_HASH_BYTES);
     for (uint32_t i = 0; i < n->r->st.ncolls; i++) {
-        const fm_coll *c = n->r->st.colls[i];
+        fm_coll *c = n->r->st.colls[i];
         if (!offers(n, c))
             continue;
         uint8_t d[FM_HASH_BYTES];
-        if (fm_vv_digest(&c->vv, d)) {
+        if (fm_coll_digest(c, d)) {
             memset(d, 0xff, sizeof d); /* out of memory: a digest that matches nobody */
             ok = false;
         }
