@@ -231,10 +231,10 @@ static int set_feed(fm_state *s, fm_coll *c, const uint8_t author[FM_ID_BYTES], 
         return FM_ENOMEM;
     /* The vector can refuse (FM_ELIMIT): set it before adding the feed, so a failed call adds no
      * feed with an unset seq and head. */
+    c->digest_ok = false; /* whatever fm_vv_set does */
     int rc = fm_vv_set(&c->vv, author, seq);
     if (rc)
         return rc;
-    c->digest_ok = false;
     s->gen++;
     if (!f) {
         memmove(&c->feeds[pos + 1], &c->feeds[pos], (c->nfeeds - pos) * sizeof *c->feeds);
