@@ -449,14 +449,20 @@ fm_rec *fm_state_record(fm_state *s, fm_coll *c, const uint8_t *id, uint32_t id_
 
 static int ctx_prepare(fm_state *s, const fm_batch *b, fm_opctx *oc)
 {
-    for (uint32_t i = 0; i < b->ctx.n; i++) {
-        uint32_t a;
-        if (fm_authors_intern(&s->authors, b->ctx.e[i].author, &a))
-            return FM_ENOMEM;
-    }
     for (uint32_t i = 0; i < s->ctx_nset; i++)
         s->ctx_seq[s->ctx_set[i]] = 0;
     s->ctx_nset = 0;
+    if (b->ctx.n > s->cctx_set) {
+        uint32_t *p = fm_reallocarray(s->ctx_set, b->ctx.n, sizeof *p);
+        if (!p)
+            return FM_ENOMEM;
+        s->ctx_set = p;
+        s->cctx_set = b->ctx.n;
+    }
+    /* Interned first (the dense array must cover every author), their indexes kept for below. */
+    for (uint32_t i = 0; i < b->ctx.n; i++)
+        if (fm_authors_intern(&s->authors, b->ctx.e[i].author, &s->ctx_set[i]))
+            return FM_ENOMEM;
     if (s->authors.n > s->cctx) {
         uint64_t *p = fm_reallocarray(s->ctx_seq, s->authors.n * 2, sizeof *p);
         if (!p)
@@ -465,18 +471,9 @@ static int ctx_prepare(fm_state *s, const fm_batch *b, fm_opctx *oc)
         s->ctx_seq = p;
         s->cctx = s->authors.n * 2;
     }
-    if (b->ctx.n > s->cctx_set) {
-        uint32_t *p = fm_reallocarray(s->ctx_set, b->ctx.n, sizeof *p);
-        if (!p)
-            return FM_ENOMEM;
-        s->ctx_set = p;
-        s->cctx_set = b->ctx.n;
-    }
-    for (uint32_t i = 0; i < b->ctx.n; i++) {
-        uint32_t a = fm_authors_find(&s->authors, b->ctx.e[i].author);
-        s->ctx_seq[a] = b->ctx.e[i].seq;
-        s->ctx_set[s->ctx_nset++] = a;
-    }
+    for (uint32_t i = 0; i < b->ctx.n; i++)
+        s->ctx_seq[s->ctx_set[i]] = b->ctx.e[i].seq;
+    s->ctx_nset = b->ctx.n;
     oc->authors = &s->authors;
     oc->ctx_seq = s->ctx_seq;
     oc->nctx = s->authors.n;
