@@ -710,7 +710,10 @@ static void run_one(bench *bn, bool conflict, run_res *res)
     plan_params pp = {(uint32_t)c->ops, (uint32_t)c->authors, BATCH_OPS, (uint32_t)c->records,
                       conflict ? CONFLICT_PCT : 0};
     rng r = rng_stream(c->seed, conflict ? 2 : 1);
-    snprintf(res->sfx, sizeof res->sfx, conflict ? "_conflict%d" : "", CONFLICT_PCT);
+    if (conflict)
+        snprintf(res->sfx, sizeof res->sfx, "_conflict%d", CONFLICT_PCT);
+    else
+        res->sfx[0] = '\0';
     stamp t0 = stamp_now();
     plan p;
     gen_plan(&r, &pp, &p);

@@ -152,7 +152,8 @@ struct fm_node {
     uint64_t rollbacks; /* the replica's rollbacks count we last saw */
     lazy_ent *missing;  /* announced, lacking: a FIFO in due order from missing_head */
     uint32_t nmissing, cmissing, missing_head;
-    uint8_t (*graft_authors)[FM_ID_BYTES]; /* scratch of graft_due: FM_PROTO_MAX_IHAVE */
+    /* scratch of graft_due: FM_PROTO_MAX_IHAVE entries, once one is due */
+    uint8_t (*graft_authors)[FM_ID_BYTES];
     /* batches the replica applied, pushed at push_at (0: none wait): each as its length, the
      * id prefix of the peer that sent it (zeros: none) and its bytes */
     fm_buf applied;
@@ -171,14 +172,17 @@ struct fm_node {
     pump_ctx *px; /* per connection: its frame of pushed batches */
     fm_buf scratch;
     fm_batch b;
-    fm_batch fb;           /* scratch of send_feed (b may be the batch being pushed) */
-    fm_bytes *barr;        /* a received BATCHES frame */
+    fm_batch fb; /* scratch of send_feed (b may be the batch being pushed) */
+    /* A received BATCHES or MIXED frame, bcap batches of room (frame_room): sized to the
+     * largest frame yet, not to the protocol's limit (300 KB a node, mostly unused). */
+    fm_bytes *barr;
     fm_proto_name *bnames; /* the collection of each batch in barr (MIXED) */
     int *bres;
     uint32_t *bops;                  /* ops of each batch in barr */
     uint8_t (*bhash)[FM_HASH_BYTES]; /* hash of each batch in barr, from its peek */
-    int depth;                       /* > 0 while inside a node entry point */
-    int active_conn;                 /* conn whose fm_session_input is running, or -1 */
+    uint32_t bcap;
+    int depth;       /* > 0 while inside a node entry point */
+    int active_conn; /* conn whose fm_session_input is running, or -1 */
     uint64_t connect_at;
 };
 
@@ -1516,11 +1520,42 @@ static int batches_ack(fm_node *n, conn *c, size_t len)
     return rc;
 }
 
+/* Room for k batches of a received frame in barr and the arrays beside it. */
+static int frame_room(fm_node *n, uint32_t k)
+{
+    FM_ASSERT(k <= FM_PROTO_MAX_BATCHES_PER_FRAME);
+    if (k <= n->bcap)
+        return 0;
+    uint32_t cap = FM_MIN(FM_MAX(k, 2 * n->bcap), (uint32_t)FM_PROTO_MAX_BATCHES_PER_FRAME);
+    void *p;
+    if (!(p = fm_reallocarray(n->barr, cap, sizeof *n->barr)))
+        return FM_ENOMEM;
+    n->barr = p;
+    if (!(p = fm_reallocarray(n->bnames, cap, sizeof *n->bnames)))
+        return FM_ENOMEM;
+    n->bnames = p;
+    if (!(p = fm_reallocarray(n->bres, cap, sizeof *n->bres)))
+        return FM_ENOMEM;
+    n->bres = p;
+    if (!(p = fm_reallocarray(n->bops, cap, sizeof *n->bops)))
+        return FM_ENOMEM;
+    n->bops = p;
+    if (!(p = fm_reallocarray(n->bhash, cap, sizeof *n->bhash)))
+        return FM_ENOMEM;
+    n->bhash = p;
+    n->bcap = cap;
+    return 0;
+}
+
 static int on_batches(fm_node *n, conn *c, const uint8_t *p, size_t len)
 {
     fm_proto_name name;
     uint32_t k;
-    int rc = fm_proto_batches_decode(p, len, &name, n->barr, &k);
+    int rc = fm_proto_batches_decode(p, len, &name, NULL, &k);
+    if (!rc)
+        rc = frame_room(n, k);
+    if (!rc)
+        rc = fm_proto_batches_decode(p, len, &name, n->barr, &k);
     if (!rc)
         rc = batches_in(n, c, &name, n->barr, k);
     return rc ? rc : batches_ack(n, c, len);
@@ -1529,7 +1564,11 @@ static int on_batches(fm_node *n, conn *c, const uint8_t *p, size_t len)
 static int on_mixed(fm_node *n, conn *c, const uint8_t *p, size_t len)
 {
     uint32_t k;
-    int rc = fm_proto_mixed_decode(p, len, n->bnames, n->barr, &k);
+    int rc = fm_proto_mixed_decode(p, len, NULL, NULL, &k);
+    if (!rc)
+        rc = frame_room(n, k);
+    if (!rc)
+        rc = fm_proto_mixed_decode(p, len, n->bnames, n->barr, &k);
     for (uint32_t i = 0, run; !rc && i < k; i += run)
         rc = batches_in(n, c, &n->bnames[i], n->barr + i, run = group_run(n->bnames, i, k));
     return rc ? rc : batches_ack(n, c, len);
@@ -1661,6 +1700,10 @@ static conn *holder_of(fm_node *n, const lazy_ent *m)
  * us is fresh (our IHAVEs and pushes raise it), so it sends little we hold. */
 static void graft_due(fm_node *n, uint64_t t)
 {
+    if (n->missing_head < n->nmissing && n->missing[n->missing_head].due <= t &&
+        !n->graft_authors &&
+        !(n->graft_authors = calloc(FM_PROTO_MAX_IHAVE, sizeof *n->graft_authors)))
+        return; /* no memory: the next tick tries again */
     while (n->missing_head < n->nmissing && n->missing[n->missing_head].due <= t) {
         lazy_ent m = n->missing[n->missing_head++];
         if (m.due == 0)
@@ -2615,13 +2658,7 @@ int fm_node_open(const fm_node_config *cfg, fm_node **out)
     if (!rc)
         rc = own_cert(n);
     if (!rc && (!(n->conns = calloc(n->max_total, sizeof *n->conns)) ||
-                !(n->px = calloc(n->max_total, sizeof *n->px)) ||
-                !(n->barr = calloc(FM_PROTO_MAX_BATCHES_PER_FRAME, sizeof *n->barr)) ||
-                !(n->bnames = calloc(FM_PROTO_MAX_BATCHES_PER_FRAME, sizeof *n->bnames)) ||
-                !(n->graft_authors = calloc(FM_PROTO_MAX_IHAVE, sizeof *n->graft_authors)) ||
-                !(n->bres = calloc(FM_PROTO_MAX_BATCHES_PER_FRAME, sizeof *n->bres)) ||
-                !(n->bops = calloc(FM_PROTO_MAX_BATCHES_PER_FRAME, sizeof *n->bops)) ||
-                !(n->bhash = calloc(FM_PROTO_MAX_BATCHES_PER_FRAME, sizeof *n->bhash))))
+                !(n->px = calloc(n->max_total, sizeof *n->px))))
         rc = FM_ENOMEM;
     if (rc) {
         fm_node_close(n);

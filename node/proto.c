@@ -239,8 +239,10 @@ static int rd_batches(fm_rd *r, fm_bytes *out, uint32_t room, uint32_t *n)
         uint32_t blen;
         if (fm_rd_bin(r, &b, &blen, FM_MAX_BATCH_BYTES))
             return r->err;
-        out[i].data = (uint8_t *)b; /* borrowed; the node never writes through it */
-        out[i].len = blen;
+        if (out) {
+            out[i].data = (uint8_t *)b; /* borrowed; the node never writes through it */
+            out[i].len = blen;
+        }
     }
     *n = k;
     return 0;
@@ -285,7 +287,7 @@ void fm_proto_mixed_group(fm_wr *w, const uint8_t *name, uint32_t len, uint32_t 
 }
 
 /* [type, [[name, list]...]]: 1..max groups of non-empty lists, max items in all. Item i goes to
- * out + i * size (read by list), its collection to names[i]. */
+ * out + i * size (read by list), its collection to names[i]; NULL out and names only count. */
 static int groups_decode(uint64_t type, const uint8_t *p, size_t len, uint32_t max,
                          fm_proto_name *names, void *out, size_t size,
                          int (*list)(fm_rd *r, void *out, uint32_t room, uint32_t *n), uint32_t *n)
@@ -301,9 +303,9 @@ static int groups_decode(uint64_t type, const uint8_t *p, size_t len, uint32_t m
         if (total == max)
             return FM_ELIMIT; /* another group, and no item may follow */
         if (fm_rd_array_exact(&r, 2) || rd_name(&r, &name) ||
-            list(&r, (uint8_t *)out + total * size, max - total, &k))
+            list(&r, out ? (uint8_t *)out + total * size : NULL, max - total, &k))
             return r.err;
-        for (uint32_t i = 0; i < k; i++)
+        for (uint32_t i = 0; names && i < k; i++)
             names[total + i] = name;
         total += k;
     }

@@ -115,7 +115,7 @@ int fm_proto_vector_decode(const uint8_t *p, size_t len, fm_vector_msg *m);
 /* BATCHES: begin with the count, then each batch as bin. */
 void fm_proto_batches_begin(fm_wr *w, const uint8_t *name, uint32_t len, uint32_t n);
 /* Validates the frame and fills out[] (at most FM_PROTO_MAX_BATCHES_PER_FRAME) with borrowed
- * pointers into p. */
+ * pointers into p. With out NULL it only validates and counts (sizing out for the frame). */
 int fm_proto_batches_decode(const uint8_t *p, size_t len, fm_proto_name *name, fm_bytes *out,
                             uint32_t *n);
 
@@ -152,7 +152,7 @@ int fm_proto_peers_decode(const uint8_t *p, size_t len, const uint8_t **prefixes
 void fm_proto_mixed_begin(fm_wr *w, uint32_t ngroups);
 void fm_proto_mixed_group(fm_wr *w, const uint8_t *name, uint32_t len, uint32_t n);
 /* Fills out[] and names[] (at most FM_PROTO_MAX_BATCHES_PER_FRAME each) with borrowed pointers:
- * batch i is of collection names[i], groups in frame order. */
+ * batch i is of collection names[i], groups in frame order. Both NULL: validates and counts. */
 int fm_proto_mixed_decode(const uint8_t *p, size_t len, fm_proto_name *names, fm_bytes *out,
                           uint32_t *n);
 

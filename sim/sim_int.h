@@ -97,7 +97,7 @@ enum {
     SIM_MAX_THREADS = 16,
     SIM_WORKERS_PER_THREAD = 32, /* small shards: a window waits less for its slowest */
     SIM_CHUNK_BYTES = 16384,     /* a sim_chunk's allocation, unless the MTU needs more */
-    SIM_SPARE_MAX = 256,         /* spare chunks a worker keeps; more go back to malloc */
+    SIM_SPARE_MAX = 32,          /* spare chunks a worker keeps; more go back to malloc */
 };
 
 typedef struct sim_conn {

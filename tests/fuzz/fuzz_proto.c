@@ -109,6 +109,10 @@ static int batches(const uint8_t *data, size_t size)
     fm_proto_name name;
     uint32_t n = 0;
     int rc = fm_proto_batches_decode(data, size, &name, arr, &n);
+    /* Counting alone (how the node sizes its arrays) judges every frame the same way. */
+    uint32_t counted = 0;
+    if (fm_proto_batches_decode(data, size, &name, NULL, &counted) != rc || (!rc && counted != n))
+        abort();
     if (rc)
         return rc;
     if (n == 0 || n > FM_PROTO_MAX_BATCHES_PER_FRAME)
@@ -255,6 +259,10 @@ static int grouped(const uint8_t *data, size_t size, bool mix)
     uint32_t n = 0, max = mix ? FM_PROTO_MAX_BATCHES_PER_FRAME : FM_PROTO_MAX_IHAVE;
     int rc = mix ? fm_proto_mixed_decode(data, size, names, arr, &n)
                  : fm_proto_announce_decode(data, size, names, e, &n);
+    uint32_t counted = 0;
+    if (mix &&
+        (fm_proto_mixed_decode(data, size, NULL, NULL, &counted) != rc || (!rc && counted != n)))
+        abort(); /* counting alone judges every frame the same way */
     if (rc)
         return rc;
     if (n == 0 || n > max)

@@ -459,8 +459,8 @@ static void test_revoke_order(void)
         "--nodes 10 --topology line --writes 200 --revoke 9:5 --conflict-rate 0.5 --seed 22",
         /* the revocation in one half of a partition, the victim's writes in the other: 13 lost
          * before the fix */
-        "--nodes 10 --topology full --writes 300 --revoke 4:5 --partition 2:25:2 "
-        "--conflict-rate 0.6 --hot-records 5 --seed 9",
+        ("--nodes 10 --topology full --writes 300 --revoke 4:5 --partition 2:25:2 "
+         "--conflict-rate 0.6 --hot-records 5 --seed 9"),
         /* crashes and restarts from the store: 2 hashes before the fix */
         "--nodes 12 --topology random --degree 3 --writes 300 --revoke 3:5 --crash 0.1 --seed 28",
     };

@@ -106,6 +106,11 @@ static int decode_as(uint64_t type, const uint8_t *p, size_t len)
     r[2] = fm_proto_summary_decode(p, len, &u, NULL, NULL);
     r[3] = fm_proto_vector_decode(p, len, &v);
     r[4] = fm_proto_batches_decode(p, len, &name, arr, &n);
+    /* Counting alone, as the node sizes its arrays, judges a frame as decoding does. */
+    uint32_t counted = 0;
+    CHECK_EQ_INT(fm_proto_batches_decode(p, len, &name, NULL, &counted), r[4]);
+    if (r[4] == 0)
+        CHECK_EQ_INT(counted, n);
     r[5] = fm_proto_ack_decode(p, len, &u);
     r[6] = fm_proto_members_decode(p, len, arr, &n);
     r[7] = fm_proto_ihave_decode(p, len, &name, ih, &n);
@@ -120,6 +125,9 @@ static int decode_as(uint64_t type, const uint8_t *p, size_t len)
     names = calloc(FM_PROTO_MAX_BATCHES_PER_FRAME, sizeof *names);
     FM_ASSERT(names);
     r[12] = fm_proto_mixed_decode(p, len, names, arr, &n);
+    CHECK_EQ_INT(fm_proto_mixed_decode(p, len, NULL, NULL, &counted), r[12]);
+    if (r[12] == 0)
+        CHECK_EQ_INT(counted, n);
     free(names);
     if (type >= 1 && type <= 12)
         rc = r[type];
