@@ -1551,11 +1551,11 @@ static int on_batches(fm_node *n, conn *c, const uint8_t *p, size_t len)
 {
     fm_proto_name name;
     uint32_t k;
-    int rc = fm_proto_batches_decode(p, len, &name, NULL, &k);
-    if (!rc)
-        rc = frame_room(n, k);
-    if (!rc)
-        rc = fm_proto_batches_decode(p, len, &name, n->barr, &k);
+    int rc = fm_proto_batches_decode_room(p, len, &name, n->barr, n->bcap, &k);
+    if (rc == FM_ELIMIT) { /* more than the room, or than the protocol allows: count them */
+        if (!(rc = fm_proto_batches_decode(p, len, &name, NULL, &k)) && !(rc = frame_room(n, k)))
+            rc = fm_proto_batches_decode(p, len, &name, n->barr, &k);
+    }
     if (!rc)
         rc = batches_in(n, c, &name, n->barr, k);
     return rc ? rc : batches_ack(n, c, len);
@@ -1564,11 +1564,11 @@ static int on_batches(fm_node *n, conn *c, const uint8_t *p, size_t len)
 static int on_mixed(fm_node *n, conn *c, const uint8_t *p, size_t len)
 {
     uint32_t k;
-    int rc = fm_proto_mixed_decode(p, len, NULL, NULL, &k);
-    if (!rc)
-        rc = frame_room(n, k);
-    if (!rc)
-        rc = fm_proto_mixed_decode(p, len, n->bnames, n->barr, &k);
+    int rc = fm_proto_mixed_decode_room(p, len, n->bnames, n->barr, n->bcap, &k);
+    if (rc == FM_ELIMIT) {
+        if (!(rc = fm_proto_mixed_decode(p, len, NULL, NULL, &k)) && !(rc = frame_room(n, k)))
+            rc = fm_proto_mixed_decode(p, len, n->bnames, n->barr, &k);
+    }
     for (uint32_t i = 0, run; !rc && i < k; i += run)
         rc = batches_in(n, c, &n->bnames[i], n->barr + i, run = group_run(n->bnames, i, k));
     return rc ? rc : batches_ack(n, c, len);

@@ -248,15 +248,21 @@ static int rd_batches(fm_rd *r, fm_bytes *out, uint32_t room, uint32_t *n)
     return 0;
 }
 
+int fm_proto_batches_decode_room(const uint8_t *p, size_t len, fm_proto_name *name, fm_bytes *out,
+                                 uint32_t room, uint32_t *n)
+{
+    FM_ASSERT(room <= FM_PROTO_MAX_BATCHES_PER_FRAME);
+    fm_rd r;
+    fm_rd_init(&r, p, len);
+    if (rd_head(&r, FM_MSG_BATCHES, 3) || rd_name(&r, name) || rd_batches(&r, out, room, n))
+        return r.err;
+    return fm_rd_end(&r);
+}
+
 int fm_proto_batches_decode(const uint8_t *p, size_t len, fm_proto_name *name, fm_bytes *out,
                             uint32_t *n)
 {
-    fm_rd r;
-    fm_rd_init(&r, p, len);
-    if (rd_head(&r, FM_MSG_BATCHES, 3) || rd_name(&r, name) ||
-        rd_batches(&r, out, FM_PROTO_MAX_BATCHES_PER_FRAME, n))
-        return r.err;
-    return fm_rd_end(&r);
+    return fm_proto_batches_decode_room(p, len, name, out, FM_PROTO_MAX_BATCHES_PER_FRAME, n);
 }
 
 /* MIXED and ANNOUNCE: [type, [[name, list]...]]. */
@@ -318,11 +324,17 @@ static int rd_batches_any(fm_rd *r, void *out, uint32_t room, uint32_t *n)
     return rd_batches(r, out, room, n);
 }
 
+int fm_proto_mixed_decode_room(const uint8_t *p, size_t len, fm_proto_name *names, fm_bytes *out,
+                               uint32_t room, uint32_t *n)
+{
+    FM_ASSERT(room <= FM_PROTO_MAX_BATCHES_PER_FRAME);
+    return groups_decode(FM_MSG_MIXED, p, len, room, names, out, sizeof *out, rd_batches_any, n);
+}
+
 int fm_proto_mixed_decode(const uint8_t *p, size_t len, fm_proto_name *names, fm_bytes *out,
                           uint32_t *n)
 {
-    return groups_decode(FM_MSG_MIXED, p, len, FM_PROTO_MAX_BATCHES_PER_FRAME, names, out,
-                         sizeof *out, rd_batches_any, n);
+    return fm_proto_mixed_decode_room(p, len, names, out, FM_PROTO_MAX_BATCHES_PER_FRAME, n);
 }
 
 /* ---- ACK ------------------------------------------------------------------------------------ */

@@ -118,6 +118,9 @@ void fm_proto_batches_begin(fm_wr *w, const uint8_t *name, uint32_t len, uint32_
  * pointers into p. With out NULL it only validates and counts (sizing out for the frame). */
 int fm_proto_batches_decode(const uint8_t *p, size_t len, fm_proto_name *name, fm_bytes *out,
                             uint32_t *n);
+/* The same into out[room] (room <= the limit): FM_ELIMIT also for a valid frame of more. */
+int fm_proto_batches_decode_room(const uint8_t *p, size_t len, fm_proto_name *name, fm_bytes *out,
+                                 uint32_t room, uint32_t *n);
 
 int fm_proto_ack_encode(fm_buf *out, uint64_t processed);
 int fm_proto_ack_decode(const uint8_t *p, size_t len, uint64_t *processed);
@@ -155,6 +158,10 @@ void fm_proto_mixed_group(fm_wr *w, const uint8_t *name, uint32_t len, uint32_t 
  * batch i is of collection names[i], groups in frame order. Both NULL: validates and counts. */
 int fm_proto_mixed_decode(const uint8_t *p, size_t len, fm_proto_name *names, fm_bytes *out,
                           uint32_t *n);
+/* The same into out[room] and names[room] (room <= the limit, groups and batches): FM_ELIMIT
+ * also for a valid frame of more. */
+int fm_proto_mixed_decode_room(const uint8_t *p, size_t len, fm_proto_name *names, fm_bytes *out,
+                               uint32_t room, uint32_t *n);
 
 /* ANNOUNCE: begin with the number of groups (1..FM_PROTO_MAX_IHAVE), then each group's header
  * (a collection and its entry count, >= 1) and entries (fm_proto_ihave_entry); at most

@@ -111,6 +111,12 @@ static int decode_as(uint64_t type, const uint8_t *p, size_t len)
     CHECK_EQ_INT(fm_proto_batches_decode(p, len, &name, NULL, &counted), r[4]);
     if (r[4] == 0)
         CHECK_EQ_INT(counted, n);
+    /* With room for one, a frame of more fails as over a limit; anything else as before. */
+    uint32_t one = 0, full = n;
+    int r1 = fm_proto_batches_decode_room(p, len, &name, arr, 1, &one);
+    CHECK(r1 == r[4] || (r1 == FM_ELIMIT && (r[4] != 0 || full > 1)));
+    if (r1 == 0)
+        CHECK_EQ_INT(one, full);
     r[5] = fm_proto_ack_decode(p, len, &u);
     r[6] = fm_proto_members_decode(p, len, arr, &n);
     r[7] = fm_proto_ihave_decode(p, len, &name, ih, &n);
@@ -128,6 +134,11 @@ static int decode_as(uint64_t type, const uint8_t *p, size_t len)
     CHECK_EQ_INT(fm_proto_mixed_decode(p, len, NULL, NULL, &counted), r[12]);
     if (r[12] == 0)
         CHECK_EQ_INT(counted, n);
+    full = n;
+    r1 = fm_proto_mixed_decode_room(p, len, names, arr, 1, &one);
+    CHECK(r1 == r[12] || (r1 == FM_ELIMIT && (r[12] != 0 || full > 1)));
+    if (r1 == 0)
+        CHECK_EQ_INT(one, full);
     free(names);
     if (type >= 1 && type <= 12)
         rc = r[type];
