@@ -224,29 +224,34 @@ static int verify_batch(fm_replica *r, const fm_batch *b, const uint8_t *data, s
 
 /* ---- applying batches (local and remote share this path) ---------------------------------- */
 
-static uint32_t recent_slot(const uint8_t hash[FM_HASH_BYTES])
+static uint32_t recent_slot(const uint8_t sig[FM_SIG_BYTES])
 {
     uint32_t x;
-    memcpy(&x, hash, sizeof x); /* a BLAKE2b output: any four bytes are uniform */
+    memcpy(&x, sig, sizeof x); /* of R, a point the signer derived from a secret nonce */
     return x % FM_REPLICA_RECENT_SLOTS;
 }
 
-static void recent_add(fm_replica *r, const uint8_t hash[FM_HASH_BYTES])
+/* A signature's key in recent: half of R (the nonce's point), half of S (the nonce and the
+ * message under the author's key). */
+static void recent_key(const uint8_t sig[FM_SIG_BYTES], uint8_t key[FM_REPLICA_RECENT_KEY])
+{
+    _Static_assert(FM_REPLICA_RECENT_KEY == FM_SIG_BYTES / 2, "16 bytes of R, 16 of S");
+    memcpy(key, sig, FM_SIG_BYTES / 4);
+    memcpy(key + FM_SIG_BYTES / 4, sig + FM_SIG_BYTES / 2, FM_SIG_BYTES / 4);
+}
+
+static void recent_add(fm_replica *r, const uint8_t sig[FM_SIG_BYTES])
 {
     if (!r->recent && !(r->recent = calloc(FM_REPLICA_RECENT_SLOTS, sizeof *r->recent)))
         return; /* out of memory: duplicates take the store path */
-    memcpy(r->recent[recent_slot(hash)], hash, FM_HASH_BYTES);
+    recent_key(sig, r->recent[recent_slot(sig)]);
 }
 
-/* The hash-based part of fm__replica_holds, with b's feed looked up (NULL: none). */
-static bool holds_hashed(const fm_replica *r, const fm_feed *f, const fm_batch *b)
+static bool recent_has(const fm_replica *r, const uint8_t sig[FM_SIG_BYTES])
 {
-    uint64_t last = fm_batch_last_seq(b);
-    if (!f || f->seq < last)
-        return false;
-    if (f->seq == last)
-        return memcmp(f->head, b->hash, FM_HASH_BYTES) == 0;
-    return r->recent && memcmp(r->recent[recent_slot(b->hash)], b->hash, FM_HASH_BYTES) == 0;
+    uint8_t key[FM_REPLICA_RECENT_KEY];
+    recent_key(sig, key);
+    return r->recent && memcmp(r->recent[recent_slot(sig)], key, sizeof key) == 0;
 }
 
 static const fm_feed *feed_of(fm_replica *r, const fm_batch *b)
@@ -257,19 +262,28 @@ static const fm_feed *feed_of(fm_replica *r, const fm_batch *b)
 
 bool fm__replica_holds(fm_replica *r, const fm_batch *b)
 {
-    return holds_hashed(r, feed_of(r, b), b);
+    const fm_feed *f = feed_of(r, b);
+    uint64_t last = fm_batch_last_seq(b);
+    if (!f || f->seq < last)
+        return false;
+    if (f->seq == last)
+        return memcmp(f->head, b->hash, FM_HASH_BYTES) == 0;
+    return recent_has(r, b->sig);
 }
 
 bool fm__replica_holds_peeked(fm_replica *r, fm_batch *b, const uint8_t *data, size_t len)
 {
     const fm_feed *f = feed_of(r, b);
-    if (f && f->head_sig_set && f->seq == fm_batch_last_seq(b)) {
-        const uint8_t *sig = fm_batch_sig_tail(data, len);
-        if (sig && memcmp(sig, f->head_sig, FM_SIG_BYTES) == 0)
-            return true;
-    }
+    const uint8_t *sig = fm_batch_sig_tail(data, len);
+    uint64_t last = fm_batch_last_seq(b);
+    if (f && sig && f->seq > last && recent_has(r, sig))
+        return true;
+    if (f && sig && f->seq == last && f->head_sig_set &&
+        memcmp(sig, f->head_sig, FM_SIG_BYTES) == 0)
+        return true;
     fm_batch_hash(data, len, b->hash);
-    return holds_hashed(r, f, b);
+    /* A head restored from the store has its hash, not its signature. */
+    return f && f->seq == last && memcmp(f->head, b->hash, FM_HASH_BYTES) == 0;
 }
 
 /* Applies a checked batch to state and store (inside the caller's transaction). */
@@ -283,7 +297,7 @@ static int apply_checked(fm_replica *r, const fm_batch *b, const uint8_t *data, 
     if ((rc = fm_store_coll_ensure(r->store, c)) ||
         (rc = fm_store_put_batch(r->store, c, b, data, len)))
         return rc;
-    recent_add(r, b->hash);
+    recent_add(r, b->sig);
     return applied_note(r, data, len);
 }
 

@@ -64,10 +64,11 @@ int fm__replica_begin(fm_replica *r);
  * or a recently applied one. false says nothing (ingest decides). */
 bool fm__replica_holds(fm_replica *r, const fm_batch *b);
 /* As fm__replica_holds for the batch encoded in data, b its header peeked without the hash. Its
- * feed's head here is known by the very signature bytes at the same position, unhashed: a
+ * feed's head and recent batches here are known by the very signature bytes, unhashed: a
  * different batch cannot carry them (a signature binds all it covers), and one that does not
- * verify is to be dropped anyway. A duplicate of an eager push, the most common one, thus costs
- * no hash. Otherwise b->hash is set (whenever false is returned) and the rest is checked. */
+ * verify is to be dropped anyway. A duplicate, of an eager push or of a batch a catch-up sent
+ * twice, thus costs no hash. Otherwise b->hash is set (whenever false is returned) and the head
+ * is checked by it (one restored from the store has no signature here). */
 bool fm__replica_holds_peeked(fm_replica *r, fm_batch *b, const uint8_t *data, size_t len);
 
 /* Installs n membership records (binary canonical encodings of certificates and revocations, as
@@ -106,6 +107,14 @@ typedef struct fm_absent_ref {
     bool stale;   /* a batch of the author at or below seq was applied since: replay the log */
 } fm_absent_ref;
 
+/* Slots of fm_replica.recent (256 KiB, given back by fm__replica_release_memory). A key is 16
+ * bytes of a signature's R and 16 of its S: another valid batch with the same key, even one its
+ * own author made (a fork, reusing the nonce for R), takes some 2^128 tries to find, and one that
+ * does not verify is to be dropped anyway. A hit is only asked for a position its feed has
+ * passed, so it never stands for a batch not held. */
+#define FM_REPLICA_RECENT_SLOTS 8192u
+#define FM_REPLICA_RECENT_KEY 32u
+
 struct fm_replica {
     const fm_env *env;
     fm_identity *identity;
@@ -139,10 +148,11 @@ struct fm_replica {
     bool member_digest_ok;
     uint64_t member_epoch;
     uint64_t members_skipped; /* records fm__replica_import_members refused, ever */
-    /* Hashes of recently applied batches, direct-mapped (a newer one overwrites): a duplicate
-     * of one, however old its feed position, is known without a store read. Emptied whenever
-     * the state is rebuilt, so it never names a batch the store does not hold. */
-    uint8_t (*recent)[FM_HASH_BYTES];
+    /* Recently applied batches by their signatures' keys (FM_REPLICA_RECENT_KEY), direct-mapped (a
+     * newer one overwrites): a duplicate of one, however old its feed position, is known without a
+     * store read or a hash. Emptied whenever the state is rebuilt, so it never names a batch the
+     * store does not hold. */
+    uint8_t (*recent)[FM_REPLICA_RECENT_KEY];
     /* Group commit of remote batches (fm__replica_set_group_commit): a store transaction left
      * open by ingest, and the batches it holds. rollbacks counts rebuilds after a failed
      * transaction: batches reported applied before then may be gone. */
@@ -155,8 +165,6 @@ struct fm_replica {
     uint32_t nabsent, cabsent;
 };
 
-/* Slots of fm_replica.recent (256 KiB, given back by fm__replica_release_memory). */
-#define FM_REPLICA_RECENT_SLOTS 8192u
 #define FM_REPLICA_KEEP_APPLIED 1024u /* applied batches whose ends stay allocated */
 
 /* Mesh membership (membership.c): load at open (and after a failed install: the view and the
