@@ -107,7 +107,8 @@ static void field_clear(fm_field *f)
     free(f->regs);
     free(f->ctrs);
     free(f->elems);
-    free(f->name);
+    if (f->name_len > sizeof f->name.inl)
+        free(f->name.p);
     memset(f, 0, sizeof *f);
 }
 
@@ -131,7 +132,7 @@ void fm_rec_free(fm_rec *r)
 
 static int cmp_name(const fm_field *f, const uint8_t *name, uint32_t len)
 {
-    return fm_bytes_cmp(f->name, f->name_len, name, len);
+    return fm_bytes_cmp(fm_field_name(f), f->name_len, name, len);
 }
 
 /* The field's index, or where it would be inserted (*found false). */
@@ -187,16 +188,12 @@ static fm_field *rec_field(fm_rec *r, const uint8_t *name, uint32_t len)
         return &r->fields[lo];
     if (rec_grow((void **)&r->fields, r->nfields, &r->cfields, sizeof *r->fields))
         return NULL;
-    uint8_t *copy = malloc(len);
-    if (!copy)
+    fm_field nf = {.kind_author = UINT32_MAX};
+    if (fm_field_set_name(&nf, name, len))
         return NULL;
-    memcpy(copy, name, len);
     memmove(&r->fields[lo + 1], &r->fields[lo], (r->nfields - lo) * sizeof *r->fields);
     fm_field *f = &r->fields[lo];
-    memset(f, 0, sizeof *f);
-    f->name = copy;
-    f->name_len = len;
-    f->kind_author = UINT32_MAX;
+    *f = nf;
     r->nfields++;
     return f;
 }
@@ -227,6 +224,17 @@ static const fm_kind OP_KIND[FM_OP__COUNT] = {[FM_OP_SET_LWW] = FM_KIND_LWW,
                                               [FM_OP_INCR] = FM_KIND_COUNTER,
                                               [FM_OP_ADD] = FM_KIND_SET,
                                               [FM_OP_REMOVE] = FM_KIND_SET};
+
+int fm_field_set_name(fm_field *f, const uint8_t *name, uint32_t len)
+{
+    FM_ASSERT(f->name_len == 0);
+    uint8_t *dst = f->name.inl;
+    if (len > sizeof f->name.inl && !(dst = f->name.p = malloc(len)))
+        return FM_ENOMEM;
+    memcpy(dst, name, len);
+    f->name_len = len;
+    return 0;
+}
 
 int fm_reg_set_value(fm_reg *g, const uint8_t *enc, uint32_t len)
 {

@@ -78,7 +78,12 @@ typedef struct fm_elem {
 } fm_elem;
 
 typedef struct fm_field {
-    uint8_t *name;
+    /* Short names (most) live inline: a node caches millions of fields, nearly all named by a
+     * word, and an allocation each was a third of a small record and a cache miss per lookup. */
+    union {
+        uint8_t *p;     /* name_len > sizeof inl */
+        uint8_t inl[8]; /* name_len <= sizeof inl */
+    } name;
     uint32_t name_len;
     uint8_t kind;
     uint32_t kind_author;
@@ -130,6 +135,12 @@ int fm_rec_encode(const fm_rec *r, const fm_authors *authors, fm_buf *out);
 /* Replaces r's state with a stored encoding (strict decode), interning its authors. */
 int fm_rec_decode(fm_rec *r, fm_authors *authors, const uint8_t *p, size_t len);
 /* The field named name, or NULL; valid until the record changes. */
+static inline const uint8_t *fm_field_name(const fm_field *f)
+{
+    return f->name_len <= sizeof f->name.inl ? f->name.inl : f->name.p;
+}
+/* Copies the name in (name_len must be 0 on entry); FM_ENOMEM leaves name_len 0. */
+int fm_field_set_name(fm_field *f, const uint8_t *name, uint32_t len);
 fm_field *fm_rec_field(const fm_rec *r, const uint8_t *name, uint32_t len);
 /* The set element with encoding v, or NULL. */
 fm_elem *fm_field_elem(const fm_field *f, const uint8_t *v, uint32_t len);

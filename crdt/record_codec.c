@@ -179,7 +179,7 @@ static int write_field(fm_wr *w, const ref_map *m, const fm_field *f)
         return FM_ENOMEM;
     }
     msgpack_pack_array(FM_PK(w), 7);
-    fm_wr_str(w, f->name, f->name_len);
+    fm_wr_str(w, fm_field_name(f), f->name_len);
     msgpack_pack_uint8(FM_PK(w), f->kind);
     msgpack_pack_uint64(FM_PK(w), f->kind_hlc);
     msgpack_pack_uint32(FM_PK(w), refs_get(m, f->kind_author));
@@ -383,15 +383,15 @@ static int rd_field(dec *d, fm_field *f, const fm_field *prev)
 {
     fm_rd *r = &d->rd;
     const uint8_t *name;
+    uint32_t name_len;
     uint64_t kind;
-    if (fm_rd_array_exact(r, 7) || fm_rd_str(r, &name, &f->name_len, FM_MAX_FIELD_LEN))
+    if (fm_rd_array_exact(r, 7) || fm_rd_str(r, &name, &name_len, FM_MAX_FIELD_LEN))
         return r->err;
-    if (fm_name_check(name, f->name_len, FM_MAX_FIELD_LEN))
+    if (fm_name_check(name, name_len, FM_MAX_FIELD_LEN))
         return r->err = FM_EDECODE;
-    if (!(f->name = malloc(f->name_len)))
+    if (fm_field_set_name(f, name, name_len))
         return r->err = FM_ENOMEM;
-    memcpy(f->name, name, f->name_len);
-    if (prev && fm_bytes_cmp(prev->name, prev->name_len, name, f->name_len) >= 0)
+    if (prev && fm_bytes_cmp(fm_field_name(prev), prev->name_len, name, name_len) >= 0)
         return r->err = FM_ENONCANON;
     fm_rd_uint(r, &kind);
     fm_rd_uint(r, &f->kind_hlc);

@@ -165,7 +165,7 @@ int fm__record_view(fm_replica *r, const fm_coll *c, const fm_rec *src, fm_recor
     for (uint32_t i = 0; !rc && i < src->nfields; i++) {
         const fm_field *f = &src->fields[i];
         fm_field_view *fv = &rec->fields[i];
-        if (!(rec->names[i] = fm_strndup((const char *)f->name, f->name_len))) {
+        if (!(rec->names[i] = fm_strndup((const char *)fm_field_name(f), f->name_len))) {
             rc = FM_ENOMEM;
             break;
         }

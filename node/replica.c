@@ -419,7 +419,7 @@ static int txn_check_record(fm_txn *t, const char *id, size_t id_len, const char
         return 0;
     for (uint32_t i = 0; rec && i < rec->nfields; i++)
         if (rec->fields[i].name_len == strlen(field) &&
-            memcmp(rec->fields[i].name, field, rec->fields[i].name_len) == 0)
+            memcmp(fm_field_name(&rec->fields[i]), field, rec->fields[i].name_len) == 0)
             return 0;
     if (has)
         return 0;

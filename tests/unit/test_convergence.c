@@ -561,7 +561,7 @@ static void model_record(fm_state *st, fm_coll *c, const char *id, const mop *al
                     fops[fn++] = ops[i];
             const fm_field *f = NULL;
             for (uint32_t k = 0; k < r->nfields; k++)
-                if (r->fields[k].name_len == 1 && r->fields[k].name[0] == FIELDS[fi][0])
+                if (r->fields[k].name_len == 1 && fm_field_name(&r->fields[k])[0] == FIELDS[fi][0])
                     f = &r->fields[k];
             CHECK((f != NULL) == (fn > 0));
             if (!f || !fn)

@@ -52,7 +52,8 @@ static fm_field *field_of(fm_state *st, const char *id, const char *name)
     if (!r)
         return NULL;
     for (uint32_t i = 0; i < r->nfields; i++)
-        if (r->fields[i].name_len == strlen(name) && !memcmp(r->fields[i].name, name, strlen(name)))
+        if (r->fields[i].name_len == strlen(name) &&
+            !memcmp(fm_field_name(&r->fields[i]), name, strlen(name)))
             return &r->fields[i];
     return NULL;
 }
@@ -254,6 +255,10 @@ static void test_record_roundtrip_canonical(void)
     h_op(&A, FM_OP_SET_MV, "r", "a", fm_value_int(1));
     h_op(&A, FM_OP_INCR, "r", "n", fm_value_int(-7));
     h_op(&A, FM_OP_ADD, "r", "s", fm_value_str("x"));
+    /* Names at, and past, what a field keeps inline. */
+    h_op(&A, FM_OP_SET_MV, "r", "eightchr", fm_value_int(8));
+    h_op(&A, FM_OP_SET_MV, "r", "ninechars", fm_value_int(9));
+    h_op(&A, FM_OP_INCR, "r", "a_name_of_forty_bytes_for_the_heap_path_", fm_value_int(40));
     h_commit(&A, COLL, T0, &L);
     h_op(&B, FM_OP_SET_MV, "r", "a", fm_value_float(2.5));
     h_op(&B, FM_OP_ADD, "r", "s", fm_value_bin("\0\1", 2));
@@ -263,6 +268,9 @@ static void test_record_roundtrip_canonical(void)
     fm_buf_init(&e1);
     CHECK_OK(fm_rec_encode(record_of(&C.st, "r"), &C.st.authors, &e1));
     check_reencodes(&C.st.authors, &e1);
+    CHECK(field_of(&C.st, "r", "eightchr") && field_of(&C.st, "r", "ninechars"));
+    CHECK(field_of(&C.st, "r", "a_name_of_forty_bytes_for_the_heap_path_") != NULL);
+    CHECK(field_of(&C.st, "r", "eightch") == NULL && field_of(&C.st, "r", "ninechar") == NULL);
     /* Every truncation is refused cleanly. */
     fm_rec *back = fm_rec_new((const uint8_t *)"r", 1);
     for (size_t n = 0; n < e1.len; n++)
