@@ -225,26 +225,34 @@ static const fm_kind OP_KIND[FM_OP__COUNT] = {[FM_OP_SET_LWW] = FM_KIND_LWW,
                                               [FM_OP_ADD] = FM_KIND_SET,
                                               [FM_OP_REMOVE] = FM_KIND_SET};
 
+/* The small-bytes layout of fm_field's name and fm_reg's value: len bytes into inl (room for
+ * inl_size) or into a new allocation put in *heap, the other member of the same union. */
+static int small_copy(uint8_t *inl, size_t inl_size, uint8_t **heap, const uint8_t *src,
+                      uint32_t len)
+{
+    uint8_t *dst = inl;
+    if (len > inl_size && !(dst = *heap = malloc(len)))
+        return FM_ENOMEM;
+    memcpy(dst, src, len);
+    return 0;
+}
+
 int fm_field_set_name(fm_field *f, const uint8_t *name, uint32_t len)
 {
     FM_ASSERT(f->name_len == 0);
-    uint8_t *dst = f->name.inl;
-    if (len > sizeof f->name.inl && !(dst = f->name.p = malloc(len)))
-        return FM_ENOMEM;
-    memcpy(dst, name, len);
-    f->name_len = len;
-    return 0;
+    int rc = small_copy(f->name.inl, sizeof f->name.inl, &f->name.p, name, len);
+    if (!rc)
+        f->name_len = len;
+    return rc;
 }
 
 int fm_reg_set_value(fm_reg *g, const uint8_t *enc, uint32_t len)
 {
     FM_ASSERT(g->vlen == 0);
-    uint8_t *dst = g->v.inl;
-    if (len > sizeof g->v.inl && !(dst = g->v.p = malloc(len)))
-        return FM_ENOMEM;
-    memcpy(dst, enc, len);
-    g->vlen = len;
-    return 0;
+    int rc = small_copy(g->v.inl, sizeof g->v.inl, &g->v.p, enc, len);
+    if (!rc)
+        g->vlen = len;
+    return rc;
 }
 
 void fm_reg_free_value(fm_reg *g)

@@ -1527,22 +1527,20 @@ static int frame_room(fm_node *n, uint32_t k)
     if (k <= n->bcap)
         return 0;
     uint32_t cap = FM_MIN(FM_MAX(k, 2 * n->bcap), (uint32_t)FM_PROTO_MAX_BATCHES_PER_FRAME);
-    void *p;
-    if (!(p = fm_reallocarray(n->barr, cap, sizeof *n->barr)))
-        return FM_ENOMEM;
-    n->barr = p;
-    if (!(p = fm_reallocarray(n->bnames, cap, sizeof *n->bnames)))
-        return FM_ENOMEM;
-    n->bnames = p;
-    if (!(p = fm_reallocarray(n->bres, cap, sizeof *n->bres)))
-        return FM_ENOMEM;
-    n->bres = p;
-    if (!(p = fm_reallocarray(n->bops, cap, sizeof *n->bops)))
-        return FM_ENOMEM;
-    n->bops = p;
-    if (!(p = fm_reallocarray(n->bhash, cap, sizeof *n->bhash)))
-        return FM_ENOMEM;
-    n->bhash = p;
+    const struct {
+        void **arr;
+        size_t size;
+    } each[] = {{(void **)&n->barr, sizeof *n->barr},
+                {(void **)&n->bnames, sizeof *n->bnames},
+                {(void **)&n->bres, sizeof *n->bres},
+                {(void **)&n->bops, sizeof *n->bops},
+                {(void **)&n->bhash, sizeof *n->bhash}};
+    for (size_t i = 0; i < FM_ARRAY_LEN(each); i++) {
+        void *p = fm_reallocarray(*each[i].arr, cap, each[i].size);
+        if (!p)
+            return FM_ENOMEM; /* those grown already stay so: bcap still bounds them all */
+        *each[i].arr = p;
+    }
     n->bcap = cap;
     return 0;
 }
