@@ -81,17 +81,28 @@ int fm_authors_intern(fm_authors *a, const uint8_t key[FM_ID_BYTES], uint32_t *i
 
 /* ---- records ------------------------------------------------------------------------------ */
 
+/* The small-bytes layout of a record's id, a field's name and a register's value: len bytes into
+ * inl (room for inl_size) or into a new allocation put in *heap, the other member of the same
+ * union. */
+static int small_copy(uint8_t *inl, size_t inl_size, uint8_t **heap, const uint8_t *src,
+                      uint32_t len)
+{
+    uint8_t *dst = inl;
+    if (len > inl_size && !(dst = *heap = malloc(len)))
+        return FM_ENOMEM;
+    memcpy(dst, src, len);
+    return 0;
+}
+
 fm_rec *fm_rec_new(const uint8_t *id, uint32_t id_len)
 {
     fm_rec *r = calloc(1, sizeof *r);
     if (!r)
         return NULL;
-    r->id = malloc(id_len ? id_len : 1);
-    if (!r->id) {
+    if (small_copy(r->id.inl, sizeof r->id.inl, &r->id.p, id, id_len)) {
         free(r);
         return NULL;
     }
-    memcpy(r->id, id, id_len);
     r->id_len = id_len;
     return r;
 }
@@ -126,7 +137,8 @@ void fm_rec_free(fm_rec *r)
     if (!r)
         return;
     fm_rec_clear_fields(r);
-    free(r->id);
+    if (r->id_len > sizeof r->id.inl)
+        free(r->id.p);
     free(r);
 }
 
@@ -224,18 +236,6 @@ static const fm_kind OP_KIND[FM_OP__COUNT] = {[FM_OP_SET_LWW] = FM_KIND_LWW,
                                               [FM_OP_INCR] = FM_KIND_COUNTER,
                                               [FM_OP_ADD] = FM_KIND_SET,
                                               [FM_OP_REMOVE] = FM_KIND_SET};
-
-/* The small-bytes layout of fm_field's name and fm_reg's value: len bytes into inl (room for
- * inl_size) or into a new allocation put in *heap, the other member of the same union. */
-static int small_copy(uint8_t *inl, size_t inl_size, uint8_t **heap, const uint8_t *src,
-                      uint32_t len)
-{
-    uint8_t *dst = inl;
-    if (len > inl_size && !(dst = *heap = malloc(len)))
-        return FM_ENOMEM;
-    memcpy(dst, src, len);
-    return 0;
-}
 
 int fm_field_set_name(fm_field *f, const uint8_t *name, uint32_t len)
 {

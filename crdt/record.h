@@ -96,7 +96,12 @@ typedef struct fm_field {
 } fm_field;
 
 typedef struct fm_rec {
-    uint8_t *id;
+    /* A short id (most) lives inline, as a field's name does: one allocation less per record,
+     * and no pointer to follow when a map probe compares it. fm_rec_id() reads it. */
+    union {
+        uint8_t *p;     /* id_len > sizeof inl */
+        uint8_t inl[8]; /* id_len <= sizeof inl */
+    } id;
     uint32_t id_len;
     uint32_t hash32; /* map hash of id */
     bool deleted;
@@ -123,6 +128,10 @@ typedef struct fm_opctx {
 } fm_opctx;
 
 fm_rec *fm_rec_new(const uint8_t *id, uint32_t id_len);
+static inline const uint8_t *fm_rec_id(const fm_rec *r)
+{
+    return r->id_len <= sizeof r->id.inl ? r->id.inl : r->id.p;
+}
 void fm_rec_free(fm_rec *r);
 /* Drops every field (the record keeps its id). */
 void fm_rec_clear_fields(fm_rec *r);

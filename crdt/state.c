@@ -375,7 +375,7 @@ static fm_rec **map_slot(fm_coll *c, const uint8_t *id, uint32_t len, uint32_t h
 {
     for (uint32_t i = h & (c->cap - 1);; i = (i + 1) & (c->cap - 1)) {
         fm_rec *r = c->map[i];
-        if (!r || (r->hash32 == h && r->id_len == len && memcmp(r->id, id, len) == 0))
+        if (!r || (r->hash32 == h && r->id_len == len && memcmp(fm_rec_id(r), id, len) == 0))
             return &c->map[i];
     }
 }
@@ -393,7 +393,7 @@ static int map_grow(fm_coll *c)
     c->cap = cap;
     for (uint32_t i = 0; i < ocap; i++)
         if (old[i])
-            *map_slot(c, old[i]->id, old[i]->id_len, old[i]->hash32) = old[i];
+            *map_slot(c, fm_rec_id(old[i]), old[i]->id_len, old[i]->hash32) = old[i];
     free(old);
     return 0;
 }
@@ -403,13 +403,14 @@ static int rec_load(fm_state *s, fm_coll *c, fm_rec *r)
     if (!s->io.load || c->complete)
         return 0;
     fm_buf_reset(&s->scratch);
-    int rc = s->io.load(s->io.arg, c, r->id, r->id_len, &s->scratch);
+    int rc = s->io.load(s->io.arg, c, fm_rec_id(r), r->id_len, &s->scratch);
     if (rc || s->scratch.len == 0)
         return rc;
     rc = fm_rec_decode(r, &s->authors, s->scratch.data, s->scratch.len);
     if (rc)
         return rc == FM_ENOMEM ? rc : FM_ESTORE; /* stored state is ours: corrupt, not input */
-    fm_state_record_hash(c, r->id, r->id_len, s->scratch.data, s->scratch.len, r->flushed_hash);
+    fm_state_record_hash(c, fm_rec_id(r), r->id_len, s->scratch.data, s->scratch.len,
+                         r->flushed_hash);
     r->flushed_live = !r->deleted;
     r->flushed_conflicts = fm_rec_conflicts(r);
     return 0;
@@ -518,7 +519,7 @@ int fm_state_apply(fm_state *s, const fm_batch *b)
     for (uint32_t i = 0; i < b->nops; i++) {
         const fm_op *op = &b->ops[i];
         fm_rec *r = s->recs[i];
-        FM_ASSERT(r->id_len == op->id_len && memcmp(r->id, op->id, op->id_len) == 0);
+        FM_ASSERT(r->id_len == op->id_len && memcmp(fm_rec_id(r), op->id, op->id_len) == 0);
         bool was_dirty = r->dirty;
         oc.seq = b->first_seq + i;
         if ((rc = fm_rec_apply(r, &oc, op)))
@@ -568,7 +569,7 @@ int fm_state_flush(fm_state *s)
             (rc = s->io.save(s->io.arg, c, r, s->scratch.data, s->scratch.len, conflicts)))
             return rc;
         uint8_t h[FM_HASH_BYTES];
-        fm_state_record_hash(c, r->id, r->id_len, s->scratch.data, s->scratch.len, h);
+        fm_state_record_hash(c, fm_rec_id(r), r->id_len, s->scratch.data, s->scratch.len, h);
         for (int k = 0; k < FM_HASH_BYTES; k++)
             c->xor_hash[k] ^= (uint8_t)(r->flushed_hash[k] ^ h[k]);
         c->agg_dirty = true;

@@ -146,7 +146,7 @@ static int view_alloc(fm_record *rec, const fm_coll *c, const fm_rec *r)
 {
     size_t nv = count_values(r);
     rec->coll = fm_strndup(c->name, c->name_len);
-    rec->id = fm_strndup((const char *)r->id, r->id_len);
+    rec->id = fm_strndup((const char *)fm_rec_id(r), r->id_len);
     rec->fields = fm_calloc(r->nfields, sizeof *rec->fields);
     rec->names = fm_calloc(r->nfields, sizeof *rec->names);
     rec->values = fm_calloc(nv, sizeof *rec->values);

@@ -35,7 +35,7 @@ static int state_save(void *arg, fm_coll *c, const fm_rec *rec, const uint8_t *e
                       uint32_t conflicts)
 {
     fm_replica *r = arg;
-    return fm_store_save_record(r->store, c, rec->id, rec->id_len, enc, len, conflicts);
+    return fm_store_save_record(r->store, c, fm_rec_id(rec), rec->id_len, enc, len, conflicts);
 }
 
 /* Rebuilds the in-memory state from the store (at open, and after a failed transaction). */

@@ -31,7 +31,7 @@ static void check_records(fm_state *st)
                 continue;
             fm_buf_reset(&e1);
             fm_buf_reset(&e2);
-            fm_rec *back = fm_rec_new(r->id, r->id_len);
+            fm_rec *back = fm_rec_new(fm_rec_id(r), r->id_len);
             if (!back || fm_rec_encode(r, &st->authors, &e1) != 0 ||
                 fm_rec_decode(back, &st->authors, e1.data, e1.len) != 0 ||
                 fm_rec_encode(back, &st->authors, &e2) != 0)

@@ -19,7 +19,7 @@ static void must_roundtrip(fm_rec *r, fm_authors *a, const uint8_t *want, size_t
         abort();
     if (want && (e1.len != want_len || memcmp(e1.data, want, want_len) != 0))
         abort();
-    fm_rec *back = fm_rec_new(r->id, r->id_len);
+    fm_rec *back = fm_rec_new(fm_rec_id(r), r->id_len);
     if (!back || fm_rec_decode(back, a, e1.data, e1.len) != 0 || fm_rec_encode(back, a, &e2) != 0)
         abort();
     if (e1.len != e2.len || memcmp(e1.data, e2.data, e1.len) != 0)
@@ -70,11 +70,11 @@ static void apply_ops(fm_rec *r, fm_authors *a, uint8_t sel)
         if (types[i] == FM_OP_DELETE && !(sel & 1))
             continue;
         /* Field "f" or the record's first field (a name the input chose); value 1. */
-        fm_op op = {.type = types[i], .id = r->id, .id_len = r->id_len};
+        fm_op op = {.type = types[i], .id = fm_rec_id(r), .id_len = r->id_len};
         op.field = (const uint8_t *)"f";
         op.field_len = 1;
         if ((sel & 2) && r->nfields) {
-            op.field = r->fields[0].name;
+            op.field = fm_field_name(&r->fields[0]); /* found: apply moves no field */
             op.field_len = r->fields[0].name_len;
         }
         op.val = (const uint8_t *)"\x01";

@@ -141,7 +141,7 @@ static int store_save(void *arg, fm_coll *c, const fm_rec *r, const uint8_t *enc
                       uint32_t conflicts)
 {
     store *s = arg;
-    store_ent *e = store_find(s, c, r->id, r->id_len, true);
+    store_ent *e = store_find(s, c, fm_rec_id(r), r->id_len, true);
     CHECK_EQ_INT(conflicts, fm_rec_conflicts(r));
     s->saves++;
     fm_buf_reset(&e->val);

@@ -280,6 +280,39 @@ static void test_record_roundtrip_canonical(void)
     teardown();
 }
 
+/* Ids at, and past, what a record keeps inline: each found by all its bytes, none by a prefix,
+ * and each record's encoding decodes back under its own id. */
+static void test_record_id_lengths(void)
+{
+    setup();
+    static const char *const ids[] = {"a", "eightchr", "ninechars",
+                                      "an id of thirty-two bytes long!!"};
+    for (size_t i = 0; i < FM_ARRAY_LEN(ids); i++)
+        h_op(&A, FM_OP_SET_MV, ids[i], "f", fm_value_int((int64_t)i));
+    h_commit(&A, COLL, T0, &L);
+    h_deliver(&C.st, L.b, L.n);
+    for (size_t i = 0; i < FM_ARRAY_LEN(ids); i++) {
+        fm_rec *r = record_of(&C.st, ids[i]);
+        CHECK(r != NULL);
+        if (!r)
+            continue;
+        CHECK_MEM(fm_rec_id(r), ids[i], strlen(ids[i]));
+        fm_buf e;
+        fm_buf_init(&e);
+        CHECK_OK(fm_rec_encode(r, &C.st.authors, &e));
+        fm_rec *back = fm_rec_new(fm_rec_id(r), r->id_len);
+        CHECK(back != NULL);
+        CHECK_OK(fm_rec_decode(back, &C.st.authors, e.data, e.len));
+        CHECK_EQ_INT(back->id_len, strlen(ids[i]));
+        CHECK_MEM(fm_rec_id(back), ids[i], strlen(ids[i]));
+        fm_rec_free(back);
+        fm_buf_free(&e);
+    }
+    CHECK(record_of(&C.st, "eightch") == NULL && record_of(&C.st, "ninechar") == NULL);
+    CHECK(record_of(&C.st, "an id of thirty-two bytes long!") == NULL);
+    teardown();
+}
+
 /* A record that forty devices wrote (a counter, a multi-value register and a set each): its
  * encoding names them in key order whatever order a replica interned them in. */
 static void test_record_many_authors(void)
@@ -343,6 +376,7 @@ int main(void)
     RUN(test_delete_is_final);
     RUN(test_mv_conflict_then_resolved);
     RUN(test_record_roundtrip_canonical);
+    RUN(test_record_id_lengths);
     RUN(test_record_many_authors);
     TEST_MAIN_END();
 }
