@@ -143,13 +143,14 @@ int fm_rec_apply(fm_rec *r, const fm_opctx *c, const fm_op *op);
 int fm_rec_encode(const fm_rec *r, const fm_authors *authors, fm_buf *out);
 /* Replaces r's state with a stored encoding (strict decode), interning its authors. */
 int fm_rec_decode(fm_rec *r, fm_authors *authors, const uint8_t *p, size_t len);
-/* The field named name, or NULL; valid until the record changes. */
+/* A field's name: bytes inside f if short, so valid only until the record changes. */
 static inline const uint8_t *fm_field_name(const fm_field *f)
 {
     return f->name_len <= sizeof f->name.inl ? f->name.inl : f->name.p;
 }
 /* Copies the name in (name_len must be 0 on entry); FM_ENOMEM leaves name_len 0. */
 int fm_field_set_name(fm_field *f, const uint8_t *name, uint32_t len);
+/* The field named name, or NULL; valid until the record changes. */
 fm_field *fm_rec_field(const fm_rec *r, const uint8_t *name, uint32_t len);
 /* The set element with encoding v, or NULL. */
 fm_elem *fm_field_elem(const fm_field *f, const uint8_t *v, uint32_t len);
