@@ -25,6 +25,8 @@ void fm_store_close(fm_store *st);
 const char *fm_store_errmsg(fm_store *st);
 
 int fm_store_begin(fm_store *st);
+/* Writes the log rows held back (fm_store_put_batch), then commits; on an error nothing is
+ * committed, and the caller rolls back. */
 int fm_store_commit(fm_store *st);
 void fm_store_rollback(fm_store *st);
 
@@ -38,6 +40,11 @@ int fm_store_load_state(fm_store *st, fm_state *s);
 int fm_store_coll_ensure(fm_store *st, fm_coll *c);
 int fm_store_coll_save(fm_store *st, const fm_coll *c);
 
+/* Appends b (encoded in data) to the log. Inside a transaction its row may be held back and
+ * written with others (up to 16 to a statement) by the put that fills them, by anything that
+ * reads the log, or by fm_store_commit: an error of the row (FM_ESTORE, say for a feed position
+ * already taken) may then come from any of those, and the caller rolls back as for its own.
+ * Outside a transaction the row is written at once. */
 int fm_store_put_batch(fm_store *st, const fm_coll *c, const fm_batch *b, const uint8_t *data,
                        size_t len);
 /* The stored batch of a feed that holds op seq: its encoding, appended to out. */

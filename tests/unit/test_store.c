@@ -620,10 +620,14 @@ static void test_batch_at(void)
     CHECK_RC(fm_store_batch_at(st, &other, apk, 1, &got), FM_ENOTFOUND);
     uint8_t stranger[FM_ID_BYTES] = {9}; /* no batch, so no author id */
     CHECK_RC(fm_store_batch_at(st, &c, stranger, 1, &got), FM_ENOTFOUND);
-    /* A second batch ending at an occupied feed position is refused by the store. */
+    /* A second batch ending at an occupied feed position is refused by the store: in a
+     * transaction its row is held back, so the refusal comes with the commit. */
     CHECK_OK(fm_store_begin(st));
-    CHECK_RC(fm_store_put_batch(st, &c, &b2, e2.data, e2.len), FM_ESTORE);
+    CHECK_OK(fm_store_put_batch(st, &c, &b2, e2.data, e2.len));
+    CHECK_RC(fm_store_commit(st), FM_ESTORE);
     fm_store_rollback(st);
+    CHECK_EQ_INT(fm_store_batch_count(st), 3);
+    CHECK_RC(fm_store_put_batch(st, &c, &b2, e2.data, e2.len), FM_ESTORE); /* no transaction */
     CHECK_EQ_INT(fm_store_batch_count(st), 3);
     fm_batch_free(&b1), fm_batch_free(&b2), fm_batch_free(&b3);
     fm_buf_free(&e1), fm_buf_free(&e2), fm_buf_free(&e3), fm_buf_free(&got);
@@ -731,6 +735,81 @@ static void test_each_batch_order_and_load_state(void)
         fm_buf_free(&e[i]), fm_batch_free(&bt[i]);
     fm_identity_free(a);
     fm_identity_free(b);
+    fm_store_close(st);
+}
+
+/* Log rows put in a transaction are held back and written 16 to a statement. Whatever reads
+ * the log sees every row put before, in put order (a row too big to hold goes at once, after
+ * those held); a rollback drops the held rows with the rest; a refused row among held ones
+ * fails the commit; outside a transaction a row is written at once. */
+enum { HELD_N = 40, HELD_BIG = 20 };
+
+static void test_log_rows_held_back(void)
+{
+    fm_store *st;
+    CHECK_OK(fm_store_open(NULL, &st));
+    fm_identity *a = ident(30);
+    uint8_t apk[FM_ID_BYTES];
+    fm_identity_public(a, apk);
+    fm_coll c = {.name = "held", .name_len = 4};
+    enum { NB = HELD_N + 15 }; /* and 15 more for the refused row's transaction */
+    fm_buf e[NB], got;
+    fm_batch bt[NB];
+    fm_buf_init(&got);
+    for (int i = 0; i < NB; i++) {
+        fm_buf_init(&e[i]), fm_batch_init(&bt[i]);
+        make_batch(a, "held", i ? fm_batch_last_seq(&bt[i - 1]) + 1 : 1, i ? bt[i - 1].hash : NULL,
+                   i == HELD_BIG ? 80 : 1, &e[i], &bt[i]);
+    }
+    CHECK(e[HELD_BIG].len > 1024); /* too big to hold */
+    CHECK_OK(fm_store_begin(st));
+    CHECK_OK(fm_store_coll_ensure(st, &c));
+    for (int i = 0; i < HELD_N; i++) {
+        CHECK_OK(fm_store_put_batch(st, &c, &bt[i], e[i].data, e[i].len));
+        if (i == 2 || i == 17 || i == HELD_BIG || i == 35) { /* a read sees every row put */
+            fm_buf_reset(&got);
+            CHECK_OK(fm_store_batch_at(st, &c, apk, fm_batch_last_seq(&bt[i]), &got));
+            CHECK(got.len == e[i].len && memcmp(got.data, e[i].data, got.len) == 0);
+            CHECK_EQ_INT(fm_store_max_batch_id(st), i + 1);
+        }
+    }
+    seen s = {.stop_after = 32}; /* all it holds: in put order */
+    CHECK_RC(fm_store_each_feed_batch(st, &c, apk, 0, on_batch, &s), 99);
+    CHECK_EQ_INT(s.n, 32);
+    for (int i = 0; i < s.n; i++) {
+        char want[80];
+        snprintf(want, sizeof want, "%02x:%llu:1", apk[0],
+                 (unsigned long long)fm_batch_last_seq(&bt[i]));
+        CHECK_STR(s.items[i], want);
+    }
+    CHECK_OK(fm_store_commit(st));
+    CHECK_EQ_INT(fm_store_batch_count(st), HELD_N);
+    /* Held rows go with a rollback: the next commit does not write them. */
+    CHECK_OK(fm_store_begin(st));
+    CHECK_OK(fm_store_put_batch(st, &c, &bt[HELD_N], e[HELD_N].data, e[HELD_N].len));
+    fm_store_rollback(st);
+    CHECK_OK(fm_store_begin(st));
+    CHECK_OK(fm_store_commit(st));
+    CHECK_EQ_INT(fm_store_batch_count(st), HELD_N);
+    /* One refused row (an occupied position) among 16 held: the put that writes them fails. */
+    CHECK_OK(fm_store_begin(st));
+    for (int i = 0; i < 16; i++) {
+        int k = i < 7 ? HELD_N + i : i == 7 ? 3 : HELD_N + i - 1;
+        CHECK_RC(fm_store_put_batch(st, &c, &bt[k], e[k].data, e[k].len), i < 15 ? 0 : FM_ESTORE);
+    }
+    /* The error stays until the rollback: nothing reads or commits a log missing rows. */
+    CHECK_RC(fm_store_batch_count(st), FM_ESTORE);
+    CHECK_RC(fm_store_put_batch(st, &c, &bt[NB - 1], e[NB - 1].data, e[NB - 1].len), FM_ESTORE);
+    CHECK_RC(fm_store_commit(st), FM_ESTORE);
+    fm_store_rollback(st);
+    CHECK_EQ_INT(fm_store_batch_count(st), HELD_N);
+    /* Outside a transaction a row is written at once. */
+    CHECK_OK(fm_store_put_batch(st, &c, &bt[HELD_N], e[HELD_N].data, e[HELD_N].len));
+    CHECK_EQ_INT(fm_store_batch_count(st), HELD_N + 1);
+    for (int i = 0; i < NB; i++)
+        fm_buf_free(&e[i]), fm_batch_free(&bt[i]);
+    fm_buf_free(&got);
+    fm_identity_free(a);
     fm_store_close(st);
 }
 
@@ -1253,6 +1332,7 @@ int main(void)
     RUN(test_meta);
     RUN(test_batch_at);
     RUN(test_each_batch_order_and_load_state);
+    RUN(test_log_rows_held_back);
     RUN(test_load_state_bad_log_rows);
     RUN(test_author_ids_rollback);
     RUN(test_author_ids_two_handles);
