@@ -148,9 +148,11 @@ struct fm_node {
     bool digest_valid;
     int lazy_push;  /* fm_node_config.lazy_push: whether we prune (conn.lazy: the peer pruned us) */
     int push_cover; /* fm_node_config.push_cover */
-    uint64_t commit_at; /* when batches a group commit holds are committed (0: none wait) */
-    uint64_t rollbacks; /* the replica's rollbacks count we last saw */
-    lazy_ent *missing;  /* announced, lacking: a FIFO in due order from missing_head */
+    uint64_t commit_at;     /* when batches a group commit holds are committed (0: none wait) */
+    uint64_t group_at;      /* when the open group began */
+    uint32_t group_batches; /* the replica's txn_batches when we last looked */
+    uint64_t rollbacks;     /* the replica's rollbacks count we last saw */
+    lazy_ent *missing;      /* announced, lacking: a FIFO in due order from missing_head */
     uint32_t nmissing, cmissing, missing_head;
     /* scratch of graft_due: FM_PROTO_MAX_IHAVE entries, once one is due */
     uint8_t (*graft_authors)[FM_ID_BYTES];
@@ -1085,6 +1087,28 @@ static void enter(fm_node *n)
 
 static void vdefer_scan(fm_node *n, uint64_t t);
 
+/* When the open group commits: FM_NODE_COMMIT_QUIET_MS after the last batch came into it, and
+ * at most FM_NODE_COMMIT_MS after it began. */
+static void commit_schedule(fm_node *n)
+{
+    const fm_replica *r = n->r;
+    if (!r->txn_open) {
+        n->commit_at = 0;
+        n->group_batches = 0;
+        return;
+    }
+    uint64_t t = now_ms(n);
+    if (!n->commit_at || r->txn_batches < n->group_batches) { /* a new group */
+        n->group_at = t;
+        n->group_batches = 0;
+        n->commit_at = t + FM_NODE_COMMIT_MS;
+    }
+    if (r->txn_batches != n->group_batches) {
+        n->group_batches = r->txn_batches;
+        n->commit_at = FM_MIN(n->group_at + FM_NODE_COMMIT_MS, t + FM_NODE_COMMIT_QUIET_MS);
+    }
+}
+
 static void leave(fm_node *n)
 {
     if (n->depth == 1 && n->r->rollbacks != n->rollbacks) {
@@ -1105,9 +1129,7 @@ static void leave(fm_node *n)
         if (n->peers_changed)
             send_peers(n); /* before the push: peers judge it by what we say here */
         push_due(n);
-        n->commit_at = !n->r->txn_open ? 0
-                       : n->commit_at  ? n->commit_at
-                                       : now_ms(n) + FM_NODE_COMMIT_MS;
+        commit_schedule(n);
     }
     n->depth--;
 }

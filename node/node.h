@@ -115,9 +115,12 @@ enum {
      * than 50 ms, and 500 ms 9 % less again. At 1000 nodes a relay applies some 1,000 batches
      * a second, so 512 cut its groups short: 2,048 batches in 2 s ran 2.6 % fewer instructions
      * in all than 512 in 500 ms (300 nodes, callgrind, the same messages and bytes), as a
-     * record changed several times in a group is saved once. */
+     * record changed several times in a group is saved once. A group also commits once no
+     * batch came for FM_NODE_COMMIT_QUIET_MS: a sync that ends does not wait 2 s to be durable
+     * (and an idle daemon does not write then). */
     FM_NODE_GROUP_COMMIT_BATCHES = 2048,
     FM_NODE_COMMIT_MS = 2000,
+    FM_NODE_COMMIT_QUIET_MS = 200,
     /* Eager push waits this long to send what a relay applied in one frame per peer (and to
      * skip what that peer sent us meanwhile), or until this many bytes wait. */
     FM_NODE_DEFAULT_PUSH_DELAY_MS = 5,
