@@ -570,6 +570,11 @@ struct fm_membership {
     fm_cert *certs; /* sorted by device_id, one per device: the newest */
     size_t ncerts;
     size_t capcerts;
+    /* cert_pre[i]: the first 8 bytes of certs[i].device_id, big-endian, which find_cert halves:
+     * a node checks the author of every batch it takes, and halving the certificates (some
+     * 250 bytes each) missed the caches at every probe (1.3 % of a 1000-node run). */
+    uint64_t *cert_pre;
+    size_t cappre;
     fm_revocation *revs; /* sorted by device_id, one per device: the earliest effective */
     size_t nrevs;
     size_t caprevs;
@@ -643,6 +648,7 @@ void fm_membership_free(fm_membership *m)
     if (!m)
         return;
     free(m->certs);
+    free(m->cert_pre);
     free(m->revs);
     free(m);
 }
@@ -687,9 +693,27 @@ static int insert_slot(void **base, size_t *n, size_t *cap, size_t stride, size_
     return 0;
 }
 
+static uint64_t id_prefix(const uint8_t id[FM_ID_BYTES])
+{
+    uint64_t x = 0;
+    for (int i = 0; i < 8; i++)
+        x = x << 8 | id[i];
+    return x;
+}
+
 static fm_cert *find_cert(const fm_membership *m, const uint8_t id[FM_ID_BYTES], size_t *pos)
 {
-    size_t i = lower_bound(m->certs, m->ncerts, sizeof(fm_cert), offsetof(fm_cert, device_id), id);
+    uint64_t p = id_prefix(id);
+    size_t i = 0, hi = m->ncerts;
+    while (i < hi) {
+        size_t mid = i + (hi - i) / 2;
+        if (m->cert_pre[mid] < p)
+            i = mid + 1;
+        else
+            hi = mid;
+    }
+    while (i < m->ncerts && m->cert_pre[i] == p && fm_id_cmp(m->certs[i].device_id, id) < 0)
+        i++; /* ids that share the 8 bytes, in full order */
     if (pos)
         *pos = i;
     return i < m->ncerts && fm_cert_is_for(&m->certs[i], id) ? &m->certs[i] : NULL;
@@ -718,12 +742,22 @@ int fm_membership_add_cert(fm_membership *m, const fm_cert *c)
             *have = *c;
         return 0;
     }
+    if (m->ncerts == m->cappre && m->ncerts < FM_MAX_MEMBERS) {
+        size_t ncap = m->cappre ? FM_MIN(m->cappre * 2, (size_t)FM_MAX_MEMBERS) : 16;
+        uint64_t *pre = fm_reallocarray(m->cert_pre, ncap, sizeof *pre);
+        if (!pre)
+            return FM_ENOMEM;
+        m->cert_pre = pre;
+        m->cappre = ncap;
+    }
     void *base = m->certs;
     rc = insert_slot(&base, &m->ncerts, &m->capcerts, sizeof(fm_cert), FM_MAX_MEMBERS, i);
     m->certs = base;
     if (rc)
         return rc;
     m->certs[i] = *c;
+    memmove(&m->cert_pre[i + 1], &m->cert_pre[i], (m->ncerts - 1 - i) * sizeof *m->cert_pre);
+    m->cert_pre[i] = id_prefix(c->device_id);
     return 0;
 }
 

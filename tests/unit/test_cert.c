@@ -444,6 +444,48 @@ static void test_membership_limit(void)
     fixture_free(&f);
 }
 
+/* Devices are found by the first 8 bytes of their ids, then in full: ids that share those
+ * bytes (and differ only in the last one, or in byte 8) are each found, and no other. */
+static void test_membership_shared_prefix(void)
+{
+    fixture f;
+    fixture_init(&f);
+    fm_membership *m;
+    CHECK_OK(fm_membership_new(f.mesh, FM_ADMIT_INSTALLED, &m));
+    static const uint8_t last[] = {0x80, 0x01, 0xff, 0x40, 0x00};
+    uint8_t id[32];
+    memset(id, 0x5a, sizeof id);
+    for (size_t i = 0; i < sizeof last; i++) {
+        id[31] = last[i];
+        fm_cert c = issue(&f, id, "p", FM_PERM_READ, 0, UINT64_MAX, 0);
+        CHECK_OK(fm_membership_add_cert(m, &c));
+    }
+    id[31] = 0x5a, id[8] = 0x00; /* the same 8 bytes, lower after them */
+    fm_cert c = issue(&f, id, "q", FM_PERM_ALL, 0, UINT64_MAX, 0);
+    CHECK_OK(fm_membership_add_cert(m, &c));
+    id[7] = 0x59; /* before all of them */
+    c = issue(&f, id, "r", FM_PERM_READ, 0, UINT64_MAX, 0);
+    CHECK_OK(fm_membership_add_cert(m, &c));
+    memset(id, 0x5a, sizeof id);
+    for (size_t i = 0; i < sizeof last; i++) {
+        id[31] = last[i];
+        const fm_cert *got = fm_membership_cert(m, id);
+        CHECK(got && memcmp(got->device_id, id, 32) == 0 && !strcmp(got->name, "p"));
+    }
+    id[31] = 0x02; /* shares the 8 bytes, never admitted */
+    CHECK_RC(fm_membership_check(m, id, NOW), FM_EUNKNOWN_DEVICE);
+    id[31] = 0x5a, id[8] = 0x00;
+    uint32_t perms = 0;
+    CHECK_OK(fm_membership_perms(m, id, NOW, &perms));
+    CHECK_EQ_INT(perms, FM_PERM_ALL);
+    id[7] = 0x59;
+    CHECK_OK(fm_membership_check(m, id, NOW));
+    id[8] = 0x01;
+    CHECK_RC(fm_membership_check(m, id, NOW), FM_EUNKNOWN_DEVICE);
+    fm_membership_free(m);
+    fixture_free(&f);
+}
+
 /* ---- golden vectors -------------------------------------------------------------------------- */
 
 static void vec_hex(fm_buf *b, const char *name, const uint8_t *p, size_t n)
@@ -535,6 +577,7 @@ int main(void)
     RUN(test_membership);
     RUN(test_membership_presented);
     RUN(test_membership_limit);
+    RUN(test_membership_shared_prefix);
     RUN(test_golden_vectors);
     TEST_MAIN_END();
 }
