@@ -24,6 +24,7 @@ static void coll_free(fm_coll *c)
         fm_rec_free(c->map[i]);
     free(c->map);
     free(c->feeds);
+    free(c->feed_authors);
     fm_vv_free(&c->vv);
     free(c->name);
     free(c);
@@ -189,9 +190,9 @@ static fm_feed *feed_find(const fm_coll *c, uint32_t author, uint32_t *pos)
     uint32_t lo = 0, hi = c->nfeeds;
     while (lo < hi) {
         uint32_t mid = lo + (hi - lo) / 2;
-        if (c->feeds[mid].author == author)
+        if (c->feed_authors[mid] == author)
             return &c->feeds[mid];
-        if (c->feeds[mid].author < author)
+        if (c->feed_authors[mid] < author)
             lo = mid + 1;
         else
             hi = mid;
@@ -223,12 +224,20 @@ int fm_coll_digest(fm_coll *c, uint8_t out[FM_HASH_BYTES])
 static int set_feed(fm_state *s, fm_coll *c, const uint8_t author[FM_ID_BYTES], uint64_t seq,
                     const uint8_t head[FM_HASH_BYTES], const uint8_t *sig)
 {
-    uint32_t a, pos;
+    uint32_t a, pos = 0;
     if (fm_authors_intern(&s->authors, author, &a))
         return FM_ENOMEM;
     fm_feed *f = feed_find(c, a, &pos);
-    if (!f && fm_grow_from1((void **)&c->feeds, c->nfeeds, &c->cfeeds, sizeof *c->feeds))
+    uint32_t cap = c->cfeeds;
+    if (!f && fm_grow_from1((void **)&c->feeds, c->nfeeds, &cap, sizeof *c->feeds))
         return FM_ENOMEM;
+    if (cap != c->cfeeds) {
+        uint32_t *fa = fm_reallocarray(c->feed_authors, cap, sizeof *fa);
+        if (!fa)
+            return FM_ENOMEM; /* feeds has room to spare: harmless */
+        c->feed_authors = fa;
+        c->cfeeds = cap;
+    }
     /* The vector can refuse (FM_ELIMIT): set it before adding the feed, so a failed call adds no
      * feed with an unset seq and head. */
     c->digest_ok = false; /* whatever fm_vv_set does */
@@ -238,6 +247,9 @@ static int set_feed(fm_state *s, fm_coll *c, const uint8_t author[FM_ID_BYTES], 
     s->gen++;
     if (!f) {
         memmove(&c->feeds[pos + 1], &c->feeds[pos], (c->nfeeds - pos) * sizeof *c->feeds);
+        memmove(&c->feed_authors[pos + 1], &c->feed_authors[pos],
+                (c->nfeeds - pos) * sizeof *c->feed_authors);
+        c->feed_authors[pos] = a;
         f = &c->feeds[pos];
         f->author = a;
         f->seq = 0;

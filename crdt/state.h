@@ -30,6 +30,9 @@ typedef struct fm_coll {
     int64_t store_id;   /* the store's key for this collection; 0 = not stored yet */
     fm_feed *feeds;     /* sorted by author index */
     uint32_t nfeeds, cfeeds;
+    /* feeds[i].author, which feed_find halves: 4 bytes a probe, where a feed is 112 and a
+     * node looks up the feed of every batch it receives. cfeeds entries. */
+    uint32_t *feed_authors;
     fm_vv vv;     /* same content as feeds, by author key */
     fm_rec **map; /* open addressing by id hash */
     uint32_t nmap, cap;

@@ -118,13 +118,20 @@ int fm_vv_raise(fm_vv *v, const uint8_t author[FM_ID_BYTES], uint64_t seq)
 
 int fm_vv_raise_hinted(fm_vv *v, const uint8_t author[FM_ID_BYTES], uint64_t seq, uint32_t hint)
 {
+    return fm_vv_raise_at(v, author, seq, &hint);
+}
+
+int fm_vv_raise_at(fm_vv *v, const uint8_t author[FM_ID_BYTES], uint64_t seq, uint32_t *at)
+{
     bool found;
-    uint32_t i = vv_find_hinted(v, author, hint, &found);
-    if (found) {
+    uint32_t i = vv_find_hinted(v, author, *at, &found);
+    int rc = 0;
+    if (found)
         v->e[i].seq = FM_MAX(v->e[i].seq, seq);
-        return 0;
-    }
-    return seq ? vv_insert(v, i, author, seq) : 0;
+    else if (!seq || (rc = vv_insert(v, i, author, seq)))
+        i = UINT32_MAX;
+    *at = i;
+    return rc;
 }
 
 int fm_vv_merge(fm_vv *dst, const fm_vv *src)

@@ -37,6 +37,9 @@ uint32_t fm_vv_index(const fm_vv *v, const uint8_t author[FM_ID_BYTES]);
  * the authors its own does). A wrong hint (UINT32_MAX: none) costs one comparison. */
 uint64_t fm_vv_get_hinted(const fm_vv *v, const uint8_t author[FM_ID_BYTES], uint32_t hint);
 int fm_vv_raise_hinted(fm_vv *v, const uint8_t author[FM_ID_BYTES], uint64_t seq, uint32_t hint);
+/* fm_vv_raise_hinted with *at as the hint, and then author's index in v (UINT32_MAX if it has no
+ * entry): raising a run of one author's entries searches once. */
+int fm_vv_raise_at(fm_vv *v, const uint8_t author[FM_ID_BYTES], uint64_t seq, uint32_t *at);
 /* seq 0 removes the entry. FM_ELIMIT past FM_MAX_VV_ENTRIES. */
 int fm_vv_set(fm_vv *v, const uint8_t author[FM_ID_BYTES], uint64_t seq);
 /* The entry becomes max(its seq, seq), in one search (a get and a set were two). Errors as

@@ -849,7 +849,7 @@ static void push_one(fm_node *n, conn *c, pump_ctx *x, fm_coll *coll, const fm_b
     /* Another collection's frame goes first: csync_get may move the connection's csyncs. */
     if (x->l.s && (x->l.s->len != b->coll_len || memcmp(x->l.s->name, b->coll, b->coll_len) != 0))
         push_end(c, x);
-    csync *s = csync_get(c, b->coll, b->coll_len);
+    csync *s = x->l.s ? x->l.s : csync_get(c, b->coll, b->coll_len); /* the frame's is b's */
     if (!s) {
         c->err = FM_ENOMEM;
         return;
@@ -1476,7 +1476,7 @@ static int batches_in(fm_node *n, conn *c, const fm_proto_name *pname, fm_bytes 
     csync *s = csync_get(c, name.p, name.len);
     if (!s)
         return FM_ENOMEM;
-    uint32_t keep = 0, dups = 0;
+    uint32_t keep = 0, dups = 0, at = UINT32_MAX; /* known's entry of the last author */
     for (uint32_t i = 0; i < k; i++) {
         /* The header is enough to know a duplicate; ingest decodes the rest of a new one. */
         if (fm_batch_peek(arr[i].data, arr[i].len, &n->b, false) || n->b.coll_len != name.len ||
@@ -1485,7 +1485,7 @@ static int batches_in(fm_node *n, conn *c, const fm_proto_name *pname, fm_bytes 
             continue;
         }
         uint64_t last = fm_batch_last_seq(&n->b);
-        if ((rc = fm_vv_raise(&s->known, n->b.author, last)))
+        if ((rc = fm_vv_raise_at(&s->known, n->b.author, last, &at)))
             return rc;
         if (fm__replica_holds_peeked(n->r, &n->b, arr[i].data, arr[i].len)) {
             dups++; /* a batch we hold (its feed's head, or recent): no store transaction */

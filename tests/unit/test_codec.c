@@ -849,6 +849,22 @@ static void test_vv_basics(void)
     CHECK_OK(fm_vv_raise_hinted(&b, k2, 3, 1)); /* absent: added in order */
     CHECK_EQ_INT(b.n, 3);
     CHECK(memcmp(b.e[1].author, k2, 32) == 0 && b.e[1].seq == 3);
+    /* Raise at: the hint in, the author's index out (an insert's, none for a 0 not there). */
+    uint32_t at = 0; /* wrong: k3 is at 2 */
+    CHECK_OK(fm_vv_raise_at(&a, k3, 7, &at));
+    CHECK_EQ_INT(at, 2);
+    CHECK_EQ_INT(fm_vv_get(&a, k3), 7);
+    CHECK_OK(fm_vv_raise_at(&a, k3, 6, &at)); /* right: unchanged, still there */
+    CHECK_EQ_INT(at, 2);
+    CHECK_EQ_INT(fm_vv_get(&a, k3), 7);
+    at = UINT32_MAX;
+    CHECK_OK(fm_vv_raise_at(&b, k4, 0, &at));
+    CHECK_EQ_INT(at, UINT32_MAX);
+    at = 0;
+    CHECK_OK(fm_vv_raise_at(&b, k4, 9, &at)); /* absent: added at the end */
+    CHECK_EQ_INT(at, b.n - 1);
+    CHECK(at < b.n && memcmp(b.e[at].author, k4, 32) == 0 && b.e[at].seq == 9);
+    CHECK_OK(fm_vv_set(&b, k4, 0));
     CHECK_OK(fm_vv_set(&b, k2, 1));
     CHECK_OK(fm_vv_set(&a, k3, 5));
     CHECK_OK(fm_vv_set(&a, k4, 0));
