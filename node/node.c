@@ -490,6 +490,7 @@ struct pump_ctx {
     bool mix;
     fm_buf mixed;
     uint32_t groups, mixed_count;
+    uint32_t last_cs; /* the connection's csync that push_one found last, index + 1 (0: none) */
 };
 
 /* Bytes of batches waiting in x to go out. */
@@ -849,7 +850,14 @@ static void push_one(fm_node *n, conn *c, pump_ctx *x, fm_coll *coll, const fm_b
     /* Another collection's frame goes first: csync_get may move the connection's csyncs. */
     if (x->l.s && (x->l.s->len != b->coll_len || memcmp(x->l.s->name, b->coll, b->coll_len) != 0))
         push_end(c, x);
-    csync *s = x->l.s ? x->l.s : csync_get(c, b->coll, b->coll_len); /* the frame's is b's */
+    /* The frame's csync is b's; so mostly is the last one found (an index: csyncs move). */
+    csync *s = x->l.s;
+    if (!s && x->last_cs && x->last_cs <= c->ncs) {
+        csync *t = &c->cs[x->last_cs - 1];
+        s = t->len == b->coll_len && memcmp(t->name, b->coll, b->coll_len) == 0 ? t : NULL;
+    }
+    if (!s && (s = csync_get(c, b->coll, b->coll_len)))
+        x->last_cs = (uint32_t)(s - c->cs) + 1;
     if (!s) {
         c->err = FM_ENOMEM;
         return;
