@@ -251,7 +251,6 @@ static int set_feed(fm_state *s, fm_coll *c, const uint8_t author[FM_ID_BYTES], 
                 (c->nfeeds - pos) * sizeof *c->feed_authors);
         c->feed_authors[pos] = a;
         f = &c->feeds[pos];
-        f->author = a;
         f->seq = 0;
         c->nfeeds++;
     }

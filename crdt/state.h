@@ -15,8 +15,8 @@
 #include "crdt/record.h"
 #include "crdt/vv.h"
 
+/* A feed's author index is in fm_coll.feed_authors, beside it. */
 typedef struct fm_feed {
-    uint32_t author;
     bool head_sig_set; /* head_sig is the head's signature (applied here, not restored) */
     uint64_t seq;
     uint8_t head[FM_HASH_BYTES];
@@ -30,8 +30,8 @@ typedef struct fm_coll {
     int64_t store_id;   /* the store's key for this collection; 0 = not stored yet */
     fm_feed *feeds;     /* sorted by author index */
     uint32_t nfeeds, cfeeds;
-    /* feeds[i].author, which feed_find halves: 4 bytes a probe, where a feed is 112 and a
-     * node looks up the feed of every batch it receives. cfeeds entries. */
+    /* The author index of feeds[i], which feed_find halves: 4 bytes a probe, where a feed is
+     * 112 and a node looks up the feed of every batch it receives. cfeeds entries. */
     uint32_t *feed_authors;
     fm_vv vv;     /* same content as feeds, by author key */
     fm_rec **map; /* open addressing by id hash */
