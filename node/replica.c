@@ -417,11 +417,7 @@ static int txn_check_record(fm_txn *t, const char *id, size_t id_len, const char
         return FM_EDELETED; /* also within this transaction: the write would vanish */
     if (!field)
         return 0;
-    for (uint32_t i = 0; rec && i < rec->nfields; i++)
-        if (rec->fields[i].name_len == strlen(field) &&
-            memcmp(fm_field_name(&rec->fields[i]), field, rec->fields[i].name_len) == 0)
-            return 0;
-    if (has)
+    if (has || (rec && fm_rec_field(rec, (const uint8_t *)field, (uint32_t)strlen(field))))
         return 0;
     if (n >= FM_MAX_FIELDS_PER_RECORD)
         return FM_ELIMIT;
