@@ -63,12 +63,68 @@ void fm_buf_reset(fm_buf *b)
     b->oom = false;
 }
 
+/* Per thread, so the simulator's workers need no lock; a block may move between threads' caches
+ * (any thread may free what another allocated). Unsorted: a linear pass over eight is cheaper
+ * than keeping them in order. */
+enum { SPARES = 8 };
+static _Thread_local struct spare {
+    uint8_t *p;
+    size_t cap;
+} spares[SPARES];
+static _Thread_local unsigned nspares;
+
+/* Keeps block p if the cache has room or holds a smaller one; otherwise frees it. */
+static void spare_put(uint8_t *p, size_t cap)
+{
+    if (cap < FM_BUF_SPARE_MIN || cap > FM_BUF_SPARE_MAX) {
+        free(p);
+        return;
+    }
+    if (nspares < SPARES) {
+        spares[nspares++] = (struct spare){p, cap};
+        return;
+    }
+    unsigned least = 0;
+    for (unsigned i = 1; i < SPARES; i++)
+        if (spares[i].cap < spares[least].cap)
+            least = i;
+    if (spares[least].cap < cap) {
+        free(spares[least].p);
+        spares[least] = (struct spare){p, cap};
+    } else {
+        free(p);
+    }
+}
+
+/* The smallest spare block of at least need bytes, taken out of the cache (NULL: none). */
+static uint8_t *spare_take(size_t need, size_t *cap)
+{
+    unsigned best = SPARES;
+    for (unsigned i = 0; i < nspares; i++)
+        if (spares[i].cap >= need && (best == SPARES || spares[i].cap < spares[best].cap))
+            best = i;
+    if (best == SPARES)
+        return NULL;
+    uint8_t *p = spares[best].p;
+    *cap = spares[best].cap;
+    spares[best] = spares[--nspares];
+    return p;
+}
+
+void fm_buf_spares_release(void)
+{
+    while (nspares)
+        free(spares[--nspares].p);
+}
+
 void fm_buf_recycle(fm_buf *b, size_t keep)
 {
-    if (b->cap > keep)
-        fm_buf_free(b);
-    else
+    if (b->cap > keep) {
+        spare_put(b->data, b->cap);
+        fm_buf_init(b);
+    } else {
         fm_buf_reset(b);
+    }
 }
 
 int fm_buf_reserve(fm_buf *b, size_t extra)
@@ -84,6 +140,18 @@ int fm_buf_reserve(fm_buf *b, size_t extra)
     size_t cap = b->cap ? b->cap : 64;
     while (cap - b->len < extra)
         cap *= 2;
+    if (cap > FM_BUF_SPARE_MIN && nspares) {
+        size_t got;
+        uint8_t *q = spare_take(b->len + extra, &got);
+        if (q) {
+            if (b->len)
+                memcpy(q, b->data, b->len);
+            free(b->data);
+            b->data = q;
+            b->cap = got;
+            return 0;
+        }
+    }
     uint8_t *p = realloc(b->data, cap);
     if (!p) {
         b->oom = true;

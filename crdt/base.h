@@ -77,8 +77,16 @@ void fm_buf_free(fm_buf *b);
 void fm_buf_reset(fm_buf *b); /* len = 0, keeps capacity, clears oom */
 /* Reset for reuse, keeping the allocation only if it is at most keep bytes: a buffer grown from
  * nothing again for every burst costs a chain of reallocs, one kept at its largest burst costs
- * memory. */
+ * memory. A larger block goes to the calling thread's few spare blocks, where the next buffer
+ * that grows past FM_BUF_SPARE_MIN takes it: the frame, plaintext and output buffers of one
+ * burst after another share a handful of blocks instead of each getting its own from malloc. */
 void fm_buf_recycle(fm_buf *b, size_t keep);
+enum {
+    FM_BUF_SPARE_MIN = 16 * 1024,      /* buffers growing past this take a spare block */
+    FM_BUF_SPARE_MAX = 4 * 1024 * 1024 /* larger blocks go back to malloc */
+};
+/* Frees the calling thread's spare blocks: a thread that used buffers calls it before it ends. */
+void fm_buf_spares_release(void);
 int fm_buf_reserve(fm_buf *b, size_t extra);
 int fm_buf__append_slow(fm_buf *b, const void *p, size_t n);
 /* Inline fast path: the codec appends a few bytes at a time. */

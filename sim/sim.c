@@ -782,8 +782,10 @@ static void *thread_main(void *arg)
     sim_pool *p = s->pool;
     for (;;) {
         pthread_barrier_wait(&p->go);
-        if (p->quit)
+        if (p->quit) {
+            fm_buf_spares_release();
             return NULL;
+        }
         run_workers(s, th->idx);
         p->done_us[th->idx] = fm_sim_wall_us();
         pthread_barrier_wait(&p->done);
@@ -1349,6 +1351,7 @@ void fm_sim_close(fm_sim *s)
     free(s->samples);
     sodium_memzero(&s->auth_rs, sizeof s->auth_rs);
     free(s);
+    fm_buf_spares_release(); /* the blocks the run left with this thread */
 }
 
 /* ---- the end of a run ---------------------------------------------------------------------- */

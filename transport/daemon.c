@@ -187,6 +187,7 @@ static void on_idle(evutil_socket_t fd, short what, void *arg)
     (void)fd, (void)what;
     fm_daemon *d = arg;
     fm__replica_release_memory(d->r);
+    fm_buf_spares_release();
     malloc_trim(0);
 }
 
@@ -1145,6 +1146,7 @@ static void daemon_free(fm_daemon *d)
         event_base_free(d->base);
     fm_replica_close(d->r);
     fm_identity_free(d->id);
+    fm_buf_spares_release();
     if (d->lock_fd > 0)
         close(d->lock_fd);
 }

@@ -766,6 +766,40 @@ static void key(uint8_t out[FM_ID_BYTES], uint32_t i)
 
 /* fm_id_cmp orders keys exactly as memcmp does: keys differing in the first eight bytes, in
  * the rest only, in one byte anywhere, and equal. */
+/* A block recycled past its keep goes to the thread's spares, and the next buffer to grow past
+ * FM_BUF_SPARE_MIN takes the smallest that fits, its bytes so far copied over. */
+static void test_buf_spares(void)
+{
+    fm_buf_spares_release();
+    fm_buf a, b, c;
+    fm_buf_init(&a), fm_buf_init(&b), fm_buf_init(&c);
+    CHECK(fm_buf_reserve(&a, 64 * 1024) == 0);
+    CHECK(fm_buf_reserve(&b, 200 * 1024) == 0);
+    uint8_t *pa = a.data, *pb = b.data;
+    size_t ca = a.cap;
+    fm_buf_recycle(&a, FM_BUF_SPARE_MIN);
+    fm_buf_recycle(&b, FM_BUF_SPARE_MIN);
+    CHECK(a.data == NULL && a.cap == 0 && b.data == NULL);
+    /* Small growth stays with malloc; past the threshold it takes the 64 KB block. */
+    for (int i = 0; i < 20000; i++)
+        CHECK(fm_buf_putc(&c, (uint8_t)i) == 0);
+    CHECK(c.data == pa && c.cap == ca && c.len == 20000);
+    for (int i = 0; i < 20000; i++)
+        CHECK(c.data[i] == (uint8_t)i);
+    /* Too big for the other spare: realloc as before. */
+    CHECK(fm_buf_reserve(&c, 300 * 1024) == 0);
+    CHECK(c.data != pb && c.len == 20000 && c.data[19999] == (uint8_t)19999);
+    CHECK(fm_buf_reserve(&a, 100 * 1024) == 0);
+    CHECK(a.data == pb);
+    /* A buffer within its keep keeps its block; an oversized one is freed, not cached. */
+    fm_buf_recycle(&a, 1024 * 1024);
+    CHECK(a.data == pb && a.len == 0);
+    CHECK(fm_buf_reserve(&c, FM_BUF_SPARE_MAX) == 0);
+    fm_buf_recycle(&c, 0);
+    fm_buf_free(&a);
+    fm_buf_spares_release();
+}
+
 static void test_id_cmp(void)
 {
     uint64_t rng = 11;
@@ -1102,6 +1136,7 @@ int main(void)
     RUN(test_reader_misc);
     RUN(test_hlc_tick);
     RUN(test_hlc_observe);
+    RUN(test_buf_spares);
     RUN(test_id_cmp);
     RUN(test_vv_basics);
     RUN(test_vv_compare);
